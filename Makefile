@@ -1,0 +1,101 @@
+# rndz: the shipped C library (no Swift runtime), its install, and the test entry points.
+#   make                     build build/librndz.so
+#   make install PREFIX=DIR  install lib, header and pkg-config file
+#   make check               C tests against a staged install, through pkg-config
+#   make test                everything: C tests, Swift tests, the NAT lab
+PREFIX    ?= /usr/local
+CC        ?= cc
+VERSION    = 0.1.0
+ABI_MAJOR  = 0
+BUILD     ?= build
+CFLAGS    ?= -O2 -g
+WARN       = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter
+RNDZ_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) -fPIC -fvisibility=hidden -Iinclude -ISources/CRndz
+
+SRCS   = $(sort $(wildcard Sources/CRndz/*.c))
+OBJS   = $(SRCS:Sources/CRndz/%.c=$(BUILD)/obj/%.o)
+HDRS   = include/rndz.h $(wildcard Sources/CRndz/*.h)
+SONAME = librndz.so.$(ABI_MAJOR)
+LIB    = $(BUILD)/librndz.so.$(VERSION)
+STAGE  = $(abspath $(BUILD)/stage)
+
+.PHONY: all install check test swift-test natlab clean header-check lib-check
+all: $(LIB) $(BUILD)/librndz.a
+
+$(BUILD)/obj/%.o: Sources/CRndz/%.c $(HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(RNDZ_CFLAGS) $(CFLAGS) -c $< -o $@
+
+$(LIB): $(OBJS) mk/rndz.map
+	$(CC) -shared -Wl,-soname,$(SONAME) -Wl,--version-script=mk/rndz.map -Wl,-z,defs \
+	    $(CFLAGS) -o $@ $(OBJS) -lpthread
+	ln -sf librndz.so.$(VERSION) $(BUILD)/$(SONAME)
+	ln -sf $(SONAME) $(BUILD)/librndz.so
+
+$(BUILD)/librndz.a: $(OBJS)
+	rm -f $@ && ar rcs $@ $(OBJS)
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include
+	install -m 0755 $(LIB) $(DESTDIR)$(PREFIX)/lib/
+	ln -sf librndz.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(PREFIX)/lib/librndz.so
+	install -m 0644 include/rndz.h $(DESTDIR)$(PREFIX)/include/
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' mk/rndz.pc.in \
+	    > $(DESTDIR)$(PREFIX)/lib/pkgconfig/rndz.pc
+
+# The header compiles on its own, strictly.
+header-check:
+	printf '#include <rndz.h>\nint main(void){return rndz_version()==0;}\n' > $(BUILD)/hdr.c
+	$(CC) -std=c11 -Wall -Wextra -Werror -pedantic -Iinclude -c $(BUILD)/hdr.c -o $(BUILD)/hdr.o
+
+# The shipped library needs no Swift runtime and exports only rndz_* symbols.
+lib-check: $(LIB)
+	@if readelf -d $(LIB) | grep -i 'libswift'; then echo "FAIL: $(LIB) links Swift"; exit 1; fi
+	@readelf -d $(LIB) | grep -q 'SONAME.*\[$(SONAME)\]' || { echo "FAIL: SONAME"; exit 1; }
+	@bad=$$(nm -D --defined-only $(LIB) | awk '$$3 !~ /^rndz_/ && $$2 != "A" {print $$3}'); \
+	 if [ -n "$$bad" ]; then echo "FAIL: exported non-rndz symbols: $$bad"; exit 1; fi
+	@echo "lib-check: ok (SONAME $(SONAME), no libswift, only rndz_* exported)"
+
+# C tests: built against a staged `make install`, through pkg-config, as a user would.
+C_TESTS = $(sort $(wildcard Tests/c/test_*.c))
+# The README's C examples: compiled strictly (no test helpers) and run, so they cannot rot.
+C_EXAMPLES = $(sort $(wildcard examples/*.c))
+check: all header-check lib-check
+	rm -rf $(STAGE) && $(MAKE) --no-print-directory install PREFIX=$(STAGE) >/dev/null
+	@mkdir -p $(BUILD)/ctests
+	@set -e; for t in $(C_TESTS); do \
+	  n=$$(basename $$t .c); \
+	  PKG_CONFIG_PATH=$(STAGE)/lib/pkgconfig $(CC) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -g \
+	    -ITests/c $$t Tests/c/testlib.c -o $(BUILD)/ctests/$$n \
+	    $$(PKG_CONFIG_PATH=$(STAGE)/lib/pkgconfig pkg-config --cflags --libs rndz) -lpthread; \
+	done
+	@set -e; for t in $(C_EXAMPLES); do \
+	  PKG_CONFIG_PATH=$(STAGE)/lib/pkgconfig $(CC) -std=c11 -Wall -Wextra -Werror -pedantic -g \
+	    $$t -o $(BUILD)/ctests/example_$$(basename $$t .c) \
+	    $$(PKG_CONFIG_PATH=$(STAGE)/lib/pkgconfig pkg-config --cflags --libs rndz); \
+	done
+	@fail=0; for t in $(C_EXAMPLES); do \
+	  n=example_$$(basename $$t .c); \
+	  if LD_LIBRARY_PATH=$(STAGE)/lib $(VALGRIND) $(BUILD)/ctests/$$n >/dev/null; \
+	  then echo "PASS $$n"; else echo "FAIL $$n"; fail=1; fi; \
+	done; \
+	for t in $(C_TESTS); do \
+	  n=$$(basename $$t .c); \
+	  if RNDZ_VECTORS=Tests/vectors/rndz-v1-vectors.txt LD_LIBRARY_PATH=$(STAGE)/lib \
+	     $(VALGRIND) $(BUILD)/ctests/$$n; then echo "PASS $$n"; else echo "FAIL $$n"; fail=1; fi; \
+	done; exit $$fail
+
+swift-test:
+	swift build
+	swift test
+
+test: check swift-test
+
+clean:
+	rm -rf $(BUILD)
+
+# The NAT lab: rndz-cli and a C peer (librndz.so) through real kernel NATs in network
+# namespaces (root; nftables). Skips loudly without root unless CI=1 / RNDZ_NATLAB_REQUIRED=1.
+natlab:
+	Tests/natlab/run

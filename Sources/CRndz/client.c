@@ -1,0 +1,110 @@
+/* client.c: option handling shared by the UDP and TCP clients. */
+#include "client.h"
+
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+
+void rndz_client_options_init(rndz_client_options *o) {
+    if (!o) return;
+    memset(o, 0, sizeof *o);
+    o->keepalive_ms = 10000; /* as rndz 0.1.5; well inside conntrack's 30 s UDP timeout */
+    o->round_ms = 1000;      /* resend Isync each second: a lost datagram costs 1 s, not 5 */
+    o->timeout_ms = 10000;
+}
+
+/* Ids must be non-empty UTF-8 that fits a message; check UTF-8 by round-tripping a Ping. */
+static int check_id(const char *id, size_t *len) {
+    if (!id) return RNDZ_E_BADID;
+    size_t n = strlen(id);
+    if (n == 0 || n > RNDZ_MAX_ID) return RNDZ_E_BADID;
+    uint8_t buf[RNDZ_MAX_MSG];
+    rndz_msg m;
+    int enc = rndz__encode(RNDZ_REQ_PING, id, n, NULL, 0, NULL, 0, buf, sizeof buf);
+    if (enc < 0 || rndz_msg_decode(buf, (size_t)enc, 0, &m) != 0) return RNDZ_E_BADID;
+    *len = n;
+    return 0;
+}
+
+int rndz__client_init(rndz__client *c, const rndz_client_options *o) {
+    memset(c, 0, sizeof *c);
+    if (!o) return -EINVAL;
+    int rc = check_id(o->id, &c->id_len);
+    if (rc) return rc;
+    memcpy(c->id, o->id, c->id_len);
+    if (!o->servers || o->n_servers == 0) return RNDZ_E_NOSERVER;
+    if (o->n_servers > RNDZ_MAX_SERVERS) return -E2BIG;
+    c->keepalive_ms = o->keepalive_ms ? o->keepalive_ms : 10000;
+    c->round_ms = o->round_ms ? o->round_ms : 1000;
+    c->timeout_ms = o->timeout_ms ? o->timeout_ms : 10000;
+    bool any6 = false;
+    for (size_t i = 0; i < o->n_servers; i++) {
+        if (!o->servers[i]) return RNDZ_E_BADADDR;
+        rc = rndz_addr_resolve(o->servers[i], AF_UNSPEC, &c->servers[i], NULL);
+        if (rc) return rc;
+        rndz__addr_unmap(&c->servers[i]);
+        rndz_addr_format((struct sockaddr *)&c->servers[i], c->server_text[i], RNDZ_ADDRSTRLEN);
+        any6 |= c->servers[i].ss_family == AF_INET6;
+    }
+    c->n_servers = o->n_servers;
+    if (o->local_addr) {
+        rc = rndz_addr_parse(o->local_addr, &c->local, NULL);
+        if (rc) return rc;
+    } else {
+        rndz_addr_parse(any6 ? "[::]:0" : "0.0.0.0:0", &c->local, NULL);
+    }
+    /* An IPv6 socket reaches IPv4 servers through mapped addresses (dual stack). */
+    for (size_t i = 0; i < c->n_servers; i++) {
+        if (c->local.ss_family == AF_INET6) rndz__addr_map(&c->servers[i]);
+        else if (c->servers[i].ss_family != AF_INET) return -EAFNOSUPPORT;
+    }
+    c->so = (rndz__sockopts){.reuse = true,
+                             .v6only = c->local.ss_family == AF_INET6 ? 0 : -1,
+                             .config = o->sock_config,
+                             .config_user = o->sock_config_user};
+    return 0;
+}
+
+int rndz__client_bind(rndz__client *c, int socktype) {
+    int fd = rndz__sock_bind(socktype, (struct sockaddr *)&c->local, &c->so);
+    if (fd < 0) return fd;
+    /* The first socket fixes the port; the following ones share it. */
+    struct sockaddr_storage b;
+    socklen_t bl = sizeof b;
+    if (getsockname(fd, (struct sockaddr *)&b, &bl) == 0) {
+        if (c->local.ss_family == AF_INET)
+            ((struct sockaddr_in *)&c->local)->sin_port = ((struct sockaddr_in *)&b)->sin_port;
+        else
+            ((struct sockaddr_in6 *)&c->local)->sin6_port = ((struct sockaddr_in6 *)&b)->sin6_port;
+    }
+    return fd;
+}
+
+int rndz__client_peer_addr(const rndz__client *c, const char *text, size_t len,
+                           struct sockaddr_storage *out) {
+    char buf[RNDZ_ADDRSTRLEN];
+    if (len == 0 || len >= sizeof buf) return RNDZ_E_BADADDR;
+    memcpy(buf, text, len);
+    buf[len] = 0;
+    int rc = rndz_addr_parse(buf, out, NULL);
+    if (rc) return rc;
+    rndz__addr_unmap(out);
+    if (c->local.ss_family == AF_INET6) rndz__addr_map(out);
+    else if (out->ss_family != AF_INET) return -EAFNOSUPPORT;
+    return 0;
+}
+
+int rndz__client_server_index(const rndz__client *c, const struct sockaddr_storage *from) {
+    for (size_t i = 0; i < c->n_servers; i++)
+        if (rndz__addr_equal((const struct sockaddr *)from, (const struct sockaddr *)&c->servers[i]))
+            return (int)i;
+    return -1;
+}
+
+uint32_t rndz__client_jitter(uint32_t base_ms) {
+    if (base_ms > 25000) base_ms = 25000;
+    uint32_t spread = base_ms / 5; /* +-20% */
+    uint32_t v = base_ms - spread + (spread ? rndz__random() % (2 * spread + 1) : 0);
+    if (v > 25000) v = 25000;
+    return v ? v : 1;
+}

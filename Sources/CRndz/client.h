@@ -1,0 +1,35 @@
+/* client.h: what the UDP and TCP clients share: validated options, resolved servers, the
+ * local address every socket of one client binds to. */
+#ifndef RNDZ_CLIENT_H
+#define RNDZ_CLIENT_H
+
+#include "internal.h"
+
+#define RNDZ_MAX_SERVERS 16
+
+typedef struct rndz__client {
+    char id[RNDZ_MAX_ID + 1];
+    size_t id_len;
+    size_t n_servers;
+    struct sockaddr_storage servers[RNDZ_MAX_SERVERS]; /* in the local socket's family */
+    char server_text[RNDZ_MAX_SERVERS][RNDZ_ADDRSTRLEN];
+    struct sockaddr_storage local; /* port filled in once the first socket is bound */
+    rndz__sockopts so;
+    uint32_t keepalive_ms, round_ms, timeout_ms;
+} rndz__client;
+
+/* Validate options, resolve every server, pick the local address. */
+RNDZ_INTERNAL int rndz__client_init(rndz__client *c, const rndz_client_options *o);
+/* Bind one more socket to the client's local address (the first one fixes the port). */
+RNDZ_INTERNAL int rndz__client_bind(rndz__client *c, int socktype);
+/* Parse a peer address from the wire into the local socket's family. */
+RNDZ_INTERNAL int rndz__client_peer_addr(const rndz__client *c, const char *text, size_t len,
+                                         struct sockaddr_storage *out);
+/* Which server (index) an address is, or -1. */
+RNDZ_INTERNAL int rndz__client_server_index(const rndz__client *c,
+                                            const struct sockaddr_storage *from);
+/* A keepalive interval with +-20% jitter, never above 25 s (conntrack forgets one-way UDP
+ * flows after 30 s, and the jitter must not push us past it). */
+RNDZ_INTERNAL uint32_t rndz__client_jitter(uint32_t base_ms);
+
+#endif

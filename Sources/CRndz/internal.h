@@ -1,0 +1,58 @@
+/* internal.h: declarations shared by the C core's files. Not installed. */
+#ifndef RNDZ_INTERNAL_H
+#define RNDZ_INTERNAL_H
+
+#include "rndz.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <netinet/in.h>
+
+#define RNDZ_INTERNAL __attribute__((visibility("hidden")))
+#define RNDZ_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+#define RNDZ_MAX_ID 255 /* our own limit for ids we send; decoders accept any length */
+
+/* log.c */
+RNDZ_INTERNAL void rndz__log(rndz_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+RNDZ_INTERNAL bool rndz__log_enabled(rndz_log_level level);
+#define RNDZ_LOG(lvl, ...)                                                                    \
+    do {                                                                                      \
+        if (rndz__log_enabled(lvl)) rndz__log(lvl, __VA_ARGS__);                             \
+    } while (0)
+
+/* time.c: monotonic milliseconds, and a small PRNG for jitter. */
+RNDZ_INTERNAL uint64_t rndz__now_ms(void);
+RNDZ_INTERNAL uint32_t rndz__random(void);
+
+/* addr.c */
+/* Length of a sockaddr of this family (0 if unknown). */
+RNDZ_INTERNAL socklen_t rndz__addr_len(const struct sockaddr *sa);
+/* Turn ::ffff:a.b.c.d into AF_INET, in place. */
+RNDZ_INTERNAL void rndz__addr_unmap(struct sockaddr_storage *ss);
+/* Turn AF_INET into ::ffff:a.b.c.d, in place (for a dual-stack IPv6 socket). */
+RNDZ_INTERNAL void rndz__addr_map(struct sockaddr_storage *ss);
+/* Same address and port (after unmapping both). */
+RNDZ_INTERNAL bool rndz__addr_equal(const struct sockaddr *a, const struct sockaddr *b);
+
+/* sock.c */
+typedef struct rndz__sockopts {
+    bool reuse;     /* SO_REUSEADDR + SO_REUSEPORT */
+    int v6only;     /* -1 leave, 0 off (dual stack), 1 on */
+    rndz_sock_config_fn config;
+    void *config_user;
+} rndz__sockopts;
+/* socket() + options + config callback + bind(). Non-blocking, close-on-exec. Returns the fd
+ * or a negative error. */
+RNDZ_INTERNAL int rndz__sock_bind(int socktype, const struct sockaddr *local,
+                                  const rndz__sockopts *o);
+RNDZ_INTERNAL int rndz__sock_set_nonblock(int fd, bool on);
+RNDZ_INTERNAL int rndz__sock_local(int fd, struct sockaddr_storage *out, socklen_t *len);
+
+/* wire.c helpers used by clients and server: fill a message and encode it. */
+RNDZ_INTERNAL int rndz__encode(rndz_cmd cmd, const char *id, size_t id_len, const char *peer,
+                               size_t peer_len, const char *addr, size_t addr_len, uint8_t *buf,
+                               size_t cap);
+
+#endif

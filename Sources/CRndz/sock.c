@@ -1,0 +1,59 @@
+/* sock.c: sockets that share one local port (SO_REUSEADDR + SO_REUSEPORT). */
+#include "internal.h"
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+int rndz__sock_set_nonblock(int fd, bool on) {
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0) return -errno;
+    fl = on ? (fl | O_NONBLOCK) : (fl & ~O_NONBLOCK);
+    return fcntl(fd, F_SETFL, fl) < 0 ? -errno : 0;
+}
+
+int rndz__sock_local(int fd, struct sockaddr_storage *out, socklen_t *len) {
+    socklen_t sl = sizeof *out;
+    if (getsockname(fd, (struct sockaddr *)out, &sl) < 0) return -errno;
+    rndz__addr_unmap(out);
+    if (len) *len = rndz__addr_len((struct sockaddr *)out);
+    return 0;
+}
+
+int rndz__sock_bind(int socktype, const struct sockaddr *local, const rndz__sockopts *o) {
+    socklen_t sl = rndz__addr_len(local);
+    if (!sl) return -EAFNOSUPPORT;
+    int family = local->sa_family;
+    int fd = socket(family, socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    int one = 1, rc = 0;
+    if (o && o->reuse) {
+        if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+            setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0) {
+            rc = -errno;
+            goto fail;
+        }
+    }
+    if (family == AF_INET6 && o && o->v6only >= 0) {
+        int v = o->v6only;
+        if (setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v, sizeof v) < 0) {
+            rc = -errno;
+            goto fail;
+        }
+    }
+    if (o && o->config) {
+        rc = o->config(fd, family, socktype, o->config_user);
+        if (rc > 0) rc = 0;
+        if (rc < 0) goto fail;
+    }
+    if (bind(fd, local, sl) < 0) {
+        rc = -errno;
+        goto fail;
+    }
+    return fd;
+fail:
+    close(fd);
+    return rc;
+}

@@ -1,0 +1,310 @@
+/*
+ * rndz.h: the public C API of rndz, a NAT hole-punching rendezvous library.
+ *
+ * rndz speaks the wire protocol of the Rust crate rndz 0.1.5 ("v1"): a public rendezvous
+ * server observes each peer's public address and forwards connection requests; each client
+ * talks to the server and to the peer from the same local port (SO_REUSEADDR + SO_REUSEPORT),
+ * so both NATs open for the flow.
+ *
+ * ABI POLICY
+ *   Same RNDZ_VERSION_MAJOR = ABI compatible. Error codes are never renumbered or removed.
+ *   Options structs may only grow at their end, and only in a new minor version; always fill
+ *   them with the matching *_options_init() first so new fields get their defaults.
+ *
+ * CONVENTIONS
+ *   - Every function returning int returns 0 (or a non-negative count / fd) on success and a
+ *     negative error code on failure: -errno for OS failures, RNDZ_E_* (below -1000) for the
+ *     library's own. rndz_strerror() describes any of them.
+ *   - Handles are opaque, created by *_create() and released by *_destroy(); destroy accepts
+ *     NULL. Addresses are struct sockaddr_storage; IPv4 peers seen on a dual-stack IPv6 socket
+ *     are always reported in IPv4 form (AF_INET), never as ::ffff:a.b.c.d.
+ *   - Text addresses are "1.2.3.4:5678" or "[2001:db8::1]:5678" (host names where documented).
+ *
+ * THREAD SAFETY
+ *   - Functions that take no handle (codec, address helpers, rndz_strerror, rndz_version) are
+ *     safe to call from any thread at any time.
+ *   - A handle may be used from several threads, except that *_destroy() must not race with
+ *     any other call on the same handle. rndz_server_stop() may be called from any thread and
+ *     from a signal handler (it only writes to an eventfd).
+ *   - Callbacks (log, socket configuration) may run on rndz's background threads; they must
+ *     not call *_destroy() on the handle that runs them.
+ *
+ * FILE DESCRIPTORS
+ *   An fd *returned* by a function (rndz_udp_connect(), rndz_tcp_connect(),
+ *   rndz_tcp_listener_accept()) belongs to the caller, who closes it. An fd *borrowed* from a
+ *   handle (rndz_udp_listener_fd()) stays owned by the handle and is closed by its destroy.
+ */
+#ifndef RNDZ_H
+#define RNDZ_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/socket.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define RNDZ_API __attribute__((visibility("default")))
+#else
+#define RNDZ_API
+#endif
+
+/* ---------------------------------------------------------------------------------------- */
+/* Version                                                                                  */
+
+#define RNDZ_VERSION_MAJOR 0
+#define RNDZ_VERSION_MINOR 1
+#define RNDZ_VERSION_PATCH 0
+#define RNDZ_VERSION_STRING "0.1.0"
+#define RNDZ_VERSION_NUMBER \
+    ((RNDZ_VERSION_MAJOR << 16) | (RNDZ_VERSION_MINOR << 8) | RNDZ_VERSION_PATCH)
+
+/* The version of the library actually loaded, as (major << 16 | minor << 8 | patch). */
+RNDZ_API unsigned rndz_version(void);
+/* The same as text, e.g. "0.1.0". Static storage. */
+RNDZ_API const char *rndz_version_string(void);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Errors                                                                                   */
+
+/* XX(NAME, value, "description"). Never renumber, never remove. */
+#define RNDZ_ERRNO_MAP(XX)                                                                   \
+    XX(TRUNCATED, -1001, "message truncated")                                                \
+    XX(VARINT, -1002, "malformed varint")                                                    \
+    XX(WIRETYPE, -1003, "unexpected protobuf wire type")                                     \
+    XX(FIELD, -1004, "invalid protobuf field number")                                        \
+    XX(UTF8, -1005, "string is not valid UTF-8")                                             \
+    XX(NOCMD, -1006, "message carries no command")                                           \
+    XX(TOOBIG, -1007, "message larger than 1500 bytes")                                      \
+    XX(NOSPACE, -1008, "output buffer too small")                                            \
+    XX(BADADDR, -1009, "malformed address")                                                  \
+    XX(RESOLVE, -1010, "host name could not be resolved")                                    \
+    XX(NOTFOUND, -1011, "target not found on any rendezvous server")                         \
+    XX(TIMEDOUT, -1012, "no answer from any rendezvous server")                              \
+    XX(CLOSED, -1013, "handle closed")                                                       \
+    XX(BADID, -1014, "id empty or too long")                                                 \
+    XX(NOSERVER, -1015, "no rendezvous server given")                                        \
+    XX(FRAME, -1016, "malformed or oversize TCP frame")                                      \
+    XX(WRONGKIND, -1017, "message kind not valid here")                                      \
+    XX(PEERFAIL, -1018, "could not reach the peer")
+
+enum rndz_errno {
+#define RNDZ_XX_(name, val, s) RNDZ_E_##name = (val),
+    RNDZ_ERRNO_MAP(RNDZ_XX_)
+#undef RNDZ_XX_
+    RNDZ_E_LAST_ = -1019
+};
+
+/* Description of any code returned by rndz (negative errno included). Static storage; never
+ * NULL ("unknown error" for codes rndz does not know). */
+RNDZ_API const char *rndz_strerror(int err);
+/* Symbolic name: "RNDZ_E_NOTFOUND", "ECONNREFUSED", ... Static storage; never NULL. */
+RNDZ_API const char *rndz_err_name(int err);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Logging                                                                                  */
+
+typedef enum rndz_log_level {
+    RNDZ_LOG_ERROR = 0,
+    RNDZ_LOG_WARN = 1,
+    RNDZ_LOG_INFO = 2,
+    RNDZ_LOG_DEBUG = 3,
+    RNDZ_LOG_TRACE = 4
+} rndz_log_level;
+
+/* Called for every message at or below the configured level, from any rndz thread. `msg` is
+ * valid only during the call. */
+typedef void (*rndz_log_fn)(rndz_log_level level, const char *msg, void *user);
+
+/* Install the process-wide log callback (NULL: default, which writes to stderr) and the
+ * maximum level delivered. Without a call, the level comes from the RNDZ_LOG environment
+ * variable (error|warn|info|debug|trace), default warn. Thread-safe. */
+RNDZ_API void rndz_set_log(rndz_log_fn fn, void *user, rndz_log_level max_level);
+/* Parse "error".."trace" (or "0".."4"); returns the level or a negative error. */
+RNDZ_API int rndz_log_level_parse(const char *s);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Addresses                                                                                */
+
+/* Longest text form written by rndz_addr_format(), terminator included. */
+#define RNDZ_ADDRSTRLEN 64
+
+/* Parse a numeric "a.b.c.d:port" or "[v6]:port" (no name lookup). Returns 0 or
+ * RNDZ_E_BADADDR. `len` may be NULL. */
+RNDZ_API int rndz_addr_parse(const char *text, struct sockaddr_storage *out, socklen_t *len);
+/* Like rndz_addr_parse but also resolves "host:port" through getaddrinfo. `family` is
+ * AF_UNSPEC, AF_INET or AF_INET6 and picks among the results (AF_UNSPEC: the first).
+ * Returns 0, RNDZ_E_BADADDR or RNDZ_E_RESOLVE. Blocks while resolving. */
+RNDZ_API int rndz_addr_resolve(const char *text, int family, struct sockaddr_storage *out,
+                               socklen_t *len);
+/* Write the text form into buf (at least RNDZ_ADDRSTRLEN bytes is always enough). IPv4-mapped
+ * IPv6 addresses are written in IPv4 form. Returns the length written (without the
+ * terminator) or a negative error. */
+RNDZ_API int rndz_addr_format(const struct sockaddr *sa, char *buf, size_t cap);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Sockets                                                                                  */
+
+/* Socket configuration callback, like rndz's SocketConfigure: called with every socket rndz
+ * creates, before bind (e.g. to set SO_MARK or SO_BINDTODEVICE). Return 0 to go on, or a
+ * negative error to abort the operation with that error. */
+typedef int (*rndz_sock_config_fn)(int fd, int family, int socktype, void *user);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Wire codec (protocol v1)                                                                 */
+
+/* Largest message body, in a UDP datagram or a TCP frame. */
+#define RNDZ_MAX_MSG 1500
+
+typedef enum rndz_cmd {
+    RNDZ_CMD_NONE = 0,
+    /* Request commands (client -> server, and the listener's punch to a peer) */
+    RNDZ_REQ_PING = 1,
+    RNDZ_REQ_ISYNC = 2,  /* peer_id: target */
+    RNDZ_REQ_FSYNC = 3,  /* peer_id, addr */
+    RNDZ_REQ_RSYNC = 4,  /* peer_id: the connector that asked */
+    RNDZ_REQ_BYE = 5,
+    /* Response commands (server -> client) */
+    RNDZ_RSP_PONG = 16,
+    RNDZ_RSP_REDIRECT = 17, /* peer_id, addr ("" = not found) */
+    RNDZ_RSP_FSYNC = 18     /* peer_id, addr */
+} rndz_cmd;
+
+/* A decoded message. The string fields point into the buffer that was decoded (not NUL
+ * terminated); they stay valid as long as that buffer does. */
+typedef struct rndz_msg {
+    rndz_cmd cmd;
+    const char *id; /* field 1 of Request/Response; absent = "" */
+    size_t id_len;
+    const char *peer_id; /* the id inside the command */
+    size_t peer_id_len;
+    const char *addr; /* the addr inside the command */
+    size_t addr_len;
+} rndz_msg;
+
+/* Decode a Request (is_response = 0) or Response (1). Fields in any order; unknown fields
+ * skipped; repeated fields: the last wins, as in protobuf. Returns 0 or RNDZ_E_TRUNCATED,
+ * _VARINT, _WIRETYPE, _FIELD, _UTF8, _NOCMD, _TOOBIG. Never reads past buf+len. */
+RNDZ_API int rndz_msg_decode(const uint8_t *buf, size_t len, int is_response, rndz_msg *out);
+/* Encode as proto3 would (empty strings omitted). Returns the number of bytes written, or
+ * RNDZ_E_NOSPACE / RNDZ_E_TOOBIG / RNDZ_E_NOCMD. */
+RNDZ_API int rndz_msg_encode(const rndz_msg *m, uint8_t *buf, size_t cap);
+
+/* TCP framing: 2-byte big-endian length, then the body (at most RNDZ_MAX_MSG bytes).
+ * rndz_frame_encode writes the header and body; returns the total length or an error. */
+RNDZ_API int rndz_frame_encode(const rndz_msg *m, uint8_t *buf, size_t cap);
+
+/* Incremental reassembly of frames from a byte stream (a TCP connection). Feed whatever a
+ * read() returned; take complete bodies out one at a time. */
+typedef struct rndz_framer {
+    uint8_t buf[2 + RNDZ_MAX_MSG];
+    size_t have; /* bytes buffered */
+} rndz_framer;
+RNDZ_API void rndz_framer_init(rndz_framer *f);
+/* Consume bytes from `data` into the framer. Returns the number of bytes consumed (it stops
+ * when one complete frame is buffered), or RNDZ_E_FRAME when the header announces a body
+ * over RNDZ_MAX_MSG (the stream cannot be resynchronised: close it). */
+RNDZ_API int rndz_framer_feed(rndz_framer *f, const uint8_t *data, size_t len);
+/* If a complete frame is buffered: point *body at it, store its length, and return 1; the
+ * body stays valid until the next feed. Returns 0 if more bytes are needed. The frame is
+ * consumed. */
+RNDZ_API int rndz_framer_next(rndz_framer *f, const uint8_t **body, size_t *len);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Server                                                                                   */
+
+typedef struct rndz_server rndz_server;
+
+typedef struct rndz_server_options {
+    const char *listen_addr;    /* numeric address; default "0.0.0.0:8888"; port 0 = any */
+    int ipv6_only;              /* for an IPv6 listen address: serve IPv6 only */
+    int enable_udp;             /* default 1 */
+    int enable_tcp;             /* default 1 (a later minor version; ignored in 0.1) */
+    uint32_t udp_expiry_ms;     /* forget UDP ids silent this long; default 60000 */
+    uint32_t tcp_idle_ms;       /* drop TCP connections silent this long; default 30000 */
+    rndz_sock_config_fn sock_config;
+    void *sock_config_user;
+} rndz_server_options;
+
+typedef struct rndz_server_stats {
+    uint64_t udp_rx;        /* datagrams received */
+    uint64_t udp_tx;        /* datagrams sent */
+    uint64_t udp_malformed; /* datagrams dropped as undecodable or not a request */
+    uint64_t udp_expired;   /* ids expired */
+    uint64_t udp_peers;     /* ids registered now */
+    uint64_t tcp_conns;     /* TCP connections open now */
+    uint64_t tcp_peers;     /* TCP ids registered now */
+    uint64_t tcp_malformed; /* TCP connections dropped for a bad frame or message */
+} rndz_server_stats;
+
+RNDZ_API void rndz_server_options_init(rndz_server_options *o);
+/* Create the server and bind its sockets (so the port is known at once). Does not serve
+ * until rndz_server_run() or rndz_server_start(). */
+RNDZ_API int rndz_server_create(const rndz_server_options *o, rndz_server **out);
+/* The address actually bound (useful with port 0). */
+RNDZ_API int rndz_server_local_addr(rndz_server *s, struct sockaddr_storage *out,
+                                    socklen_t *len);
+/* Serve on the calling thread until rndz_server_stop(). Returns 0 after a stop. */
+RNDZ_API int rndz_server_run(rndz_server *s);
+/* Serve on a new background thread. Returns 0 or a negative error. */
+RNDZ_API int rndz_server_start(rndz_server *s);
+/* Ask the server to stop. Async-signal-safe; any thread. A background thread started by
+ * rndz_server_start() is joined by rndz_server_destroy(). */
+RNDZ_API int rndz_server_stop(rndz_server *s);
+RNDZ_API int rndz_server_stats_get(rndz_server *s, rndz_server_stats *out);
+/* Stop (if needed), join the background thread, close every socket, free. Accepts NULL. */
+RNDZ_API void rndz_server_destroy(rndz_server *s);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Clients                                                                                  */
+
+typedef struct rndz_client_options {
+    const char *id;                 /* our id (required, 1..255 bytes of UTF-8) */
+    const char *const *servers;     /* "host:port" of each rendezvous server (required) */
+    size_t n_servers;
+    const char *local_addr;         /* local bind; default "0.0.0.0:0" or "[::]:0" to fit */
+    uint32_t keepalive_ms;          /* listener ping interval, jittered +-20%, capped at
+                                       25000 (conntrack forgets one-way UDP after 30 s);
+                                       default 10000 */
+    uint32_t round_ms;              /* connector: resend Isync this often; default 1000 */
+    uint32_t timeout_ms;            /* connector: give up after this long; default 10000 */
+    rndz_sock_config_fn sock_config;
+    void *sock_config_user;
+} rndz_client_options;
+
+RNDZ_API void rndz_client_options_init(rndz_client_options *o);
+
+/* UDP listener: registers our id with every server and keeps the registration alive from a
+ * background thread; answers forwarded connection requests (Fsync) with Rsync to the server
+ * and a punch packet to the peer. Peer traffic goes over rndz_udp_listener_fd(). */
+typedef struct rndz_udp_listener rndz_udp_listener;
+
+RNDZ_API int rndz_udp_listener_create(const rndz_client_options *o, rndz_udp_listener **out);
+/* The unconnected peer socket, bound to the same local port as the server sockets. Borrowed:
+ * owned and closed by the listener. */
+RNDZ_API int rndz_udp_listener_fd(rndz_udp_listener *l);
+RNDZ_API int rndz_udp_listener_local_addr(rndz_udp_listener *l, struct sockaddr_storage *out,
+                                          socklen_t *len);
+/* Wait until at least one server answered a ping (0), or timeout_ms passed
+ * (RNDZ_E_TIMEDOUT). */
+RNDZ_API int rndz_udp_listener_wait_registered(rndz_udp_listener *l, uint32_t timeout_ms);
+/* Send Bye to every server, stop and join the background thread, close every socket, free.
+ * Accepts NULL. */
+RNDZ_API void rndz_udp_listener_destroy(rndz_udp_listener *l);
+
+/* UDP connector: ask every server for `target` in rounds, until a server answers with the
+ * target's address or the timeout passes. On success returns a UDP socket (caller owns it)
+ * bound to the port that asked and connected to the peer, and stores the peer's address in
+ * *peer (may be NULL). Errors: RNDZ_E_NOTFOUND (every server said so), RNDZ_E_TIMEDOUT (not
+ * every server answered in time and none knew the target), RNDZ_E_BADID, RNDZ_E_NOSERVER,
+ * RNDZ_E_RESOLVE, negative errno. Blocks. */
+RNDZ_API int rndz_udp_connect(const rndz_client_options *o, const char *target,
+                              struct sockaddr_storage *peer, socklen_t *peer_len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* RNDZ_H */

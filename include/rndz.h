@@ -222,7 +222,7 @@ typedef struct rndz_server_options {
     const char *listen_addr;    /* numeric address; default "0.0.0.0:8888"; port 0 = any */
     int ipv6_only;              /* for an IPv6 listen address: serve IPv6 only */
     int enable_udp;             /* default 1 */
-    int enable_tcp;             /* default 1 (a later minor version; ignored in 0.1) */
+    int enable_tcp;             /* default 1: TCP on the same address and port */
     uint32_t udp_expiry_ms;     /* forget UDP ids silent this long; default 60000 */
     uint32_t tcp_idle_ms;       /* drop TCP connections silent this long; default 30000 */
     rndz_sock_config_fn sock_config;
@@ -270,7 +270,8 @@ typedef struct rndz_client_options {
                                        25000 (conntrack forgets one-way UDP after 30 s);
                                        default 10000 */
     uint32_t round_ms;              /* connector: resend Isync this often; default 1000 */
-    uint32_t timeout_ms;            /* connector: give up after this long; default 10000 */
+    uint32_t timeout_ms;            /* connector: give up after this long (TCP: the whole
+                                       connect, server and peer); default 10000 */
     rndz_sock_config_fn sock_config;
     void *sock_config_user;
 } rndz_client_options;
@@ -302,6 +303,42 @@ RNDZ_API void rndz_udp_listener_destroy(rndz_udp_listener *l);
  * every server answered in time and none knew the target), RNDZ_E_BADID, RNDZ_E_NOSERVER,
  * RNDZ_E_RESOLVE, negative errno. Blocks. */
 RNDZ_API int rndz_udp_connect(const rndz_client_options *o, const char *target,
+                              struct sockaddr_storage *peer, socklen_t *peer_len);
+
+/* TCP listener: a listening socket and a connection to every server, all from the same local
+ * port. It registers with each server (ping every keepalive_ms), reconnects with backoff
+ * (about 1 s doubling to 30 s) when a server connection breaks, and on a forwarded request
+ * (Fsync) connects from the same port toward the peer (its SYN opens our NAT; if the peer's
+ * SYN crosses it, that connection is the peer's) and sends Rsync to the server. Peer
+ * connections, from the listening socket or from such a crossed connect, come out of
+ * rndz_tcp_listener_accept(). */
+typedef struct rndz_tcp_listener rndz_tcp_listener;
+
+RNDZ_API int rndz_tcp_listener_create(const rndz_client_options *o, rndz_tcp_listener **out);
+RNDZ_API int rndz_tcp_listener_local_addr(rndz_tcp_listener *l, struct sockaddr_storage *out,
+                                          socklen_t *len);
+/* Wait until at least one server answered a ping (0), or timeout_ms passed
+ * (RNDZ_E_TIMEDOUT). */
+RNDZ_API int rndz_tcp_listener_wait_registered(rndz_tcp_listener *l, uint32_t timeout_ms);
+/* Wait up to timeout_ms (UINT32_MAX: no limit) for a peer connection. Returns its fd (the
+ * caller owns it; blocking mode) and stores the peer's address in *peer (may be NULL).
+ * Errors: RNDZ_E_TIMEDOUT, RNDZ_E_CLOSED after rndz_tcp_listener_close(). Several threads may
+ * wait at once. */
+RNDZ_API int rndz_tcp_listener_accept(rndz_tcp_listener *l, uint32_t timeout_ms,
+                                      struct sockaddr_storage *peer, socklen_t *peer_len);
+/* Stop accepting: wakes every waiting accept (RNDZ_E_CLOSED), sends Bye, stops the background
+ * thread. Safe to call while other threads wait in accept. Idempotent. */
+RNDZ_API int rndz_tcp_listener_close(rndz_tcp_listener *l);
+/* Close (if needed) and free, closing connections nobody accepted. Accepts NULL. */
+RNDZ_API void rndz_tcp_listener_destroy(rndz_tcp_listener *l);
+
+/* TCP connector: connect to a server, ask for `target`, then connect from the same local port
+ * to the address the server gives, retrying for up to timeout_ms in all (the peer's SYN and
+ * ours may need to cross). Returns the connected stream (caller owns it; blocking mode) and
+ * stores the peer's address in *peer (may be NULL). Errors: RNDZ_E_NOTFOUND, RNDZ_E_TIMEDOUT,
+ * RNDZ_E_PEERFAIL (the peer's address was given but no connection could be made),
+ * RNDZ_E_BADID, RNDZ_E_NOSERVER, RNDZ_E_RESOLVE, negative errno. Blocks. */
+RNDZ_API int rndz_tcp_connect(const rndz_client_options *o, const char *target,
                               struct sockaddr_storage *peer, socklen_t *peer_len);
 
 #ifdef __cplusplus

@@ -38,7 +38,8 @@ RNDZ_INTERNAL bool rndz__addr_equal(const struct sockaddr *a, const struct socka
 
 /* sock.c */
 typedef struct rndz__sockopts {
-    bool reuse;     /* SO_REUSEADDR + SO_REUSEPORT */
+    bool reuse;      /* SO_REUSEADDR + SO_REUSEPORT: several sockets share the port */
+    bool reuse_addr; /* SO_REUSEADDR only: a server restarts despite TIME_WAIT */
     int v6only;     /* -1 leave, 0 off (dual stack), 1 on */
     rndz_sock_config_fn config;
     void *config_user;

@@ -16,9 +16,45 @@ void rndz_server_options_init(rndz_server_options *o) {
     o->tcp_idle_ms = 30000;   /* v1: a TCP connection silent for 30 s is dropped */
 }
 
+static void close_sockets(rndz_server *s) {
+    if (s->udp_fd >= 0) {
+        rndz__loop_del(&s->loop, &s->udp_io);
+        close(s->udp_fd);
+    }
+    if (s->tcp) {
+        if (s->tcp_fd >= 0) rndz__loop_del(&s->loop, &s->tcp_io);
+        rndz__server_tcp_close(s);
+    }
+    if (s->tcp_fd >= 0) close(s->tcp_fd);
+    s->udp_fd = s->tcp_fd = -1;
+}
+
+/* Bind UDP (which fixes the port when it is 0), then TCP on the same address and port. */
+static int bind_all(rndz_server *s, const rndz__sockopts *so) {
+    int rc;
+    if (s->o.enable_udp) {
+        if ((rc = rndz__sock_bind(SOCK_DGRAM, (struct sockaddr *)&s->local, so)) < 0) return rc;
+        s->udp_fd = rc;
+        s->udp_io = (rndz__io){s->udp_fd, rndz__server_udp_readable, s};
+        if ((rc = rndz__loop_add(&s->loop, &s->udp_io, EPOLLIN))) return rc;
+        socklen_t bl = sizeof s->local;
+        if (getsockname(s->udp_fd, (struct sockaddr *)&s->local, &bl) < 0) return -errno;
+        s->local_len = bl;
+    }
+    if (s->o.enable_tcp) {
+        if ((rc = rndz__server_tcp_open(s, so))) return rc;
+        socklen_t bl = sizeof s->local;
+        if (getsockname(s->tcp_fd, (struct sockaddr *)&s->local, &bl) < 0) return -errno;
+        s->local_len = bl;
+    }
+    return 0;
+}
+
 static uint64_t server_tick(void *ctx, uint64_t now) {
     rndz_server *s = ctx;
-    return s->udp_fd >= 0 ? rndz__server_udp_tick(s, now) : UINT64_MAX;
+    uint64_t a = s->udp_fd >= 0 ? rndz__server_udp_tick(s, now) : UINT64_MAX;
+    uint64_t b = s->tcp ? rndz__server_tcp_tick(s, now) : UINT64_MAX;
+    return a < b ? a : b;
 }
 
 int rndz_server_create(const rndz_server_options *opts, rndz_server **out) {
@@ -46,21 +82,24 @@ int rndz_server_create(const rndz_server_options *opts, rndz_server **out) {
                          .v6only = s->local.ss_family == AF_INET6 ? (opts->ipv6_only ? 1 : 0) : -1,
                          .config = opts->sock_config,
                          .config_user = opts->sock_config_user};
-    if (opts->enable_udp) {
-        rc = rndz__sock_bind(SOCK_DGRAM, (struct sockaddr *)&s->local, &so);
-        if (rc < 0) goto fail;
-        s->udp_fd = rc;
-        s->udp_io = (rndz__io){s->udp_fd, rndz__server_udp_readable, s};
-        if ((rc = rndz__loop_add(&s->loop, &s->udp_io, EPOLLIN))) goto fail;
-        /* With port 0, the TCP socket (when enabled) takes the port UDP got. */
-        struct sockaddr_storage bound;
-        socklen_t bl = sizeof bound;
-        if (getsockname(s->udp_fd, (struct sockaddr *)&bound, &bl) < 0) {
-            rc = -errno;
+    if (!opts->enable_udp && !opts->enable_tcp) {
+        rc = -EINVAL;
+        goto fail;
+    }
+    /* With port 0, UDP picks a free port and TCP must get the same one; if TCP finds it
+     * taken, try again with another. */
+    bool any_port = ((struct sockaddr_in *)&s->local)->sin_port == 0; /* same offset in v6 */
+    struct sockaddr_storage want = s->local;
+    for (int attempt = 0;; attempt++) {
+        if ((rc = bind_all(s, &so))) {
+            if (rc == -EADDRINUSE && any_port && attempt < 16) {
+                close_sockets(s);
+                s->local = want;
+                continue;
+            }
             goto fail;
         }
-        s->local = bound;
-        s->local_len = bl;
+        break;
     }
     RNDZ_LOG(RNDZ_LOG_INFO, "server bound");
     *out = s;
@@ -128,8 +167,7 @@ void rndz_server_destroy(rndz_server *s) {
     if (!s) return;
     if (s->loop.wakefd >= 0) rndz__loop_stop(&s->loop);
     if (s->thread_started) pthread_join(s->thread, NULL);
-    if (s->udp_fd >= 0) close(s->udp_fd);
-    if (s->tcp_fd >= 0) close(s->tcp_fd);
+    close_sockets(s);
     rndz__loop_close(&s->loop);
     rndz__reg_free(&s->udp_reg);
     free(s);

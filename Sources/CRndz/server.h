@@ -40,4 +40,9 @@ RNDZ_INTERNAL uint64_t rndz__server_udp_tick(rndz_server *s, uint64_t now);
 RNDZ_INTERNAL void rndz__server_udp_handle(rndz_server *s, const uint8_t *buf, size_t len,
                                            const struct sockaddr_storage *from, uint64_t now);
 
+/* server_tcp.c */
+RNDZ_INTERNAL int rndz__server_tcp_open(rndz_server *s, const rndz__sockopts *so);
+RNDZ_INTERNAL uint64_t rndz__server_tcp_tick(rndz_server *s, uint64_t now);
+RNDZ_INTERNAL void rndz__server_tcp_close(rndz_server *s);
+
 #endif

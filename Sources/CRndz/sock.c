@@ -29,6 +29,11 @@ int rndz__sock_bind(int socktype, const struct sockaddr *local, const rndz__sock
     int fd = socket(family, socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) return -errno;
     int one = 1, rc = 0;
+    if (o && o->reuse_addr && !o->reuse &&
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0) {
+        rc = -errno;
+        goto fail;
+    }
     if (o && o->reuse) {
         if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
             setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0) {

@@ -1,0 +1,592 @@
+/* client_tcp.c: the TCP listener and the TCP connector (BRIEF, "Clients").
+ *
+ * Listener: a listening socket plus one connection per server, all from the same local port.
+ * The background thread keeps each server connection registered (Ping every keepalive,
+ * reconnect with backoff when it breaks or goes silent), and on Fsync{P, B} starts a connect
+ * from the same port to B, then sends Rsync{P}. That connect's SYN opens our NAT toward B; if
+ * B's SYN crosses it (TCP simultaneous open, the only way through routers that drop
+ * conntrack-invalid packets) the connection forms on that socket, so it is handed to accept
+ * just like a connection the listening socket accepted (the rndz 0.1.5 way, which works when
+ * nothing in between filters).
+ *
+ * Connector: connect to a server, Isync, read the Redirect, then connect from the same local
+ * port to the address given, retrying until the deadline. */
+#include "client.h"
+#include "loop.h"
+
+#include <poll.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Reconnect backoff: ~1 s first (a restarting server is usually back within seconds), doubled
+ * up to 30 s (a server that is down for long is not hammered). */
+#define BACKOFF_MIN_MS 1000
+#define BACKOFF_MAX_MS 30000
+/* A server connection that shows nothing for this many keepalive intervals is dead (a Pong
+ * answers every Ping, so two missed answers in a row is not loss, it is a broken path). */
+#define SILENT_INTERVALS 3
+#define MAX_PUNCH 64
+#define ACCEPT_QUEUE 128
+/* Connector: after a refused connect (the peer's port not open toward us yet), try again this
+ * soon. */
+#define PEER_RETRY_MS 200
+
+enum { SRV_DOWN, SRV_CONNECTING, SRV_UP };
+
+typedef struct tsrv {
+    int fd;
+    int state;
+    rndz__io io;
+    struct rndz_tcp_listener *l;
+    size_t idx;
+    rndz_framer framer;
+    uint64_t next_ping, retry_at, last_rx;
+    uint32_t backoff;
+} tsrv;
+
+typedef struct punch {
+    int fd; /* -1: free slot */
+    rndz__io io;
+    struct rndz_tcp_listener *l;
+    struct sockaddr_storage peer;
+    uint64_t deadline;
+} punch;
+
+typedef struct queued {
+    int fd;
+    struct sockaddr_storage peer;
+} queued;
+
+struct rndz_tcp_listener {
+    rndz__client c;
+    int listen_fd;
+    rndz__io listen_io;
+    tsrv srv[RNDZ_MAX_SERVERS];
+    punch punches[MAX_PUNCH];
+    rndz__loop loop;
+    pthread_t thread;
+    bool thread_started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool registered, closed;
+    queued q[ACCEPT_QUEUE];
+    size_t qhead, qlen;
+};
+
+static int send_frame(int fd, const rndz__client *c, rndz_cmd cmd, const char *peer,
+                      size_t peer_len) {
+    uint8_t buf[2 + RNDZ_MAX_MSG];
+    rndz_msg m = {cmd, c->id, c->id_len, peer, peer_len, NULL, 0};
+    int n = rndz_frame_encode(&m, buf, sizeof buf);
+    if (n < 0) return n;
+    /* Frames are tiny next to a socket buffer: a short write means the connection is stuck. */
+    ssize_t w = send(fd, buf, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (w < 0) return -errno;
+    return w == n ? 0 : -EAGAIN;
+}
+
+static void enqueue(rndz_tcp_listener *l, int fd, const struct sockaddr_storage *peer) {
+    rndz__sock_set_nonblock(fd, false);
+    pthread_mutex_lock(&l->mu);
+    if (l->qlen == ACCEPT_QUEUE || l->closed) {
+        pthread_mutex_unlock(&l->mu);
+        RNDZ_LOG(RNDZ_LOG_WARN, "tcp listener: accept queue full; connection dropped");
+        close(fd);
+        return;
+    }
+    queued *q = &l->q[(l->qhead + l->qlen++) % ACCEPT_QUEUE];
+    q->fd = fd;
+    q->peer = *peer;
+    rndz__addr_unmap(&q->peer);
+    pthread_cond_broadcast(&l->cv);
+    pthread_mutex_unlock(&l->mu);
+}
+
+/* --- punches ---------------------------------------------------------------------------- */
+
+static void punch_free(punch *p) {
+    rndz__loop_del(&p->l->loop, &p->io);
+    close(p->fd);
+    p->fd = -1;
+}
+
+static void punch_event(void *ctx, uint32_t events) {
+    punch *p = ctx;
+    int err = 0;
+    socklen_t el = sizeof err;
+    getsockopt(p->fd, SOL_SOCKET, SO_ERROR, &err, &el);
+    char text[RNDZ_ADDRSTRLEN];
+    rndz_addr_format((struct sockaddr *)&p->peer, text, sizeof text);
+    if (err || (events & (EPOLLERR | EPOLLHUP))) {
+        RNDZ_LOG(RNDZ_LOG_DEBUG, "tcp listener: punch to %s: %s", text,
+                 rndz_strerror(err ? -err : -ECONNRESET));
+        punch_free(p);
+        return;
+    }
+    /* The SYNs crossed: this is the peer's connection. */
+    RNDZ_LOG(RNDZ_LOG_INFO, "tcp listener: connected to %s by simultaneous open", text);
+    rndz__loop_del(&p->l->loop, &p->io);
+    enqueue(p->l, p->fd, &p->peer);
+    p->fd = -1;
+}
+
+static void start_punch(rndz_tcp_listener *l, const struct sockaddr_storage *peer, uint64_t now) {
+    punch *p = NULL;
+    for (size_t i = 0; i < MAX_PUNCH && !p; i++)
+        if (l->punches[i].fd < 0) p = &l->punches[i];
+    if (!p) { /* all busy: reuse the one that ends soonest */
+        p = &l->punches[0];
+        for (size_t i = 1; i < MAX_PUNCH; i++)
+            if (l->punches[i].deadline < p->deadline) p = &l->punches[i];
+        punch_free(p);
+    }
+    int fd = rndz__client_bind(&l->c, SOCK_STREAM);
+    if (fd < 0) {
+        RNDZ_LOG(RNDZ_LOG_WARN, "tcp listener: punch socket: %s", rndz_strerror(fd));
+        return;
+    }
+    if (connect(fd, (const struct sockaddr *)peer, rndz__addr_len((const struct sockaddr *)peer)) <
+            0 &&
+        errno != EINPROGRESS) {
+        RNDZ_LOG(RNDZ_LOG_DEBUG, "tcp listener: punch connect: %s", rndz_strerror(-errno));
+        close(fd);
+        return;
+    }
+    p->fd = fd;
+    p->l = l;
+    p->peer = *peer;
+    p->deadline = now + l->c.timeout_ms;
+    p->io = (rndz__io){fd, punch_event, p};
+    if (rndz__loop_add(&l->loop, &p->io, EPOLLOUT)) {
+        close(fd);
+        p->fd = -1;
+    }
+}
+
+/* --- server connections ----------------------------------------------------------------- */
+
+static void srv_down(tsrv *s, uint64_t now, const char *why) {
+    rndz_tcp_listener *l = s->l;
+    if (s->fd >= 0) {
+        rndz__loop_del(&l->loop, &s->io);
+        close(s->fd);
+        s->fd = -1;
+    }
+    if (s->state != SRV_DOWN)
+        RNDZ_LOG(RNDZ_LOG_INFO, "tcp listener: server %s: %s; again in %u ms",
+                 l->c.server_text[s->idx], why, s->backoff);
+    s->state = SRV_DOWN;
+    s->retry_at = now + s->backoff;
+    s->backoff = s->backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : s->backoff * 2;
+}
+
+static void on_frame(tsrv *s, const uint8_t *body, size_t len, uint64_t now) {
+    rndz_tcp_listener *l = s->l;
+    rndz_msg m;
+    if (rndz_msg_decode(body, len, 1, &m)) return;
+    if (m.cmd == RNDZ_RSP_PONG) {
+        s->backoff = BACKOFF_MIN_MS;
+        pthread_mutex_lock(&l->mu);
+        if (!l->registered)
+            RNDZ_LOG(RNDZ_LOG_INFO, "tcp listener: registered with %s", l->c.server_text[s->idx]);
+        l->registered = true;
+        pthread_cond_broadcast(&l->cv);
+        pthread_mutex_unlock(&l->mu);
+    } else if (m.cmd == RNDZ_RSP_FSYNC) {
+        struct sockaddr_storage peer;
+        if (rndz__client_peer_addr(&l->c, m.addr, m.addr_len, &peer)) return;
+        char text[RNDZ_ADDRSTRLEN];
+        rndz_addr_format((struct sockaddr *)&peer, text, sizeof text);
+        RNDZ_LOG(RNDZ_LOG_INFO, "tcp listener: peer %.*s at %s wants to connect",
+                 (int)(m.peer_id_len > 64 ? 64 : m.peer_id_len), m.peer_id, text);
+        start_punch(l, &peer, now); /* first the SYN that opens our NAT, then the Rsync */
+        int rc = send_frame(s->fd, &l->c, RNDZ_REQ_RSYNC, m.peer_id, m.peer_id_len);
+        if (rc) srv_down(s, now, rndz_strerror(rc));
+    }
+}
+
+static void srv_event(void *ctx, uint32_t events) {
+    tsrv *s = ctx;
+    rndz_tcp_listener *l = s->l;
+    uint64_t now = rndz__now_ms();
+    if (s->state == SRV_CONNECTING) {
+        int err = 0;
+        socklen_t el = sizeof err;
+        getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &err, &el);
+        if (err) {
+            srv_down(s, now, rndz_strerror(-err));
+            return;
+        }
+        s->state = SRV_UP;
+        s->last_rx = now;
+        s->next_ping = now; /* register at once */
+        rndz_framer_init(&s->framer);
+        rndz__loop_mod(&l->loop, &s->io, EPOLLIN);
+        return;
+    }
+    uint8_t buf[4096];
+    ssize_t n = recv(s->fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+        srv_down(s, now, n == 0 ? "connection closed" : rndz_strerror(-errno));
+        return;
+    }
+    if (n < 0) return;
+    s->last_rx = now;
+    size_t off = 0;
+    while (off < (size_t)n && s->state == SRV_UP) {
+        int used = rndz_framer_feed(&s->framer, buf + off, (size_t)n - off);
+        if (used < 0) {
+            srv_down(s, now, "bad frame");
+            return;
+        }
+        off += (size_t)used;
+        const uint8_t *body;
+        size_t blen;
+        while (s->state == SRV_UP && rndz_framer_next(&s->framer, &body, &blen) == 1)
+            on_frame(s, body, blen, now);
+    }
+}
+
+static void srv_connect(tsrv *s, uint64_t now) {
+    rndz_tcp_listener *l = s->l;
+    int fd = rndz__client_bind(&l->c, SOCK_STREAM);
+    if (fd < 0) {
+        srv_down(s, now, rndz_strerror(fd));
+        return;
+    }
+    const struct sockaddr *to = (const struct sockaddr *)&l->c.servers[s->idx];
+    s->fd = fd;
+    s->state = SRV_CONNECTING;
+    s->io = (rndz__io){fd, srv_event, s};
+    if (connect(fd, to, rndz__addr_len(to)) < 0 && errno != EINPROGRESS) {
+        srv_down(s, now, rndz_strerror(-errno));
+        return;
+    }
+    if (rndz__loop_add(&l->loop, &s->io, EPOLLOUT)) srv_down(s, now, "epoll");
+}
+
+static void on_accept(void *ctx, uint32_t events) {
+    rndz_tcp_listener *l = ctx;
+    for (int i = 0; i < 16; i++) {
+        struct sockaddr_storage from;
+        socklen_t fl = sizeof from;
+        int fd = accept4(l->listen_fd, (struct sockaddr *)&from, &fl, SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+                RNDZ_LOG(RNDZ_LOG_WARN, "tcp listener: accept: %s", rndz_strerror(-errno));
+            return;
+        }
+        enqueue(l, fd, &from);
+    }
+}
+
+static uint64_t listener_tick(void *ctx, uint64_t now) {
+    rndz_tcp_listener *l = ctx;
+    uint64_t next = UINT64_MAX;
+    for (size_t i = 0; i < l->c.n_servers; i++) {
+        tsrv *s = &l->srv[i];
+        if (s->state == SRV_DOWN && now >= s->retry_at) srv_connect(s, now);
+        if (s->state == SRV_UP) {
+            uint64_t silent_limit = (uint64_t)SILENT_INTERVALS * l->c.keepalive_ms + 1000;
+            if (now - s->last_rx > silent_limit) {
+                srv_down(s, now, "server silent");
+            } else if (now >= s->next_ping) {
+                int rc = send_frame(s->fd, &l->c, RNDZ_REQ_PING, NULL, 0);
+                if (rc) srv_down(s, now, rndz_strerror(rc));
+                else s->next_ping = now + rndz__client_jitter(l->c.keepalive_ms);
+            }
+        }
+        uint64_t t = s->state == SRV_DOWN   ? s->retry_at
+                     : s->state == SRV_UP ? s->next_ping
+                                            : UINT64_MAX;
+        if (s->state == SRV_UP) {
+            uint64_t dead = s->last_rx + (uint64_t)SILENT_INTERVALS * l->c.keepalive_ms + 1001;
+            if (dead < t) t = dead;
+        }
+        if (t < next) next = t;
+    }
+    for (size_t i = 0; i < MAX_PUNCH; i++) {
+        punch *p = &l->punches[i];
+        if (p->fd < 0) continue;
+        if (now >= p->deadline) punch_free(p);
+        else if (p->deadline < next) next = p->deadline;
+    }
+    return next;
+}
+
+static void *listener_thread(void *arg) {
+    rndz_tcp_listener *l = arg;
+    int rc = rndz__loop_run(&l->loop, listener_tick, l);
+    if (rc) RNDZ_LOG(RNDZ_LOG_ERROR, "tcp listener loop failed: %s", rndz_strerror(rc));
+    return NULL;
+}
+
+int rndz_tcp_listener_create(const rndz_client_options *o, rndz_tcp_listener **out) {
+    if (!out) return -EINVAL;
+    *out = NULL;
+    rndz_tcp_listener *l = calloc(1, sizeof *l);
+    if (!l) return -ENOMEM;
+    l->listen_fd = -1;
+    l->loop.epfd = l->loop.wakefd = -1;
+    for (size_t i = 0; i < RNDZ_MAX_SERVERS; i++) l->srv[i].fd = -1;
+    for (size_t i = 0; i < MAX_PUNCH; i++) l->punches[i].fd = -1;
+    pthread_mutex_init(&l->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&l->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    int rc = rndz__client_init(&l->c, o);
+    if (rc) goto fail;
+    if ((rc = rndz__loop_init(&l->loop))) goto fail;
+    if ((rc = rndz__client_bind(&l->c, SOCK_STREAM)) < 0) goto fail;
+    l->listen_fd = rc;
+    if (listen(l->listen_fd, 128) < 0) {
+        rc = -errno;
+        goto fail;
+    }
+    l->listen_io = (rndz__io){l->listen_fd, on_accept, l};
+    if ((rc = rndz__loop_add(&l->loop, &l->listen_io, EPOLLIN))) goto fail;
+    for (size_t i = 0; i < l->c.n_servers; i++) {
+        l->srv[i].l = l;
+        l->srv[i].idx = i;
+        l->srv[i].state = SRV_DOWN;
+        l->srv[i].backoff = BACKOFF_MIN_MS;
+        l->srv[i].retry_at = 0; /* connect at the first tick */
+    }
+    if ((rc = pthread_create(&l->thread, NULL, listener_thread, l))) {
+        rc = -rc;
+        goto fail;
+    }
+    l->thread_started = true;
+    *out = l;
+    return 0;
+fail:
+    rndz_tcp_listener_destroy(l);
+    return rc;
+}
+
+int rndz_tcp_listener_local_addr(rndz_tcp_listener *l, struct sockaddr_storage *out,
+                                 socklen_t *len) {
+    if (!l || !out) return -EINVAL;
+    return rndz__sock_local(l->listen_fd, out, len);
+}
+
+static void deadline_in(struct timespec *ts, uint32_t ms) {
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    ts->tv_sec += ms / 1000;
+    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) ts->tv_sec++, ts->tv_nsec -= 1000000000L;
+}
+
+int rndz_tcp_listener_wait_registered(rndz_tcp_listener *l, uint32_t timeout_ms) {
+    if (!l) return -EINVAL;
+    struct timespec until;
+    deadline_in(&until, timeout_ms);
+    int rc = 0;
+    pthread_mutex_lock(&l->mu);
+    while (!l->registered && !l->closed && rc == 0)
+        rc = pthread_cond_timedwait(&l->cv, &l->mu, &until);
+    bool ok = l->registered;
+    pthread_mutex_unlock(&l->mu);
+    return ok ? 0 : RNDZ_E_TIMEDOUT;
+}
+
+int rndz_tcp_listener_accept(rndz_tcp_listener *l, uint32_t timeout_ms,
+                             struct sockaddr_storage *peer, socklen_t *peer_len) {
+    if (!l) return -EINVAL;
+    struct timespec until;
+    deadline_in(&until, timeout_ms == UINT32_MAX ? 0 : timeout_ms);
+    int rc = 0;
+    pthread_mutex_lock(&l->mu);
+    while (!l->qlen && !l->closed && rc == 0)
+        rc = timeout_ms == UINT32_MAX ? pthread_cond_wait(&l->cv, &l->mu)
+                                      : pthread_cond_timedwait(&l->cv, &l->mu, &until);
+    if (l->closed) {
+        pthread_mutex_unlock(&l->mu);
+        return RNDZ_E_CLOSED;
+    }
+    if (!l->qlen) {
+        pthread_mutex_unlock(&l->mu);
+        return RNDZ_E_TIMEDOUT;
+    }
+    queued q = l->q[l->qhead];
+    l->qhead = (l->qhead + 1) % ACCEPT_QUEUE;
+    l->qlen--;
+    pthread_mutex_unlock(&l->mu);
+    if (peer) *peer = q.peer;
+    if (peer_len) *peer_len = rndz__addr_len((struct sockaddr *)&q.peer);
+    return q.fd;
+}
+
+int rndz_tcp_listener_close(rndz_tcp_listener *l) {
+    if (!l) return -EINVAL;
+    pthread_mutex_lock(&l->mu);
+    bool was = l->closed;
+    l->closed = true;
+    pthread_cond_broadcast(&l->cv);
+    pthread_mutex_unlock(&l->mu);
+    if (was) return 0;
+    if (l->loop.wakefd >= 0) rndz__loop_stop(&l->loop);
+    if (l->thread_started) pthread_join(l->thread, NULL);
+    l->thread_started = false;
+    for (size_t i = 0; i < l->c.n_servers; i++)
+        if (l->srv[i].state == SRV_UP) send_frame(l->srv[i].fd, &l->c, RNDZ_REQ_BYE, NULL, 0);
+    return 0;
+}
+
+void rndz_tcp_listener_destroy(rndz_tcp_listener *l) {
+    if (!l) return;
+    rndz_tcp_listener_close(l);
+    for (size_t i = 0; i < RNDZ_MAX_SERVERS; i++)
+        if (l->srv[i].fd >= 0) close(l->srv[i].fd);
+    for (size_t i = 0; i < MAX_PUNCH; i++)
+        if (l->punches[i].fd >= 0) close(l->punches[i].fd);
+    for (size_t i = 0; i < l->qlen; i++) close(l->q[(l->qhead + i) % ACCEPT_QUEUE].fd);
+    if (l->listen_fd >= 0) close(l->listen_fd);
+    rndz__loop_close(&l->loop);
+    pthread_cond_destroy(&l->cv);
+    pthread_mutex_destroy(&l->mu);
+    free(l);
+}
+
+/* --- connector -------------------------------------------------------------------------- */
+
+/* Wait for a non-blocking connect to finish by `deadline`. 0, or a negative error. */
+static int wait_connected(int fd, uint64_t deadline) {
+    for (;;) {
+        uint64_t now = rndz__now_ms();
+        if (now >= deadline) return RNDZ_E_TIMEDOUT;
+        struct pollfd p = {.fd = fd, .events = POLLOUT};
+        int pr = poll(&p, 1, (int)(deadline - now));
+        if (pr < 0 && errno == EINTR) continue;
+        if (pr < 0) return -errno;
+        if (pr == 0) return RNDZ_E_TIMEDOUT;
+        int err = 0;
+        socklen_t el = sizeof err;
+        getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el);
+        return -err;
+    }
+}
+
+static int connect_by(rndz__client *c, const struct sockaddr_storage *to, uint64_t deadline) {
+    int fd = rndz__client_bind(c, SOCK_STREAM);
+    if (fd < 0) return fd;
+    int rc = 0;
+    if (connect(fd, (const struct sockaddr *)to, rndz__addr_len((const struct sockaddr *)to)) < 0)
+        rc = errno == EINPROGRESS ? wait_connected(fd, deadline) : -errno;
+    if (rc) {
+        close(fd);
+        return rc;
+    }
+    return fd;
+}
+
+/* Ask one server where `target` is. 1 with *peer filled, 0 if the server does not know it,
+ * or a negative error. *srv_fd keeps the server connection open (the caller closes it). */
+static int ask_server(rndz__client *c, size_t i, const char *target, size_t tlen,
+                      uint64_t deadline, struct sockaddr_storage *peer, int *srv_fd) {
+    int fd = connect_by(c, &c->servers[i], deadline);
+    if (fd < 0) return fd;
+    *srv_fd = fd;
+    int rc = send_frame(fd, c, RNDZ_REQ_ISYNC, target, tlen);
+    if (rc) return rc;
+    rndz_framer f;
+    rndz_framer_init(&f);
+    uint8_t buf[512];
+    for (;;) {
+        uint64_t now = rndz__now_ms();
+        if (now >= deadline) return RNDZ_E_TIMEDOUT;
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int pr = poll(&p, 1, (int)(deadline - now));
+        if (pr < 0 && errno == EINTR) continue;
+        if (pr < 0) return -errno;
+        if (pr == 0) return RNDZ_E_TIMEDOUT;
+        ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n == 0) return -ECONNRESET;
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EINTR) continue;
+            return -errno;
+        }
+        size_t off = 0;
+        while (off < (size_t)n) {
+            int used = rndz_framer_feed(&f, buf + off, (size_t)n - off);
+            if (used < 0) return used;
+            off += (size_t)used;
+            const uint8_t *body;
+            size_t blen;
+            while (rndz_framer_next(&f, &body, &blen) == 1) {
+                rndz_msg m;
+                if (rndz_msg_decode(body, blen, 1, &m) || m.cmd != RNDZ_RSP_REDIRECT ||
+                    m.peer_id_len != tlen || memcmp(m.peer_id, target, tlen) != 0)
+                    continue;
+                if (m.addr_len == 0) return 0;
+                rc = rndz__client_peer_addr(c, m.addr, m.addr_len, peer);
+                return rc ? rc : 1;
+            }
+        }
+    }
+}
+
+int rndz_tcp_connect(const rndz_client_options *o, const char *target,
+                     struct sockaddr_storage *peer_out, socklen_t *peer_len) {
+    rndz__client c;
+    int rc = rndz__client_init(&c, o);
+    if (rc) return rc;
+    size_t tlen;
+    if (!target || (tlen = strlen(target)) == 0 || tlen > RNDZ_MAX_ID) return RNDZ_E_BADID;
+    uint64_t start = rndz__now_ms(), deadline = start + c.timeout_ms;
+    struct sockaddr_storage peer;
+    int srv_fd = -1, found = 0;
+    size_t not_found = 0;
+    rc = RNDZ_E_TIMEDOUT;
+    for (size_t i = 0; i < c.n_servers && !found; i++) {
+        if (srv_fd >= 0) close(srv_fd);
+        srv_fd = -1;
+        int r = ask_server(&c, i, target, tlen, deadline, &peer, &srv_fd);
+        if (r == 1) found = 1;
+        else if (r == 0) not_found++;
+        else {
+            RNDZ_LOG(RNDZ_LOG_DEBUG, "tcp connect: server %s: %s", c.server_text[i],
+                     rndz_strerror(r));
+            rc = r;
+        }
+    }
+    if (!found) {
+        if (srv_fd >= 0) close(srv_fd);
+        if (not_found == c.n_servers) return RNDZ_E_NOTFOUND;
+        return rc == RNDZ_E_TIMEDOUT || rc == -ECONNREFUSED ? RNDZ_E_TIMEDOUT : rc;
+    }
+    /* Connect from the same port. A refusal means the peer's side is not open toward us yet
+     * (its SYN has not left, or an RST raced it): try again shortly, until the deadline. */
+    char text[RNDZ_ADDRSTRLEN];
+    rndz_addr_format((struct sockaddr *)&peer, text, sizeof text);
+    int fd = -1, attempts = 0;
+    for (;;) {
+        attempts++;
+        fd = connect_by(&c, &peer, deadline);
+        if (fd >= 0) break;
+        RNDZ_LOG(RNDZ_LOG_DEBUG, "tcp connect: %s attempt %d: %s", text, attempts,
+                 rndz_strerror(fd));
+        uint64_t now = rndz__now_ms();
+        if (fd == RNDZ_E_TIMEDOUT || now + PEER_RETRY_MS >= deadline) break;
+        struct timespec ts = {0, PEER_RETRY_MS * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    close(srv_fd);
+    if (fd < 0) return RNDZ_E_PEERFAIL;
+    rndz__sock_set_nonblock(fd, false);
+    if (peer_out) {
+        *peer_out = peer;
+        rndz__addr_unmap(peer_out);
+        if (peer_len) *peer_len = rndz__addr_len((struct sockaddr *)peer_out);
+    }
+    RNDZ_LOG(RNDZ_LOG_INFO, "tcp connect: %s is at %s (after %llu ms, %d attempt%s)", target,
+             text, (unsigned long long)(rndz__now_ms() - start), attempts,
+             attempts == 1 ? "" : "s");
+    return fd;
+}

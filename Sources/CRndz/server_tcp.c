@@ -1,0 +1,323 @@
+/* server_tcp.c: the v1 rendezvous server over TCP (BRIEF, "Server, TCP").
+ *
+ * One connection per client, frames of a 2-byte big-endian length and a body of at most
+ * 1500 bytes; responses carry no id.
+ *   Ping from X          -> register X -> (this connection, its remote address); Pong.
+ *   Isync{T} from X      -> T registered: Fsync{X, X's address} down T's connection and
+ *                           register X; else Redirect{T, ""}.
+ *   Rsync{T} from L      -> Redirect{L, L's address} down T's connection.
+ *   Bye, a bad frame, EOF, an error, 30 s of silence -> the connection is dropped and its
+ *                           registration removed (only if it still belongs to it).
+ * Nothing blocks: replies that do not fit the socket wait in a small per-connection buffer;
+ * a connection whose buffer overflows (a peer that does not read) is dropped. */
+#include "server.h"
+
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* A client that lets this much of our output pile up is not reading: drop it. */
+#define OUT_MAX 16384
+/* Accept at most this many connections per readiness event, so a connection storm cannot
+ * starve the rest of the loop. */
+#define ACCEPT_BATCH 64
+
+typedef struct conn {
+    rndz__io io;
+    rndz_server *s;
+    struct conn *prev, *next; /* idle order: head is the longest silent */
+    struct conn *dead_next;
+    rndz__reg_entry *reg; /* the registration this connection owns, if any */
+    struct sockaddr_storage remote;
+    uint64_t last_rx;
+    uint8_t *out; /* pending output */
+    size_t out_len;
+    bool dead, want_out;
+    rndz_framer framer;
+} conn;
+
+typedef struct tcp_state {
+    rndz__registry reg;
+    conn *oldest, *newest;
+    conn *dead; /* closed during this loop turn; freed at the next tick */
+    size_t nconns;
+    int reserve_fd;          /* spare descriptor, given up to shed connections at EMFILE */
+    uint64_t emfile_logged; /* rate limit for the "out of descriptors" message */
+} tcp_state;
+
+static void idle_unlink(tcp_state *t, conn *c) {
+    if (c->prev) c->prev->next = c->next;
+    else t->oldest = c->next;
+    if (c->next) c->next->prev = c->prev;
+    else t->newest = c->prev;
+    c->prev = c->next = NULL;
+}
+
+static void idle_append(tcp_state *t, conn *c) {
+    c->prev = t->newest;
+    c->next = NULL;
+    if (t->newest) t->newest->next = c;
+    else t->oldest = c;
+    t->newest = c;
+}
+
+static void conn_close(conn *c, const char *why) {
+    if (c->dead) return;
+    rndz_server *s = c->s;
+    tcp_state *t = s->tcp;
+    char text[RNDZ_ADDRSTRLEN] = "?";
+    rndz_addr_format((struct sockaddr *)&c->remote, text, sizeof text);
+    RNDZ_LOG(RNDZ_LOG_DEBUG, "tcp: closing %s: %s", text, why);
+    if (c->reg && c->reg->owner == c) rndz__reg_del(&t->reg, c->reg);
+    c->reg = NULL;
+    rndz__loop_del(&s->loop, &c->io);
+    close(c->io.fd);
+    c->io.fd = -1;
+    c->dead = true;
+    idle_unlink(t, c);
+    c->dead_next = t->dead;
+    t->dead = c;
+    t->nconns--;
+    RNDZ_STAT_SET(s, tcp_conns, t->nconns);
+    RNDZ_STAT_SET(s, tcp_peers, t->reg.count);
+}
+
+static void conn_flush(conn *c) {
+    while (c->out_len) {
+        ssize_t n = send(c->io.fd, c->out, c->out_len, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN) break;
+            conn_close(c, "send failed");
+            return;
+        }
+        memmove(c->out, c->out + n, c->out_len - (size_t)n);
+        c->out_len -= (size_t)n;
+    }
+    bool want = c->out_len > 0;
+    if (want != c->want_out) {
+        c->want_out = want;
+        rndz__loop_mod(&c->s->loop, &c->io, EPOLLIN | (want ? EPOLLOUT : 0));
+    }
+    if (!want) {
+        free(c->out);
+        c->out = NULL;
+    }
+}
+
+static void conn_send(conn *c, const rndz_msg *m) {
+    if (c->dead) return;
+    uint8_t frame[2 + RNDZ_MAX_MSG];
+    int n = rndz_frame_encode(m, frame, sizeof frame);
+    if (n < 0) return;
+    if (c->out_len + (size_t)n > OUT_MAX) {
+        conn_close(c, "not reading its replies");
+        return;
+    }
+    if (!c->out) {
+        c->out = malloc(OUT_MAX);
+        if (!c->out) {
+            conn_close(c, "out of memory");
+            return;
+        }
+    }
+    memcpy(c->out + c->out_len, frame, (size_t)n);
+    c->out_len += (size_t)n;
+    conn_flush(c);
+}
+
+static void conn_register(tcp_state *t, conn *c, const char *id, size_t len, uint64_t now) {
+    rndz__reg_entry *e = rndz__reg_get(&t->reg, id, len);
+    if (e && e->owner && e->owner != c) ((conn *)e->owner)->reg = NULL; /* taken over */
+    if (c->reg && c->reg != e && c->reg->owner == c) rndz__reg_del(&t->reg, c->reg);
+    c->reg = rndz__reg_put(&t->reg, id, len, (struct sockaddr *)&c->remote, c, now);
+}
+
+static void conn_handle(conn *c, const uint8_t *body, size_t len, uint64_t now) {
+    rndz_server *s = c->s;
+    tcp_state *t = s->tcp;
+    rndz_msg req;
+    int rc = rndz_msg_decode(body, len, 0, &req);
+    if (rc) {
+        RNDZ_STAT_ADD(s, tcp_malformed, 1);
+        conn_close(c, rndz_strerror(rc));
+        return;
+    }
+    char text[RNDZ_ADDRSTRLEN];
+    int tl = rndz_addr_format((struct sockaddr *)&c->remote, text, sizeof text);
+    if (tl < 0) tl = 0;
+    rndz__reg_entry *e;
+    switch (req.cmd) {
+    case RNDZ_REQ_PING: {
+        conn_register(t, c, req.id, req.id_len, now);
+        rndz_msg pong = {.cmd = RNDZ_RSP_PONG};
+        conn_send(c, &pong);
+        break;
+    }
+    case RNDZ_REQ_ISYNC:
+        e = rndz__reg_get(&t->reg, req.peer_id, req.peer_id_len);
+        if (e && e->owner && e->owner != c) {
+            rndz_msg f = {.cmd = RNDZ_RSP_FSYNC, .peer_id = req.id, .peer_id_len = req.id_len,
+                          .addr = text, .addr_len = (size_t)tl};
+            conn_send(e->owner, &f);
+            conn_register(t, c, req.id, req.id_len, now);
+        } else {
+            rndz_msg r = {.cmd = RNDZ_RSP_REDIRECT, .peer_id = req.peer_id,
+                          .peer_id_len = req.peer_id_len, .addr = "", .addr_len = 0};
+            conn_send(c, &r);
+        }
+        break;
+    case RNDZ_REQ_RSYNC:
+        e = rndz__reg_get(&t->reg, req.peer_id, req.peer_id_len);
+        if (e && e->owner) {
+            rndz_msg r = {.cmd = RNDZ_RSP_REDIRECT, .peer_id = req.id, .peer_id_len = req.id_len,
+                          .addr = text, .addr_len = (size_t)tl};
+            conn_send(e->owner, &r);
+        }
+        break;
+    case RNDZ_REQ_BYE: conn_close(c, "bye"); break;
+    default:
+        RNDZ_STAT_ADD(s, tcp_malformed, 1);
+        conn_close(c, "not a request");
+        break;
+    }
+    RNDZ_STAT_SET(s, tcp_peers, t->reg.count);
+}
+
+static void conn_event(void *ctx, uint32_t events) {
+    conn *c = ctx;
+    if (c->dead) return;
+    tcp_state *t = c->s->tcp;
+    if (events & EPOLLOUT) conn_flush(c);
+    if (c->dead || !(events & (EPOLLIN | EPOLLHUP | EPOLLERR))) return;
+    uint8_t buf[4096];
+    ssize_t n = recv(c->io.fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (n == 0) {
+        conn_close(c, "closed by peer");
+        return;
+    }
+    if (n < 0) {
+        if (errno != EAGAIN && errno != EINTR) conn_close(c, "recv failed");
+        return;
+    }
+    uint64_t now = rndz__now_ms();
+    c->last_rx = now;
+    idle_unlink(t, c);
+    idle_append(t, c);
+    size_t off = 0;
+    while (off < (size_t)n && !c->dead) {
+        int used = rndz_framer_feed(&c->framer, buf + off, (size_t)n - off);
+        if (used < 0) {
+            RNDZ_STAT_ADD(c->s, tcp_malformed, 1);
+            conn_close(c, "oversize frame");
+            return;
+        }
+        off += (size_t)used;
+        const uint8_t *body;
+        size_t blen;
+        while (!c->dead && rndz_framer_next(&c->framer, &body, &blen) == 1)
+            conn_handle(c, body, blen, now);
+    }
+}
+
+static void tcp_accept(void *ctx, uint32_t events) {
+    rndz_server *s = ctx;
+    tcp_state *t = s->tcp;
+    for (int i = 0; i < ACCEPT_BATCH; i++) {
+        struct sockaddr_storage from;
+        socklen_t fl = sizeof from;
+        int fd = accept4(s->tcp_fd, (struct sockaddr *)&from, &fl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED) return;
+            if (errno == EMFILE || errno == ENFILE) {
+                /* Out of descriptors: the pending connection would wake us forever. Give up
+                 * the reserve descriptor, accept and close at once, and say so. */
+                uint64_t now = rndz__now_ms();
+                if (now - t->emfile_logged >= 1000 || !t->emfile_logged) {
+                    RNDZ_LOG(RNDZ_LOG_ERROR, "tcp: out of file descriptors (%d connections); "
+                             "refusing new ones; raise the limit (ulimit -n)", (int)t->nconns);
+                    t->emfile_logged = now;
+                }
+                if (t->reserve_fd >= 0) {
+                    close(t->reserve_fd);
+                    int x = accept(s->tcp_fd, NULL, NULL);
+                    if (x >= 0) close(x);
+                    t->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+                }
+                return;
+            }
+            RNDZ_LOG(RNDZ_LOG_WARN, "tcp: accept: %s", rndz_strerror(-errno));
+            return;
+        }
+        conn *c = calloc(1, sizeof *c);
+        if (!c) {
+            close(fd);
+            return;
+        }
+        rndz__addr_unmap(&from);
+        c->s = s;
+        c->remote = from;
+        c->last_rx = rndz__now_ms();
+        c->io = (rndz__io){fd, conn_event, c};
+        rndz_framer_init(&c->framer);
+        if (rndz__loop_add(&s->loop, &c->io, EPOLLIN)) {
+            close(fd);
+            free(c);
+            continue;
+        }
+        idle_append(t, c);
+        t->nconns++;
+        RNDZ_STAT_SET(s, tcp_conns, t->nconns);
+    }
+}
+
+uint64_t rndz__server_tcp_tick(rndz_server *s, uint64_t now) {
+    tcp_state *t = s->tcp;
+    while (t->dead) {
+        conn *c = t->dead;
+        t->dead = c->dead_next;
+        free(c->out);
+        free(c);
+    }
+    /* Idle connections, oldest first; bounded per turn like UDP expiry. */
+    for (int i = 0; i < 1024 && t->oldest && t->oldest->last_rx + s->o.tcp_idle_ms <= now; i++)
+        conn_close(t->oldest, "idle");
+    while (t->dead) { /* closed just now: nothing can refer to them any more this turn */
+        conn *c = t->dead;
+        t->dead = c->dead_next;
+        free(c->out);
+        free(c);
+    }
+    return t->oldest ? t->oldest->last_rx + s->o.tcp_idle_ms : UINT64_MAX;
+}
+
+int rndz__server_tcp_open(rndz_server *s, const rndz__sockopts *so) {
+    tcp_state *t = calloc(1, sizeof *t);
+    if (!t) return -ENOMEM;
+    s->tcp = t;
+    t->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    int rc = rndz__reg_init(&t->reg);
+    if (rc) return rc;
+    rndz__sockopts o = *so;
+    o.reuse_addr = true; /* restart at once despite TIME_WAIT; no REUSEPORT: a second
+                          * server on the same port must fail, not share it */
+    rc = rndz__sock_bind(SOCK_STREAM, (struct sockaddr *)&s->local, &o);
+    if (rc < 0) return rc;
+    s->tcp_fd = rc;
+    if (listen(s->tcp_fd, 4096) < 0) return -errno;
+    s->tcp_io = (rndz__io){s->tcp_fd, tcp_accept, s};
+    return rndz__loop_add(&s->loop, &s->tcp_io, EPOLLIN);
+}
+
+void rndz__server_tcp_close(rndz_server *s) {
+    tcp_state *t = s->tcp;
+    if (!t) return;
+    while (t->oldest) conn_close(t->oldest, "server stopping");
+    rndz__server_tcp_tick(s, 0);
+    if (t->reserve_fd >= 0) close(t->reserve_fd);
+    rndz__reg_free(&t->reg);
+    free(t);
+    s->tcp = NULL;
+}

@@ -14,7 +14,7 @@ let package = Package(
             path: ".",
             sources: ["Sources/CRndz"],
             publicHeadersPath: "include",
-            cSettings: [.define("_GNU_SOURCE"), .unsafeFlags(["-fvisibility=hidden"])],
+            cSettings: [.define("_GNU_SOURCE")],
             linkerSettings: [.linkedLibrary("pthread")]
         ),
         .target(name: "Rndz", dependencies: ["CRndz"], path: "Sources/Rndz"),

@@ -29,10 +29,16 @@
  *   - Callbacks (log, socket configuration) may run on rndz's background threads; they must
  *     not call *_destroy() on the handle that runs them.
  *
+ * OPTIONS
+ *   Option structs and the strings they point to are only read during the call that takes
+ *   them (they are copied). A *_ms field of 0 means "the default". At most 16 servers
+ *   (-E2BIG beyond).
+ *
  * FILE DESCRIPTORS
  *   An fd *returned* by a function (rndz_udp_connect(), rndz_tcp_connect(),
- *   rndz_tcp_listener_accept()) belongs to the caller, who closes it. An fd *borrowed* from a
- *   handle (rndz_udp_listener_fd()) stays owned by the handle and is closed by its destroy.
+ *   rndz_tcp_listener_accept()) belongs to the caller, who closes it; it is in blocking mode.
+ *   An fd *borrowed* from a handle (rndz_udp_listener_fd(), blocking mode too) stays owned by
+ *   the handle and is closed by its destroy.
  */
 #ifndef RNDZ_H
 #define RNDZ_H
@@ -116,7 +122,8 @@ typedef enum rndz_log_level {
 } rndz_log_level;
 
 /* Called for every message at or below the configured level, from any rndz thread. `msg` is
- * valid only during the call. */
+ * valid only during the call. Calls are serialised under rndz's log lock: the callback must
+ * not call rndz_set_log(). */
 typedef void (*rndz_log_fn)(rndz_log_level level, const char *msg, void *user);
 
 /* Install the process-wide log callback (NULL: default, which writes to stderr) and the
@@ -136,8 +143,9 @@ RNDZ_API int rndz_log_level_parse(const char *s);
  * RNDZ_E_BADADDR. `len` may be NULL. */
 RNDZ_API int rndz_addr_parse(const char *text, struct sockaddr_storage *out, socklen_t *len);
 /* Like rndz_addr_parse but also resolves "host:port" through getaddrinfo. `family` is
- * AF_UNSPEC, AF_INET or AF_INET6 and picks among the results (AF_UNSPEC: the first).
- * Returns 0, RNDZ_E_BADADDR or RNDZ_E_RESOLVE. Blocks while resolving. */
+ * AF_UNSPEC, AF_INET or AF_INET6 and picks among the results (AF_UNSPEC: the first); a
+ * numeric address of another family gives RNDZ_E_RESOLVE. Returns 0, RNDZ_E_BADADDR or
+ * RNDZ_E_RESOLVE. Blocks while resolving. */
 RNDZ_API int rndz_addr_resolve(const char *text, int family, struct sockaddr_storage *out,
                                socklen_t *len);
 /* Write the text form into buf (at least RNDZ_ADDRSTRLEN bytes is always enough). IPv4-mapped
@@ -247,7 +255,8 @@ RNDZ_API int rndz_server_create(const rndz_server_options *o, rndz_server **out)
 /* The address actually bound (useful with port 0). */
 RNDZ_API int rndz_server_local_addr(rndz_server *s, struct sockaddr_storage *out,
                                     socklen_t *len);
-/* Serve on the calling thread until rndz_server_stop(). Returns 0 after a stop. */
+/* Serve on the calling thread until rndz_server_stop(). Returns 0 after a stop. A server
+ * serves once: after a stop, run and start return -EBUSY. */
 RNDZ_API int rndz_server_run(rndz_server *s);
 /* Serve on a new background thread. Returns 0 or a negative error. */
 RNDZ_API int rndz_server_start(rndz_server *s);

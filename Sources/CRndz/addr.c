@@ -142,7 +142,8 @@ int rndz_addr_resolve(const char *text, int family, struct sockaddr_storage *out
     bool br;
     int rc = split_host_port(text, host, sizeof host, &port, &br);
     if (rc) return rc;
-    if (parse_numeric(host, br, port, out, len) == 0) return 0;
+    if (parse_numeric(host, br, port, out, len) == 0)
+        return family == AF_UNSPEC || out->ss_family == family ? 0 : RNDZ_E_RESOLVE;
     if (br) return RNDZ_E_BADADDR;
     struct addrinfo hints = {.ai_family = family, .ai_socktype = SOCK_DGRAM}, *res = NULL;
     int gai = getaddrinfo(host, NULL, &hints, &res);

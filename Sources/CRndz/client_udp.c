@@ -69,12 +69,13 @@ static void on_fsync(rndz_udp_listener *l, srv_sock *s, const rndz_msg *m) {
     char text[RNDZ_ADDRSTRLEN];
     rndz_addr_format((struct sockaddr *)&peer, text, sizeof text);
     RNDZ_LOG(RNDZ_LOG_INFO, "udp listener: peer %s at %s wants to connect", peer_id, text);
-    /* Rsync to the server (it redirects the peer to us) and the same bytes to the peer, which
-     * opens our NAT toward it. */
-    int rc = send_request(s->fd, &l->c, RNDZ_REQ_RSYNC, m->peer_id, m->peer_id_len, NULL);
-    if (rc) RNDZ_LOG(RNDZ_LOG_DEBUG, "udp listener: Rsync to server: %s", rndz_strerror(rc));
-    rc = send_request(l->peer_fd, &l->c, RNDZ_REQ_RSYNC, m->peer_id, m->peer_id_len, &peer);
+    /* First the punch (the Rsync bytes, as v1 sends them) that opens our NAT toward the peer,
+     * then Rsync to the server, which redirects the peer to us: the punch is then on its way
+     * before the peer even learns our address. */
+    int rc = send_request(l->peer_fd, &l->c, RNDZ_REQ_RSYNC, m->peer_id, m->peer_id_len, &peer);
     if (rc) RNDZ_LOG(RNDZ_LOG_DEBUG, "udp listener: punch to %s: %s", text, rndz_strerror(rc));
+    rc = send_request(s->fd, &l->c, RNDZ_REQ_RSYNC, m->peer_id, m->peer_id_len, NULL);
+    if (rc) RNDZ_LOG(RNDZ_LOG_DEBUG, "udp listener: Rsync to server: %s", rndz_strerror(rc));
 }
 
 static void srv_readable(void *ctx, uint32_t events) {

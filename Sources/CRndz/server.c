@@ -137,9 +137,15 @@ static void *server_thread(void *arg) {
 
 int rndz_server_start(rndz_server *s) {
     if (!s) return -EINVAL;
-    if (s->thread_started || atomic_load(&s->running)) return -EBUSY;
+    bool expected = false;
+    if (!atomic_compare_exchange_strong(&s->starting, &expected, true) ||
+        atomic_load(&s->running))
+        return -EBUSY;
     int rc = pthread_create(&s->thread, NULL, server_thread, s);
-    if (rc) return -rc;
+    if (rc) {
+        atomic_store(&s->starting, false);
+        return -rc;
+    }
     s->thread_started = true;
     return 0;
 }

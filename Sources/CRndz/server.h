@@ -27,6 +27,7 @@ struct rndz_server {
     pthread_t thread;
     bool thread_started;
     atomic_bool running;
+    atomic_bool starting; /* rndz_server_start() claimed the handle */
     rndz__server_counters c;
 };
 

@@ -133,6 +133,7 @@ static void conn_register(tcp_state *t, conn *c, const char *id, size_t len, uin
     if (e && e->owner && e->owner != c) ((conn *)e->owner)->reg = NULL; /* taken over */
     if (c->reg && c->reg != e && c->reg->owner == c) rndz__reg_del(&t->reg, c->reg);
     c->reg = rndz__reg_put(&t->reg, id, len, (struct sockaddr *)&c->remote, c, now);
+    RNDZ_STAT_SET(c->s, tcp_peers, t->reg.count); /* before any reply goes out */
 }
 
 static void conn_handle(conn *c, const uint8_t *body, size_t len, uint64_t now) {

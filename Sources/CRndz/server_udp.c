@@ -20,11 +20,12 @@ static void send_response(rndz_server *s, const rndz_msg *m, const struct sockad
         RNDZ_LOG(RNDZ_LOG_DEBUG, "udp: response not encodable: %s", rndz_strerror(n));
         return;
     }
+    RNDZ_STAT_ADD(s, udp_tx, 1); /* counted first, so a client holding the reply sees it */
     if (sendto(s->udp_fd, out, (size_t)n, MSG_DONTWAIT, (const struct sockaddr *)to,
-               rndz__addr_len((const struct sockaddr *)to)) == n)
-        RNDZ_STAT_ADD(s, udp_tx, 1);
-    else
+               rndz__addr_len((const struct sockaddr *)to)) != n) {
+        atomic_fetch_sub_explicit(&s->c.udp_tx, 1, memory_order_relaxed);
         RNDZ_LOG(RNDZ_LOG_DEBUG, "udp: sendto failed: %s", rndz_strerror(-errno));
+    }
 }
 
 void rndz__server_udp_handle(rndz_server *s, const uint8_t *buf, size_t len,
@@ -43,6 +44,7 @@ void rndz__server_udp_handle(rndz_server *s, const uint8_t *buf, size_t len,
     case RNDZ_REQ_PING: {
         if (!rndz__reg_put(reg, req.id, req.id_len, (const struct sockaddr *)from, NULL, now))
             return;
+        RNDZ_STAT_SET(s, udp_peers, reg->count);
         rndz_msg pong = {.cmd = RNDZ_RSP_PONG, .id = req.id, .id_len = req.id_len};
         send_response(s, &pong, from);
         break;
@@ -52,6 +54,7 @@ void rndz__server_udp_handle(rndz_server *s, const uint8_t *buf, size_t len,
         if (t) {
             struct sockaddr_storage to = t->addr; /* put may move t */
             rndz__reg_put(reg, req.id, req.id_len, (const struct sockaddr *)from, NULL, now);
+            RNDZ_STAT_SET(s, udp_peers, reg->count);
             int n = rndz_addr_format((const struct sockaddr *)from, text, sizeof text);
             if (n < 0) return;
             rndz_msg f = {RNDZ_RSP_FSYNC, req.peer_id, req.peer_id_len, req.id, req.id_len,
@@ -76,12 +79,12 @@ void rndz__server_udp_handle(rndz_server *s, const uint8_t *buf, size_t len,
     case RNDZ_REQ_BYE:
         t = rndz__reg_get(reg, req.id, req.id_len);
         if (t) rndz__reg_del(reg, t);
+        RNDZ_STAT_SET(s, udp_peers, reg->count);
         break;
     default:
         RNDZ_STAT_ADD(s, udp_malformed, 1); /* Fsync is not a request a server takes */
         break;
     }
-    RNDZ_STAT_SET(s, udp_peers, reg->count);
 }
 
 void rndz__server_udp_readable(void *ctx, uint32_t events) {

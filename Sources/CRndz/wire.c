@@ -108,13 +108,14 @@ static int read_string(reader *r, int wt, const char **s, size_t *n) {
     return 0;
 }
 
-/* The body of a command submessage: field 1 id, field 2 addr (when the command has one). */
-static int decode_cmd(reader *r, bool has_addr, rndz_msg *m) {
+/* The body of a command submessage: field 1 id (Isync, Fsync, Rsync, Redirect), field 2 addr
+ * (Fsync, Redirect). Ping, Pong and Bye are empty: any field in them is unknown. */
+static int decode_cmd(reader *r, bool has_peer, bool has_addr, rndz_msg *m) {
     while (r->p < r->end) {
         uint32_t field;
         int wt, rc = read_tag(r, &field, &wt);
         if (rc) return rc;
-        if (field == 1) rc = read_string(r, wt, &m->peer_id, &m->peer_id_len);
+        if (field == 1 && has_peer) rc = read_string(r, wt, &m->peer_id, &m->peer_id_len);
         else if (field == 2 && has_addr) rc = read_string(r, wt, &m->addr, &m->addr_len);
         else rc = skip_field(r, wt);
         if (rc) return rc;
@@ -129,6 +130,10 @@ static const rndz_cmd cmd_of[2][7] = {
     {RNDZ_CMD_NONE, RNDZ_CMD_NONE, RNDZ_RSP_PONG, RNDZ_RSP_REDIRECT, RNDZ_RSP_FSYNC,
      RNDZ_CMD_NONE, RNDZ_CMD_NONE},
 };
+
+static bool cmd_has_peer(rndz_cmd c) {
+    return c != RNDZ_REQ_PING && c != RNDZ_REQ_BYE && c != RNDZ_RSP_PONG;
+}
 
 static bool cmd_has_addr(rndz_cmd c) {
     return c == RNDZ_REQ_FSYNC || c == RNDZ_RSP_REDIRECT || c == RNDZ_RSP_FSYNC;
@@ -158,7 +163,7 @@ int rndz_msg_decode(const uint8_t *buf, size_t len, int is_response, rndz_msg *o
                 out->peer_id = out->addr = "";
                 out->peer_id_len = out->addr_len = 0;
             }
-            rc = decode_cmd(&sub, cmd_has_addr(c), out);
+            rc = decode_cmd(&sub, cmd_has_peer(c), cmd_has_addr(c), out);
         } else {
             rc = skip_field(&r, wt);
         }
@@ -229,8 +234,7 @@ int rndz_msg_encode(const rndz_msg *m, uint8_t *buf, size_t cap) {
     if (!field) return RNDZ_E_NOCMD;
     size_t peer_len = m->peer_id ? m->peer_id_len : 0;
     size_t addr_len = (m->addr && cmd_has_addr(m->cmd)) ? m->addr_len : 0;
-    bool has_peer = m->cmd != RNDZ_REQ_PING && m->cmd != RNDZ_REQ_BYE && m->cmd != RNDZ_RSP_PONG;
-    if (!has_peer) peer_len = 0;
+    if (!cmd_has_peer(m->cmd)) peer_len = 0;
     size_t id_len = m->id ? m->id_len : 0;
     size_t sub = string_size(peer_len) + string_size(addr_len);
     size_t total = string_size(id_len) + 1 + varint_size(sub) + sub;

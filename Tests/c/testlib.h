@@ -1,0 +1,165 @@
+/* testlib.h: tiny helpers shared by the C test programs (Tests/c/test_*.c).
+ *
+ * Assertions print file:line and the values and count failures; tl_finish() prints a summary
+ * and returns the exit status. Socket helpers make raw UDP sockets on loopback (port 0 only)
+ * with a receive timeout. The vectors file is read from $RNDZ_VECTORS.
+ * Only the public API (<rndz.h>) is used here and in the tests.
+ */
+#ifndef RNDZ_TESTLIB_H
+#define RNDZ_TESTLIB_H
+
+#include <rndz.h>
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+/* --- assertions ------------------------------------------------------------------------ */
+
+extern int tl_failures;
+extern int tl_checks;
+
+/* Start a test program: names it in the summary and arms a watchdog (seconds; the
+ * environment variable RNDZ_TEST_TIMEOUT overrides it, e.g. under valgrind). */
+void tl_init(const char *name, unsigned watchdog_s);
+/* Slowdown factor for timeouts: 8 under valgrind (detected through LD_PRELOAD), else 1;
+ * RNDZ_TEST_SLOW overrides. tl_ms(ms) = ms * tl_slow(). */
+unsigned tl_slow(void);
+unsigned tl_ms(unsigned ms);
+/* Print "name: N checks, M failed" and return the exit status (0 = all passed). */
+int tl_finish(void);
+/* Print a line prefixed with the test name (to stderr). */
+void tl_note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Name the case currently running, shown with every failure. */
+void tl_case(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+bool tl_check(bool ok, const char *file, int line, const char *expr);
+bool tl_check_eq_int(long long a, long long b, const char *file, int line, const char *ea,
+                     const char *eb);
+bool tl_check_eq_rc(long long a, long long b, const char *file, int line, const char *ea,
+                    const char *eb);
+bool tl_check_eq_mem(const void *a, size_t alen, const void *b, size_t blen, const char *file,
+                     int line, const char *ea, const char *eb);
+bool tl_check_eq_str(const char *a, const char *b, const char *file, int line, const char *ea,
+                     const char *eb);
+
+#define CHECK(c) tl_check(!!(c), __FILE__, __LINE__, #c)
+#define CHECK_EQ_INT(a, b) tl_check_eq_int((long long)(a), (long long)(b), __FILE__, __LINE__, #a, #b)
+/* Like CHECK_EQ_INT but prints rndz_err_name() of both sides. */
+#define CHECK_RC(a, b) tl_check_eq_rc((long long)(a), (long long)(b), __FILE__, __LINE__, #a, #b)
+#define CHECK_EQ_MEM(a, alen, b, blen)                                                       \
+    tl_check_eq_mem((a), (alen), (b), (blen), __FILE__, __LINE__, #a, #b)
+#define CHECK_EQ_STR(a, b) tl_check_eq_str((a), (b), __FILE__, __LINE__, #a, #b)
+/* A counted string (not NUL-terminated) equal to a C string. */
+#define CHECK_EQ_SN(s, n, cstr) CHECK_EQ_MEM((s), (n), (cstr), strlen(cstr))
+
+/* --- hex ------------------------------------------------------------------------------- */
+
+/* Parse hex digits (spaces and tabs ignored) into out. Returns the byte count, or -1 on a bad
+ * digit, an odd count or overflow of cap. */
+long tl_hex(const char *hex, uint8_t *out, size_t cap);
+/* Format bytes as "0a 02 63 31" into buf (truncated with "..." if cap is short). */
+const char *tl_tohex(const void *data, size_t len, char *buf, size_t cap);
+
+/* --- time ------------------------------------------------------------------------------ */
+
+uint64_t tl_now_ms(void);
+void tl_sleep_ms(unsigned ms);
+
+/* --- sockets --------------------------------------------------------------------------- */
+
+/* A UDP socket bound to 127.0.0.1:0 (AF_INET) or [::1]:0 (AF_INET6) with SO_RCVTIMEO of
+ * timeout_ms. Aborts the program if the socket cannot be made. */
+int tl_udp_socket(int family, unsigned timeout_ms);
+/* Same, bound to an explicit numeric address text ("[::]:0", ...). */
+int tl_udp_socket_at(const char *addr, unsigned timeout_ms);
+void tl_set_timeout(int fd, unsigned timeout_ms);
+/* Local port of a socket (host order). */
+int tl_port(int fd);
+/* Local address of a socket as text ("127.0.0.1:12345"). */
+const char *tl_local_text(int fd, char *buf, size_t cap);
+/* Send to a numeric text address. Returns sendto's result (aborts on a bad address). */
+long tl_sendto(int fd, const void *data, size_t len, const char *to);
+/* Send to a sockaddr. */
+long tl_sendto_sa(int fd, const void *data, size_t len, const struct sockaddr_storage *to);
+/* Receive with the socket's timeout. Returns the length, or -1 on timeout/error. from may be
+ * NULL. */
+long tl_recv(int fd, void *buf, size_t cap, struct sockaddr_storage *from);
+/* Receive with an explicit timeout (poll); -1 on timeout. */
+long tl_recv_wait(int fd, void *buf, size_t cap, struct sockaddr_storage *from,
+                  unsigned timeout_ms);
+/* True if a datagram is queued on fd right now (nothing is consumed). */
+bool tl_pending(int fd);
+/* True if nothing arrives on fd within ms. */
+bool tl_silent(int fd, unsigned ms);
+/* Text form of a sockaddr (via rndz_addr_format). */
+const char *tl_addr_text(const struct sockaddr_storage *ss, char *buf, size_t cap);
+int tl_addr_port(const struct sockaddr_storage *ss);
+/* Number of open file descriptors of this process (/proc/self/fd). */
+int tl_count_fds(void);
+/* Number of threads of this process (/proc/self/task). */
+int tl_count_threads(void);
+/* The thread count once it has come down to `want` (a joined thread can linger in
+ * /proc/self/task for a moment after pthread_join returns), or after 1 s, whatever it is. */
+int tl_threads_settled(int want);
+/* Whether IPv6 loopback works here. */
+bool tl_have_ipv6(void);
+
+/* --- protobuf bytes built by hand (independent of the library's encoder) --------------- */
+
+/* A v1 message's bytes: field 1 = id (omitted if empty), then command field `field` with a
+ * submessage holding 1 = peer (if non-empty) and 2 = addr (if non-empty). Returns the length.
+ * Works for Requests and Responses alike (the caller picks the field number). */
+size_t tl_v1_bytes(uint8_t *out, size_t cap, const char *id, int field, const char *peer,
+                   const char *addr);
+
+/* --- a connector on a thread ----------------------------------------------------------- */
+
+/* rndz_udp_connect() run on a background thread, so the test can play the other roles. */
+typedef struct tl_connect_job {
+    rndz_client_options o;
+    const char *servers[8];
+    char server_text[8][RNDZ_ADDRSTRLEN];
+    char id[300], target[300];
+    int rc; /* the fd or the error */
+    struct sockaddr_storage peer;
+    socklen_t peer_len;
+    uint64_t elapsed_ms;
+    pthread_t thread;
+} tl_connect_job;
+/* Start rndz_udp_connect(id, servers, target) with round_ms/timeout_ms (0 = default). */
+void tl_connect_start(tl_connect_job *j, const char *id, const char *const *servers, size_t n,
+                      const char *target, uint32_t round_ms, uint32_t timeout_ms);
+/* Join it and return its result (an fd the caller closes, or an error). */
+int tl_connect_join(tl_connect_job *j);
+
+/* True if these bytes decode as a v1 Request or Response (a protocol packet, not data). */
+bool tl_is_protocol(const uint8_t *buf, size_t len);
+/* Receive the next datagram that is not a v1 protocol packet (skipping those, and counting
+ * them in *skipped if not NULL). -1 on timeout. */
+long tl_recv_data(int fd, void *buf, size_t cap, struct sockaddr_storage *from,
+                  unsigned timeout_ms, int *skipped);
+
+/* --- vectors --------------------------------------------------------------------------- */
+
+typedef struct tl_vector {
+    char name[64];
+    char transport[8]; /* "udp" or "tcp" */
+    char direction[64];
+    uint8_t bytes[2048];
+    size_t len;
+    bool is_probe;
+    bool reply_none;   /* probe: the reference server answered nothing */
+    uint8_t reply[2048];
+    size_t reply_len;
+} tl_vector;
+
+/* Load every vector of $RNDZ_VECTORS (default Tests/vectors/rndz-v1-vectors.txt). Aborts on a
+ * missing or malformed file. Returns the count; *out is static storage. */
+size_t tl_vectors(const tl_vector **out);
+/* The vector with this name; aborts if absent. */
+const tl_vector *tl_vector_get(const char *name);
+
+#endif

@@ -19,7 +19,7 @@ SONAME = librndz.so.$(ABI_MAJOR)
 LIB    = $(BUILD)/librndz.so.$(VERSION)
 STAGE  = $(abspath $(BUILD)/stage)
 
-.PHONY: all install check test swift-test natlab clean header-check lib-check
+.PHONY: all install check test swift-test natlab clean header-check lib-check readme-check demo
 all: $(LIB) $(BUILD)/librndz.a
 
 $(BUILD)/obj/%.o: Sources/CRndz/%.c $(HDRS)
@@ -61,7 +61,7 @@ lib-check: $(LIB)
 C_TESTS = $(sort $(wildcard Tests/c/test_*.c))
 # The README's C examples: compiled strictly (no test helpers) and run, so they cannot rot.
 C_EXAMPLES = $(sort $(wildcard examples/*.c))
-check: all header-check lib-check
+check: all header-check lib-check readme-check
 	rm -rf $(STAGE) && $(MAKE) --no-print-directory install PREFIX=$(STAGE) >/dev/null
 	@mkdir -p $(BUILD)/ctests
 	@set -e; for t in $(C_TESTS); do \
@@ -90,7 +90,20 @@ swift-test:
 	swift build
 	swift test
 
-test: check swift-test
+# Everything CI runs: C tests, Swift tests, the NAT lab.
+test: check swift-test natlab
+
+demo:
+	scripts/demo
+	scripts/demo --tcp
+
+# The README's C example is examples/pair.c, verbatim (and `check` compiles and runs it).
+readme-check:
+	@awk '/^```c$$/{on=1;next} /^```$$/{if(on){exit}} on' README.md > $(BUILD)/readme_example.c
+	@cmp -s $(BUILD)/readme_example.c examples/pair.c || \
+	  { echo "FAIL readme-check: README's C example differs from examples/pair.c"; \
+	    diff $(BUILD)/readme_example.c examples/pair.c | head; exit 1; }
+	@echo "PASS readme-check"
 
 clean:
 	rm -rf $(BUILD)

@@ -3,7 +3,7 @@
  *   Isync{T} from X at A -> T known: remember X -> A, Fsync{X, A} to T (nothing back to X);
  *                           else Redirect{T, ""} to A.
  *   Rsync{T} from X at A -> T known: Redirect{X, A} to T.
- *   Bye from X           -> forget X.
+ *   Bye from X at A      -> forget X, if X is registered at A (0.1.5: from anywhere).
  *   Anything else        -> dropped and counted. */
 #include "server.h"
 
@@ -77,8 +77,14 @@ void rndz__server_udp_handle(rndz_server *s, const uint8_t *buf, size_t len,
         }
         break;
     case RNDZ_REQ_BYE:
+        /* Only from the address the id is registered at: anyone else could otherwise drop
+         * any id (rndz 0.1.5 honours a Bye from anywhere). */
         t = rndz__reg_get(reg, req.id, req.id_len);
-        if (t) rndz__reg_del(reg, t);
+        if (t && rndz__addr_equal((const struct sockaddr *)&t->addr,
+                                  (const struct sockaddr *)from))
+            rndz__reg_del(reg, t);
+        else if (t)
+            RNDZ_STAT_ADD(s, udp_malformed, 1);
         RNDZ_STAT_SET(s, udp_peers, reg->count);
         break;
     default:

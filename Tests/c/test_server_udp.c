@@ -333,9 +333,13 @@ static void test_server_peers_and_bye(void) {
     srv_send(&v, x, b, n, AF_INET);
     n = msg(b, "nobody", F_BYE, NULL, NULL); /* bye of an unknown id: nothing happens */
     srv_send(&v, x, b, n, AF_INET);
-    /* bye from another address still forgets the id (as v1 does) */
+    /* a bye from another address is refused (rndz 0.1.5 honoured it: anyone could drop any
+     * id); from b's own address it is honoured */
     n = msg(b, "b", F_BYE, NULL, NULL);
     srv_send(&v, x, b, n, AF_INET);
+    barrier(&v);
+    CHECK_EQ_INT(stats(&v).udp_peers, 2); /* "b" and "barrier" */
+    srv_send(&v, y, b, n, AF_INET);
     barrier(&v);
     CHECK_EQ_INT(stats(&v).udp_peers, 1); /* only "barrier" */
     CHECK(!tl_pending(x));

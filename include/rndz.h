@@ -235,6 +235,11 @@ typedef struct rndz_server_options {
     uint32_t tcp_idle_ms;       /* drop TCP connections silent this long; default 30000 */
     rndz_sock_config_fn sock_config;
     void *sock_config_user;
+    unsigned workers;           /* UDP worker threads (SO_REUSEPORT sockets); 0 (default):
+                                   one per core. With 1, the port is not shared. */
+    uint64_t max_peers;         /* UDP ids the server holds at most (about: the table is
+                                   sharded); a Ping beyond it is dropped and counted in
+                                   udp_refused. Default 1000000. */
 } rndz_server_options;
 
 typedef struct rndz_server_stats {
@@ -246,6 +251,8 @@ typedef struct rndz_server_stats {
     uint64_t tcp_conns;     /* TCP connections open now */
     uint64_t tcp_peers;     /* TCP ids registered now */
     uint64_t tcp_malformed; /* TCP connections dropped for a bad frame or message */
+    uint64_t udp_refused;   /* registrations refused: the table is full (max_peers) */
+    uint64_t workers;       /* worker threads */
 } rndz_server_stats;
 
 RNDZ_API void rndz_server_options_init(rndz_server_options *o);
@@ -264,6 +271,8 @@ RNDZ_API int rndz_server_start(rndz_server *s);
  * rndz_server_start() is joined by rndz_server_destroy(). */
 RNDZ_API int rndz_server_stop(rndz_server *s);
 RNDZ_API int rndz_server_stats_get(rndz_server *s, rndz_server_stats *out);
+/* One worker's UDP counters (udp_rx, udp_tx, udp_malformed, udp_expired, udp_refused). */
+RNDZ_API int rndz_server_worker_stats(rndz_server *s, unsigned worker, rndz_server_stats *out);
 /* Stop (if needed), join the background thread, close every socket, free. Accepts NULL. */
 RNDZ_API void rndz_server_destroy(rndz_server *s);
 

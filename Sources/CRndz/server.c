@@ -1,4 +1,4 @@
-/* server.c: the rendezvous server handle: create, bind, run, stop, destroy. */
+/* server.c: the rendezvous server handle: create, bind, workers, run, stop, destroy. */
 #include "server.h"
 
 #include <netinet/in.h>
@@ -14,32 +14,62 @@ void rndz_server_options_init(rndz_server_options *o) {
     o->enable_tcp = 1;
     o->udp_expiry_ms = 60000; /* v1: ids not refreshed for 60 s expire */
     o->tcp_idle_ms = 30000;   /* v1: a TCP connection silent for 30 s is dropped */
+    o->workers = 0;           /* one per core */
+    o->max_peers = 1000000;
+}
+
+static void worker_free(rndz__worker *w) {
+    if (!w) return;
+    if (w->udp_fd >= 0) close(w->udp_fd);
+    if (w->loop == &w->own_loop) rndz__loop_close(&w->own_loop);
+    free(w);
 }
 
 static void close_sockets(rndz_server *s) {
-    if (s->udp_fd >= 0) {
-        rndz__loop_del(&s->loop, &s->udp_io);
-        close(s->udp_fd);
+    for (unsigned i = 0; i < s->nworkers; i++) {
+        if (s->w[i] && s->w[i]->udp_fd >= 0) {
+            rndz__loop_del(s->w[i]->loop, &s->w[i]->udp_io);
+            close(s->w[i]->udp_fd);
+            s->w[i]->udp_fd = -1;
+        }
     }
     if (s->tcp) {
         if (s->tcp_fd >= 0) rndz__loop_del(&s->loop, &s->tcp_io);
         rndz__server_tcp_close(s);
     }
     if (s->tcp_fd >= 0) close(s->tcp_fd);
-    s->udp_fd = s->tcp_fd = -1;
+    s->tcp_fd = -1;
 }
 
-/* Bind UDP (which fixes the port when it is 0), then TCP on the same address and port. */
+/* Bind UDP (which fixes the port when it is 0; every worker's socket shares it), then TCP
+ * on the same address and port. */
 static int bind_all(rndz_server *s, const rndz__sockopts *so) {
     int rc;
-    if (s->o.enable_udp) {
-        if ((rc = rndz__sock_bind(SOCK_DGRAM, (struct sockaddr *)&s->local, so)) < 0) return rc;
-        s->udp_fd = rc;
-        s->udp_io = (rndz__io){s->udp_fd, rndz__server_udp_readable, s};
-        if ((rc = rndz__loop_add(&s->loop, &s->udp_io, EPOLLIN))) return rc;
+    if (s->o.enable_udp && s->nworkers > 1) {
+        /* SO_REUSEPORT would let the workers join sockets another server already holds on
+         * this port: claim the port with a plain socket first, so that fails loudly. */
+        rndz__sockopts plain = *so;
+        plain.reuse = false;
+        plain.config = NULL;
+        int probe = rndz__sock_bind(SOCK_DGRAM, (struct sockaddr *)&s->local, &plain);
+        if (probe < 0) return probe;
         socklen_t bl = sizeof s->local;
-        if (getsockname(s->udp_fd, (struct sockaddr *)&s->local, &bl) < 0) return -errno;
-        s->local_len = bl;
+        rc = getsockname(probe, (struct sockaddr *)&s->local, &bl) < 0 ? -errno : 0;
+        close(probe);
+        if (rc) return rc;
+    }
+    if (s->o.enable_udp) {
+        for (unsigned i = 0; i < s->nworkers; i++) {
+            rndz__worker *w = s->w[i];
+            if ((rc = rndz__sock_bind(SOCK_DGRAM, (struct sockaddr *)&s->local, so)) < 0)
+                return rc;
+            w->udp_fd = rc;
+            w->udp_io = (rndz__io){w->udp_fd, rndz__server_udp_readable, w};
+            if ((rc = rndz__loop_add(w->loop, &w->udp_io, EPOLLIN))) return rc;
+            socklen_t bl = sizeof s->local;
+            if (getsockname(w->udp_fd, (struct sockaddr *)&s->local, &bl) < 0) return -errno;
+            s->local_len = bl;
+        }
     }
     if (s->o.enable_tcp) {
         if ((rc = rndz__server_tcp_open(s, so))) return rc;
@@ -50,10 +80,10 @@ static int bind_all(rndz_server *s, const rndz__sockopts *so) {
     return 0;
 }
 
-static uint64_t server_tick(void *ctx, uint64_t now) {
-    rndz_server *s = ctx;
-    uint64_t a = s->udp_fd >= 0 ? rndz__server_udp_tick(s, now) : UINT64_MAX;
-    uint64_t b = s->tcp ? rndz__server_tcp_tick(s, now) : UINT64_MAX;
+static uint64_t worker_tick(void *ctx, uint64_t now) {
+    rndz__worker *w = ctx;
+    uint64_t a = w->udp_fd >= 0 ? rndz__server_udp_tick(w, now) : UINT64_MAX;
+    uint64_t b = w->idx == 0 && w->s->tcp ? rndz__server_tcp_tick(w->s, now) : UINT64_MAX;
     return a < b ? a : b;
 }
 
@@ -71,21 +101,49 @@ int rndz_server_create(const rndz_server_options *opts, rndz_server **out) {
     s->o.listen_addr = NULL; /* not kept: the caller's string may go away */
     if (!s->o.udp_expiry_ms) s->o.udp_expiry_ms = 60000;
     if (!s->o.tcp_idle_ms) s->o.tcp_idle_ms = 30000;
-    s->udp_fd = s->tcp_fd = -1;
+    if (!s->o.max_peers) s->o.max_peers = 1000000;
+    s->nworkers = s->o.workers;
+    if (!s->nworkers) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        s->nworkers = n > 0 ? (unsigned)n : 1;
+    }
+    if (s->nworkers > RNDZ_MAX_WORKERS) s->nworkers = RNDZ_MAX_WORKERS;
+    if (!s->o.enable_udp) s->nworkers = 1;
+    s->tcp_fd = -1;
     s->loop.epfd = s->loop.wakefd = -1;
     int rc = rndz_addr_parse(opts->listen_addr ? opts->listen_addr : "0.0.0.0:8888", &s->local,
                              &s->local_len);
     if (rc) goto fail;
-    if ((rc = rndz__reg_init(&s->udp_reg))) goto fail;
+    s->v6 = s->local.ss_family == AF_INET6;
+    if ((rc = rndz__pt_init(&s->peers, s->o.max_peers, rndz__now_ms()))) goto fail;
     if ((rc = rndz__loop_init(&s->loop))) goto fail;
-    rndz__sockopts so = {.reuse = false,
-                         .v6only = s->local.ss_family == AF_INET6 ? (opts->ipv6_only ? 1 : 0) : -1,
-                         .config = opts->sock_config,
-                         .config_user = opts->sock_config_user};
+    for (unsigned i = 0; i < s->nworkers; i++) {
+        rndz__worker *w = calloc(1, sizeof *w);
+        if (!w) {
+            rc = -ENOMEM;
+            goto fail;
+        }
+        s->w[i] = w;
+        w->s = s;
+        w->idx = i;
+        w->udp_fd = -1;
+        w->loop = &s->loop;
+        if (i > 0) {
+            w->own_loop.epfd = w->own_loop.wakefd = -1;
+            if ((rc = rndz__loop_init(&w->own_loop))) goto fail;
+            w->loop = &w->own_loop;
+        }
+    }
     if (!opts->enable_udp && !opts->enable_tcp) {
         rc = -EINVAL;
         goto fail;
     }
+    /* Several workers share the UDP port through SO_REUSEPORT; a single worker does not set
+     * it, so a second server on the same port fails instead of silently sharing it. */
+    rndz__sockopts so = {.reuse = s->nworkers > 1,
+                         .v6only = s->v6 ? (opts->ipv6_only ? 1 : 0) : -1,
+                         .config = opts->sock_config,
+                         .config_user = opts->sock_config_user};
     /* With port 0, UDP picks a free port and TCP must get the same one; if TCP finds it
      * taken, try again with another. */
     bool any_port = ((struct sockaddr_in *)&s->local)->sin_port == 0; /* same offset in v6 */
@@ -101,7 +159,6 @@ int rndz_server_create(const rndz_server_options *opts, rndz_server **out) {
         }
         break;
     }
-    RNDZ_LOG(RNDZ_LOG_INFO, "server bound");
     *out = s;
     return 0;
 fail:
@@ -116,14 +173,33 @@ int rndz_server_local_addr(rndz_server *s, struct sockaddr_storage *out, socklen
     return 0;
 }
 
+static void *worker_thread(void *arg) {
+    rndz__worker *w = arg;
+    int rc = rndz__loop_run(w->loop, worker_tick, w);
+    if (rc) RNDZ_LOG(RNDZ_LOG_ERROR, "server worker %u failed: %s", w->idx, rndz_strerror(rc));
+    return NULL;
+}
+
 int rndz_server_run(rndz_server *s) {
     if (!s) return -EINVAL;
     bool expected = false;
     if (!atomic_compare_exchange_strong(&s->running, &expected, true)) return -EBUSY;
     char text[RNDZ_ADDRSTRLEN];
     if (rndz_addr_format((struct sockaddr *)&s->local, text, sizeof text) > 0)
-        RNDZ_LOG(RNDZ_LOG_INFO, "server listening on %s", text);
-    int rc = rndz__loop_run(&s->loop, server_tick, s);
+        RNDZ_LOG(RNDZ_LOG_INFO, "server listening on %s (%u worker%s)", text, s->nworkers,
+                 s->nworkers == 1 ? "" : "s");
+    int rc = 0;
+    for (unsigned i = 1; i < s->nworkers && !rc; i++) {
+        rc = -pthread_create(&s->w[i]->thread, NULL, worker_thread, s->w[i]);
+        if (!rc) s->w[i]->thread_started = true;
+    }
+    if (!rc) rc = rndz__loop_run(&s->loop, worker_tick, s->w[0]);
+    for (unsigned i = 1; i < s->nworkers; i++) {
+        if (!s->w[i]->thread_started) continue;
+        rndz__loop_stop(s->w[i]->loop);
+        pthread_join(s->w[i]->thread, NULL);
+        s->w[i]->thread_started = false;
+    }
     RNDZ_LOG(RNDZ_LOG_INFO, "server stopped");
     return rc;
 }
@@ -152,29 +228,46 @@ int rndz_server_start(rndz_server *s) {
 
 int rndz_server_stop(rndz_server *s) {
     if (!s) return -EINVAL;
-    rndz__loop_stop(&s->loop);
+    for (unsigned i = 0; i < s->nworkers; i++)
+        if (s->w[i] && s->w[i]->loop->wakefd >= 0) rndz__loop_stop(s->w[i]->loop);
     return 0;
+}
+
+static void add_worker(const rndz__worker *w, rndz_server_stats *out) {
+    out->udp_rx += atomic_load_explicit(&w->c.rx, memory_order_relaxed);
+    out->udp_tx += atomic_load_explicit(&w->c.tx, memory_order_relaxed);
+    out->udp_malformed += atomic_load_explicit(&w->c.malformed, memory_order_relaxed);
+    out->udp_expired += atomic_load_explicit(&w->c.expired, memory_order_relaxed);
+    out->udp_refused += atomic_load_explicit(&w->c.refused, memory_order_relaxed);
 }
 
 int rndz_server_stats_get(rndz_server *s, rndz_server_stats *out) {
     if (!s || !out) return -EINVAL;
-    out->udp_rx = atomic_load(&s->c.udp_rx);
-    out->udp_tx = atomic_load(&s->c.udp_tx);
-    out->udp_malformed = atomic_load(&s->c.udp_malformed);
-    out->udp_expired = atomic_load(&s->c.udp_expired);
-    out->udp_peers = atomic_load(&s->c.udp_peers);
+    memset(out, 0, sizeof *out);
+    for (unsigned i = 0; i < s->nworkers; i++) add_worker(s->w[i], out);
+    out->udp_peers = rndz__pt_count(&s->peers);
     out->tcp_conns = atomic_load(&s->c.tcp_conns);
     out->tcp_peers = atomic_load(&s->c.tcp_peers);
     out->tcp_malformed = atomic_load(&s->c.tcp_malformed);
+    out->workers = s->nworkers;
+    return 0;
+}
+
+int rndz_server_worker_stats(rndz_server *s, unsigned worker, rndz_server_stats *out) {
+    if (!s || !out || worker >= s->nworkers) return -EINVAL;
+    memset(out, 0, sizeof *out);
+    add_worker(s->w[worker], out);
+    out->workers = s->nworkers;
     return 0;
 }
 
 void rndz_server_destroy(rndz_server *s) {
     if (!s) return;
-    if (s->loop.wakefd >= 0) rndz__loop_stop(&s->loop);
+    rndz_server_stop(s);
     if (s->thread_started) pthread_join(s->thread, NULL);
     close_sockets(s);
+    for (unsigned i = 0; i < s->nworkers; i++) worker_free(s->w[i]);
     rndz__loop_close(&s->loop);
-    rndz__reg_free(&s->udp_reg);
+    rndz__pt_free(&s->peers);
     free(s);
 }

@@ -19,7 +19,7 @@ SONAME = librndz.so.$(ABI_MAJOR)
 LIB    = $(BUILD)/librndz.so.$(VERSION)
 STAGE  = $(abspath $(BUILD)/stage)
 
-.PHONY: all install check test swift-test natlab clean header-check lib-check readme-check demo
+.PHONY: all install check test swift-test natlab clean header-check lib-check readme-check demo bench
 all: $(LIB) $(BUILD)/librndz.a
 
 $(BUILD)/obj/%.o: Sources/CRndz/%.c $(HDRS)
@@ -61,7 +61,7 @@ lib-check: $(LIB)
 C_TESTS = $(sort $(wildcard Tests/c/test_*.c))
 # The README's C examples: compiled strictly (no test helpers) and run, so they cannot rot.
 C_EXAMPLES = $(sort $(wildcard examples/*.c))
-check: all header-check lib-check readme-check
+check: all header-check lib-check readme-check fuzz-replay
 	rm -rf $(STAGE) && $(MAKE) --no-print-directory install PREFIX=$(STAGE) >/dev/null
 	@mkdir -p $(BUILD)/ctests
 	@set -e; for t in $(C_TESTS); do \
@@ -93,6 +93,12 @@ swift-test:
 # Everything CI runs: C tests, Swift tests, the NAT lab.
 test: check swift-test natlab
 
+# The server benchmark: rndz against a plain batched UDP echo loop, same load generator.
+bench: all
+	$(CC) -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Iinclude bench/rndz-bench.c \
+	    -o $(BUILD)/rndz-bench -L$(BUILD) -lrndz -lpthread -Wl,-rpath,$(abspath $(BUILD))
+	$(BUILD)/rndz-bench $(BENCH_ARGS)
+
 demo:
 	scripts/demo
 	scripts/demo --tcp
@@ -112,3 +118,6 @@ clean:
 # namespaces (root; nftables). Skips loudly without root unless CI=1 / RNDZ_NATLAB_REQUIRED=1.
 natlab:
 	Tests/natlab/run
+
+# Fuzz targets and their replay (part of check); sanitizer and valgrind runs.
+include mk/fuzz.mk mk/sanitizers.mk

@@ -157,8 +157,10 @@ RNDZ_API int rndz_addr_format(const struct sockaddr *sa, char *buf, size_t cap);
 /* Sockets                                                                                  */
 
 /* Socket configuration callback, like rndz's SocketConfigure: called with every socket rndz
- * creates, before bind (e.g. to set SO_MARK or SO_BINDTODEVICE). Return 0 to go on, or a
- * negative error to abort the operation with that error. */
+ * creates and uses, before bind (e.g. to set SO_MARK or SO_BINDTODEVICE). (A multi-worker
+ * server also binds, and closes at once, one plain socket to claim its port; that one is not
+ * passed to the callback.) Return 0 to go on, or a negative error to abort the operation
+ * with that error. */
 typedef int (*rndz_sock_config_fn)(int fd, int family, int socktype, void *user);
 
 /* ---------------------------------------------------------------------------------------- */
@@ -242,6 +244,9 @@ typedef struct rndz_server_options {
                                    udp_refused. Default 1000000. */
 } rndz_server_options;
 
+/* Counters are updated as the workers go: a reply can reach its client a moment before the
+ * counters include it. With several workers, datagrams from different clients are handled in
+ * no fixed order. */
 typedef struct rndz_server_stats {
     uint64_t udp_rx;        /* datagrams received */
     uint64_t udp_tx;        /* datagrams sent */
@@ -301,6 +306,8 @@ RNDZ_API void rndz_client_options_init(rndz_client_options *o);
  * and a punch packet to the peer. Peer traffic goes over rndz_udp_listener_fd(). */
 typedef struct rndz_udp_listener rndz_udp_listener;
 
+/* Errors: RNDZ_E_BADID, RNDZ_E_NOSERVER, RNDZ_E_BADADDR, RNDZ_E_RESOLVE, -E2BIG, negative
+ * errno from socket/bind/connect (e.g. -EADDRINUSE for a local_addr in use). */
 RNDZ_API int rndz_udp_listener_create(const rndz_client_options *o, rndz_udp_listener **out);
 /* The unconnected peer socket, bound to the same local port as the server sockets. Borrowed:
  * owned and closed by the listener. */
@@ -319,7 +326,8 @@ RNDZ_API void rndz_udp_listener_destroy(rndz_udp_listener *l);
  * bound to the port that asked and connected to the peer, and stores the peer's address in
  * *peer (may be NULL). Errors: RNDZ_E_NOTFOUND (every server said so), RNDZ_E_TIMEDOUT (not
  * every server answered in time and none knew the target), RNDZ_E_BADID, RNDZ_E_NOSERVER,
- * RNDZ_E_RESOLVE, negative errno. Blocks. */
+ * RNDZ_E_BADADDR (a malformed server or local address), RNDZ_E_RESOLVE, negative errno.
+ * Blocks; not cancellable (it ends within timeout_ms). */
 RNDZ_API int rndz_udp_connect(const rndz_client_options *o, const char *target,
                               struct sockaddr_storage *peer, socklen_t *peer_len);
 
@@ -336,7 +344,7 @@ RNDZ_API int rndz_tcp_listener_create(const rndz_client_options *o, rndz_tcp_lis
 RNDZ_API int rndz_tcp_listener_local_addr(rndz_tcp_listener *l, struct sockaddr_storage *out,
                                           socklen_t *len);
 /* Wait until at least one server answered a ping (0), or timeout_ms passed
- * (RNDZ_E_TIMEDOUT). */
+ * (RNDZ_E_TIMEDOUT), or the listener was closed (RNDZ_E_CLOSED). */
 RNDZ_API int rndz_tcp_listener_wait_registered(rndz_tcp_listener *l, uint32_t timeout_ms);
 /* Wait up to timeout_ms (UINT32_MAX: no limit) for a peer connection. Returns its fd (the
  * caller owns it; blocking mode) and stores the peer's address in *peer (may be NULL).
@@ -355,7 +363,10 @@ RNDZ_API void rndz_tcp_listener_destroy(rndz_tcp_listener *l);
  * ours may need to cross). Returns the connected stream (caller owns it; blocking mode) and
  * stores the peer's address in *peer (may be NULL). Errors: RNDZ_E_NOTFOUND, RNDZ_E_TIMEDOUT,
  * RNDZ_E_PEERFAIL (the peer's address was given but no connection could be made),
- * RNDZ_E_BADID, RNDZ_E_NOSERVER, RNDZ_E_RESOLVE, negative errno. Blocks. */
+ * RNDZ_E_BADID, RNDZ_E_NOSERVER, RNDZ_E_BADADDR, RNDZ_E_RESOLVE, negative errno. Servers are
+ * asked in turn, each with an equal share of the time left; a server that refuses the
+ * connection counts as not answering (RNDZ_E_TIMEDOUT if no other knew the target). Blocks;
+ * not cancellable. */
 RNDZ_API int rndz_tcp_connect(const rndz_client_options *o, const char *target,
                               struct sockaddr_storage *peer, socklen_t *peer_len);
 

@@ -391,9 +391,9 @@ int rndz_tcp_listener_wait_registered(rndz_tcp_listener *l, uint32_t timeout_ms)
     pthread_mutex_lock(&l->mu);
     while (!l->registered && !l->closed && rc == 0)
         rc = pthread_cond_timedwait(&l->cv, &l->mu, &until);
-    bool ok = l->registered;
+    bool ok = l->registered, closed = l->closed;
     pthread_mutex_unlock(&l->mu);
-    return ok ? 0 : RNDZ_E_TIMEDOUT;
+    return closed ? RNDZ_E_CLOSED : ok ? 0 : RNDZ_E_TIMEDOUT;
 }
 
 int rndz_tcp_listener_accept(rndz_tcp_listener *l, uint32_t timeout_ms,
@@ -547,7 +547,11 @@ int rndz_tcp_connect(const rndz_client_options *o, const char *target,
     for (size_t i = 0; i < c.n_servers && !found; i++) {
         if (srv_fd >= 0) close(srv_fd);
         srv_fd = -1;
-        int r = ask_server(&c, i, target, tlen, deadline, &peer, &srv_fd);
+        /* Each server gets an equal share of the time left, so one that accepts and never
+         * answers cannot keep the others from being asked. */
+        uint64_t now = rndz__now_ms();
+        uint64_t share = now < deadline ? (deadline - now) / (c.n_servers - i) : 0;
+        int r = ask_server(&c, i, target, tlen, now + share, &peer, &srv_fd);
         if (r == 1) found = 1;
         else if (r == 0) not_found++;
         else {

@@ -29,10 +29,11 @@ static bool server_open(server *v, const char *listen, const char *host) {
     return CHECK_RC(rndz_server_start(v->s), 0);
 }
 
-static rndz_udp_listener *listen_as(const char *id, const char *const *servers, size_t n,
-                                    bool wait) {
+static rndz_udp_listener *listen_at(const char *id, const char *const *servers, size_t n,
+                                    bool wait, const char *local) {
     rndz_client_options o;
     rndz_client_options_init(&o);
+    o.local_addr = local;
     o.id = id;
     o.servers = servers;
     o.n_servers = n;
@@ -42,10 +43,16 @@ static rndz_udp_listener *listen_as(const char *id, const char *const *servers, 
     return l;
 }
 
+static rndz_udp_listener *listen_as(const char *id, const char *const *servers, size_t n,
+                                    bool wait) {
+    return listen_at(id, servers, n, wait, NULL);
+}
+
 /* Connect `id` to `target` and run hello/echo between the connector's fd and the listener's
  * fd. `peer_host` is the address the server saw for the listener ("127.0.0.1", "[::1]"). */
-static void pair_and_talk(rndz_udp_listener *l, const char *const *servers, size_t n,
-                          const char *id, const char *target, const char *peer_host) {
+static void pair_and_talk_from(rndz_udp_listener *l, const char *const *servers, size_t n,
+                               const char *id, const char *target, const char *peer_host,
+                               const char *local) {
     struct sockaddr_storage la;
     CHECK_RC(rndz_udp_listener_local_addr(l, &la, NULL), 0);
     int lport = tl_addr_port(&la);
@@ -54,7 +61,9 @@ static void pair_and_talk(rndz_udp_listener *l, const char *const *servers, size
     CHECK_EQ_INT(rndz_udp_listener_fd(l), lfd); /* borrowed: the same each time */
 
     tl_connect_job j;
-    tl_connect_start(&j, id, servers, n, target, tl_ms(500), tl_ms(3000));
+    tl_connect_prepare(&j, id, servers, n, target, tl_ms(500), tl_ms(3000));
+    j.o.local_addr = local;
+    tl_connect_run(&j);
     int fd = tl_connect_join(&j);
     if (!CHECK(fd >= 0)) {
         tl_note("connect %s -> %s: %s", id, target, rndz_err_name(fd));
@@ -97,6 +106,11 @@ static void pair_and_talk(rndz_udp_listener *l, const char *const *servers, size
     close(fd);
 }
 
+static void pair_and_talk(rndz_udp_listener *l, const char *const *servers, size_t n,
+                          const char *id, const char *target, const char *peer_host) {
+    pair_and_talk_from(l, servers, n, id, target, peer_host, NULL);
+}
+
 static void test_pair(const char *listen, const char *host, const char *name) {
     tl_case("pair %s", name);
     int fds0 = tl_count_fds(), threads0 = tl_count_threads();
@@ -123,6 +137,50 @@ static void test_pair(const char *listen, const char *host, const char *name) {
     tl_case("pair %s: nothing left behind", name);
     CHECK_EQ_INT(tl_count_fds(), fds0);
     CHECK_EQ_INT(tl_threads_settled(threads0), threads0);
+    tl_case("%s", "");
+}
+
+/* Clients on dual-stack sockets ("[::]:0") with an IPv4 server: the peer address comes back
+ * in IPv4 form (the header: never ::ffff:a.b.c.d). Also explicit local addresses. */
+static void test_local_addrs(void) {
+    tl_case("local addresses");
+    int fds0 = tl_count_fds();
+    server v;
+    if (!server_open(&v, "127.0.0.1:0", "127.0.0.1")) return;
+    const char *servers[] = {v.text};
+    if (tl_have_ipv6()) {
+        tl_case("dual-stack clients, IPv4 server");
+        rndz_udp_listener *l = listen_at("ds", servers, 1, true, "[::]:0");
+        if (l) {
+            struct sockaddr_storage la;
+            CHECK_RC(rndz_udp_listener_local_addr(l, &la, NULL), 0);
+            CHECK_EQ_INT(la.ss_family, AF_INET6); /* bound to [::] */
+            pair_and_talk_from(l, servers, 1, "ds-c", "ds", "127.0.0.1", "[::]:0");
+            rndz_udp_listener_destroy(l);
+        }
+    }
+    tl_case("explicit 127.0.0.1 local addresses");
+    rndz_udp_listener *l = listen_at("lo", servers, 1, true, "127.0.0.1:0");
+    if (l) {
+        struct sockaddr_storage la;
+        char t[RNDZ_ADDRSTRLEN];
+        CHECK_RC(rndz_udp_listener_local_addr(l, &la, NULL), 0);
+        CHECK(strncmp(tl_addr_text(&la, t, sizeof t), "127.0.0.1:", 10) == 0);
+        pair_and_talk_from(l, servers, 1, "lo-c", "lo", "127.0.0.1", "127.0.0.1:0");
+        rndz_udp_listener_destroy(l);
+    }
+    tl_case("a bad local address");
+    rndz_client_options o;
+    rndz_client_options_init(&o);
+    o.id = "bad";
+    o.servers = servers;
+    o.n_servers = 1;
+    o.local_addr = "nonsense";
+    rndz_udp_listener *bad = NULL;
+    CHECK_RC(rndz_udp_listener_create(&o, &bad), RNDZ_E_BADADDR);
+    CHECK_RC(rndz_udp_connect(&o, "lo", NULL, NULL), RNDZ_E_BADADDR);
+    rndz_server_destroy(v.s);
+    CHECK_EQ_INT(tl_count_fds(), fds0);
     tl_case("%s", "");
 }
 
@@ -323,6 +381,7 @@ int main(void) {
     } else {
         tl_note("SKIP IPv6 pairing: no IPv6 loopback");
     }
+    test_local_addrs();
     test_two_listeners();
     test_several_servers();
     test_sock_config();

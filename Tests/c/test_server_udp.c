@@ -97,6 +97,16 @@ static void barrier(srv *v) {
     expect_bytes(fd, b, n, v->port); /* Pong has the same bytes as Ping */
     v->want_tx++;
     close(fd);
+    /* The server has several workers (SO_REUSEPORT sockets, one per core by default), and
+     * the kernel spreads client sockets over them: datagrams from different sockets are not
+     * handled in the order they were sent. So also wait until the server has taken in every
+     * datagram sent, and give the worker that took the last ones a moment to handle them. */
+    rndz_server_stats st;
+    uint64_t t0 = tl_now_ms();
+    while (rndz_server_stats_get(v->s, &st) == 0 && (long)st.udp_rx < v->sent &&
+           tl_now_ms() - t0 < tl_ms(1000))
+        tl_sleep_ms(1);
+    tl_sleep_ms(tl_ms(3));
 }
 
 /* Nothing was sent to fd: after a barrier, anything the server sent before is queued. */
@@ -116,8 +126,15 @@ static rndz_server_stats settled_stats(srv *v) {
         if ((long)st.udp_rx == v->sent && (long)st.udp_tx == v->want_tx) break;
         tl_sleep_ms(2);
     } while (tl_now_ms() - t0 < tl_ms(1000));
-    tl_sleep_ms(2); /* let the last handler finish its bookkeeping (udp_peers) */
-    CHECK_RC(rndz_server_stats_get(v->s, &st), 0);
+    /* then until two reads 5 ms apart agree (the last handler finishes its bookkeeping) */
+    for (int i = 0; i < 200; i++) {
+        rndz_server_stats again;
+        tl_sleep_ms(5);
+        CHECK_RC(rndz_server_stats_get(v->s, &again), 0);
+        bool same = memcmp(&again, &st, sizeof st) == 0;
+        st = again;
+        if (same) break;
+    }
     return st;
 }
 
@@ -518,6 +535,76 @@ static void test_server_ipv6_only(void) {
     tl_case("%s", "");
 }
 
+/* Several workers share one table: ids registered through one worker's socket are found
+ * through every other, and each client gets its answers from the server's port. */
+static void test_server_workers(void) {
+    tl_case("workers");
+    rndz_server_options o;
+    rndz_server_options_init(&o);
+    CHECK_EQ_INT(o.workers, 0);
+    o.listen_addr = "127.0.0.1:0";
+    o.workers = 1;
+    rndz_server *s1 = NULL;
+    CHECK_RC(rndz_server_create(&o, &s1), 0);
+    rndz_server_stats st;
+    CHECK_RC(rndz_server_stats_get(s1, &st), 0);
+    CHECK_EQ_INT(st.workers, 1);
+    rndz_server_destroy(s1);
+
+    enum { N = 24 };
+    srv v;
+    memset(&v, 0, sizeof v);
+    o.workers = 4;
+    if (!CHECK_RC(rndz_server_create(&o, &v.s), 0)) return;
+    CHECK_RC(rndz_server_stats_get(v.s, &st), 0);
+    CHECK_EQ_INT(st.workers, 4);
+    struct sockaddr_storage ss;
+    CHECK_RC(rndz_server_local_addr(v.s, &ss, NULL), 0);
+    v.port = tl_addr_port(&ss);
+    snprintf(v.text, sizeof v.text, "127.0.0.1:%d", v.port);
+    CHECK_RC(rndz_server_start(v.s), 0);
+    int fd[N];
+    char id[N][16], t[RNDZ_ADDRSTRLEN];
+    uint8_t b[512];
+    for (int i = 0; i < N; i++) {
+        fd[i] = tl_udp_socket(AF_INET, 1000);
+        snprintf(id[i], sizeof id[i], "w%d", i);
+        size_t n = msg(b, id[i], F_PING, NULL, NULL);
+        srv_send(&v, fd[i], b, n, AF_INET);
+        expect_bytes(fd[i], b, n, v.port);
+        v.want_tx++;
+    }
+    /* every client asks for the next one: the Fsync reaches it, whichever worker has it */
+    for (int i = 0; i < N; i++) {
+        int k = (i + 1) % N;
+        size_t n = msg(b, id[i], F_ISYNC, id[k], NULL);
+        srv_send(&v, fd[i], b, n, AF_INET);
+        tl_case("workers: %s asks for %s", id[i], id[k]);
+        expect_msg(fd[k], id[k], F_RFSYNC, id[i], text_of(fd[i], t), v.port);
+        v.want_tx++;
+    }
+    tl_case("workers: stats");
+    st = settled_stats(&v);
+    CHECK_EQ_INT(st.udp_rx, v.sent);
+    CHECK_EQ_INT(st.udp_tx, v.want_tx);
+    CHECK_EQ_INT(st.udp_peers, N);
+    /* the per-worker counters add up to the totals */
+    uint64_t rx = 0, tx = 0;
+    for (unsigned w = 0; w < 4; w++) {
+        rndz_server_stats ws;
+        CHECK_RC(rndz_server_worker_stats(v.s, w, &ws), 0);
+        rx += ws.udp_rx;
+        tx += ws.udp_tx;
+    }
+    CHECK_EQ_INT(rx, st.udp_rx);
+    CHECK_EQ_INT(tx, st.udp_tx);
+    rndz_server_stats ws;
+    CHECK(rndz_server_worker_stats(v.s, 4, &ws) < 0);
+    for (int i = 0; i < N; i++) close(fd[i]);
+    srv_close(&v);
+    tl_case("%s", "");
+}
+
 static int config_calls;
 static int config_fail(int fd, int family, int socktype, void *user) {
     config_calls++;
@@ -877,6 +964,138 @@ static int connect_now(const char *id, const char *const *servers, size_t n, con
     return rc;
 }
 
+/* The connector believes only its servers, and only answers about its target. */
+static void test_connector_answers(void) {
+    tl_case("connector: answers it must ignore");
+    int fds0 = tl_count_fds();
+    int s1 = tl_udp_socket(AF_INET, 1000), s2 = tl_udp_socket(AF_INET, 1000);
+    int x = tl_udp_socket(AF_INET, 1000), l = tl_udp_socket(AF_INET, 1000);
+    char t1[RNDZ_ADDRSTRLEN], t2[RNDZ_ADDRSTRLEN], xt[RNDZ_ADDRSTRLEN], lt[RNDZ_ADDRSTRLEN];
+    text_of(s1, t1);
+    text_of(s2, t2);
+    text_of(x, xt);
+    text_of(l, lt);
+    const char *servers[] = {t1, t2};
+    tl_connect_job j;
+    tl_connect_start(&j, "cx", servers, 2, "c1", tl_ms(1000), tl_ms(3000));
+    uint8_t buf[512], m[512];
+    struct sockaddr_storage c1from, c2from;
+    long n = tl_recv_wait(s1, buf, sizeof buf, &c1from, tl_ms(1000));
+    size_t mn = msg(m, "cx", F_ISYNC, "c1", NULL);
+    CHECK_EQ_MEM(buf, n > 0 ? (size_t)n : 0, m, mn);
+    n = tl_recv_wait(s2, buf, sizeof buf, &c2from, tl_ms(1000));
+    CHECK_EQ_MEM(buf, n > 0 ? (size_t)n : 0, m, mn);
+    CHECK_EQ_INT(tl_addr_port(&c1from), tl_addr_port(&c2from)); /* one port asks both */
+    /* a Redirect from someone who is not a server: ignored */
+    mn = msg(m, "cx", F_REDIRECT, "c1", xt);
+    tl_sendto_sa(x, m, mn, &c1from);
+    /* a Redirect about another target, from a server: ignored */
+    mn = msg(m, "cx", F_REDIRECT, "someone-else", xt);
+    tl_sendto_sa(s1, m, mn, &c1from);
+    /* a Redirect with an address that does not parse: ignored */
+    mn = msg(m, "cx", F_REDIRECT, "c1", "not an address");
+    tl_sendto_sa(s1, m, mn, &c1from);
+    /* a Pong and an Fsync from a server: not answers */
+    mn = msg(m, "cx", F_PONG, NULL, NULL);
+    tl_sendto_sa(s1, m, mn, &c1from);
+    mn = msg(m, "cx", F_RFSYNC, "c1", xt);
+    tl_sendto_sa(s1, m, mn, &c1from);
+    /* server 1 does not know c1; server 2 does */
+    mn = msg(m, "cx", F_REDIRECT, "c1", NULL);
+    tl_sendto_sa(s1, m, mn, &c1from);
+    tl_sleep_ms(tl_ms(20));
+    mn = msg(m, "cx", F_REDIRECT, "c1", lt);
+    tl_sendto_sa(s2, m, mn, &c2from);
+    int fd = tl_connect_join(&j);
+    CHECK(fd >= 0);
+    char t[RNDZ_ADDRSTRLEN];
+    if (fd >= 0) {
+        CHECK_EQ_STR(tl_addr_text(&j.peer, t, sizeof t), lt);
+        CHECK(j.elapsed_ms < tl_ms(900)); /* no need for a second round */
+        CHECK_EQ_INT(send(fd, "data", 4, 0), 4);
+        n = tl_recv_data(l, buf, sizeof buf, NULL, tl_ms(1000), NULL);
+        CHECK_EQ_MEM(buf, n > 0 ? (size_t)n : 0, "data", 4);
+        CHECK(!tl_pending(x));
+        close(fd);
+    }
+    close(s1);
+    close(s2);
+    close(x);
+    close(l);
+    CHECK_EQ_INT(tl_count_fds(), fds0);
+    tl_case("%s", "");
+}
+
+/* Our listener with two v1 servers: it pings both; a bad Fsync is dropped without an Rsync. */
+static void test_listener_two_servers(void) {
+    tl_case("listener: two v1 servers");
+    int fds0 = tl_count_fds();
+    int s1 = tl_udp_socket(AF_INET, 1000), s2 = tl_udp_socket(AF_INET, 1000);
+    char t1[RNDZ_ADDRSTRLEN], t2[RNDZ_ADDRSTRLEN];
+    const char *servers[] = {text_of(s1, t1), text_of(s2, t2)};
+    rndz_client_options o;
+    rndz_client_options_init(&o);
+    o.id = "c1";
+    o.servers = servers;
+    o.n_servers = 2;
+    rndz_udp_listener *l = NULL;
+    if (!CHECK_RC(rndz_udp_listener_create(&o, &l), 0)) return;
+    struct sockaddr_storage la;
+    CHECK_RC(rndz_udp_listener_local_addr(l, &la, NULL), 0);
+    int lport = tl_addr_port(&la);
+    const tl_vector *ping = tl_vector_get("udp.ping"), *pong = tl_vector_get("udp.pong");
+    uint8_t buf[512];
+    struct sockaddr_storage f1, f2;
+    long n = tl_recv_wait(s1, buf, sizeof buf, &f1, tl_ms(1000));
+    CHECK_EQ_MEM(buf, n > 0 ? (size_t)n : 0, ping->bytes, ping->len);
+    n = tl_recv_wait(s2, buf, sizeof buf, &f2, tl_ms(1000));
+    CHECK_EQ_MEM(buf, n > 0 ? (size_t)n : 0, ping->bytes, ping->len);
+    CHECK_EQ_INT(tl_addr_port(&f1), lport); /* both from the shared port */
+    CHECK_EQ_INT(tl_addr_port(&f2), lport);
+    tl_sendto_sa(s2, pong->bytes, pong->len, &f2); /* only server 2 answers */
+    CHECK_RC(rndz_udp_listener_wait_registered(l, tl_ms(1000)), 0);
+
+    /* Fsync with addresses that cannot be used: no Rsync, no crash */
+    tl_case("listener: bad Fsync");
+    static const char *const bad_addrs[] = {"garbage", "", "1.2.3.4", "[::1]:99999"};
+    uint8_t m[512];
+    for (size_t i = 0; i < sizeof bad_addrs / sizeof bad_addrs[0]; i++) {
+        size_t mn = msg(m, "c1", F_RFSYNC, "c9", bad_addrs[i]);
+        tl_sendto_sa(s2, m, mn, &f2);
+    }
+    /* then a good one is still answered */
+    int peer = tl_udp_socket(AF_INET, 1000);
+    char pt[RNDZ_ADDRSTRLEN];
+    size_t mn = msg(m, "c1", F_RFSYNC, "c8", text_of(peer, pt));
+    tl_sendto_sa(s2, m, mn, &f2);
+    uint8_t want[64];
+    size_t wn = msg(want, "c1", F_RSYNC, "c8", NULL);
+    for (;;) { /* skip pings: with no answer from server 2's keepalive they keep coming */
+        n = tl_recv_wait(s2, buf, sizeof buf, NULL, tl_ms(1000));
+        if (n == (long)ping->len && memcmp(buf, ping->bytes, ping->len) == 0) continue;
+        break;
+    }
+    CHECK_EQ_MEM(buf, n > 0 ? (size_t)n : 0, want, wn); /* the Rsync is for c8, not c9 */
+    n = tl_recv_wait(peer, buf, sizeof buf, NULL, tl_ms(1000)); /* and the punch */
+    CHECK_EQ_MEM(buf, n > 0 ? (size_t)n : 0, want, wn);
+    rndz_udp_listener_destroy(l);
+    /* both servers get the Bye */
+    size_t bn = msg(want, "c1", F_BYE, NULL, NULL);
+    for (int k = 0; k < 2; k++) {
+        int sfd = k ? s2 : s1;
+        bool got = false;
+        while (!got && (n = tl_recv_wait(sfd, buf, sizeof buf, NULL, tl_ms(500))) >= 0)
+            got = (size_t)n == bn && memcmp(buf, want, bn) == 0; /* pings may come first */
+        tl_case("listener: bye to server %d", k + 1);
+        CHECK(got);
+    }
+    close(peer);
+    close(s1);
+    close(s2);
+    CHECK_EQ_INT(tl_count_fds(), fds0);
+    tl_case("%s", "");
+}
+
 static void test_connector_errors(void) {
     int fds0 = tl_count_fds();
     uint64_t el;
@@ -980,9 +1199,12 @@ int main(void) {
     test_server_expiry();
     test_server_dual_stack();
     test_server_ipv6_only();
+    test_server_workers();
     test_server_lifecycle();
     test_v1_listener_our_connector();
     test_v1_server_our_clients();
+    test_connector_answers();
+    test_listener_two_servers();
     test_connector_errors();
     return tl_finish();
 }

@@ -29,7 +29,13 @@ static void on_alarm(int sig) {
     _exit(3);
 }
 
+static void *noop_thread(void *arg) { return arg; }
+
 void tl_init(const char *name, unsigned watchdog_s) {
+    /* Start and join one thread first, so helper threads that sanitizers start with the
+     * first pthread_create (TSan) exist before any test takes a thread-count baseline. */
+    pthread_t t;
+    if (pthread_create(&t, NULL, noop_thread, NULL) == 0) pthread_join(t, NULL);
     tl_name = name;
     setvbuf(stdout, NULL, _IOLBF, 0);
     const char *env = getenv("RNDZ_TEST_TIMEOUT");
@@ -388,6 +394,16 @@ static void *connect_thread(void *arg) {
 
 void tl_connect_start(tl_connect_job *j, const char *id, const char *const *servers, size_t n,
                       const char *target, uint32_t round_ms, uint32_t timeout_ms) {
+    tl_connect_prepare(j, id, servers, n, target, round_ms, timeout_ms);
+    tl_connect_run(j);
+}
+
+void tl_connect_run(tl_connect_job *j) {
+    if (pthread_create(&j->thread, NULL, connect_thread, j) != 0) die("pthread_create");
+}
+
+void tl_connect_prepare(tl_connect_job *j, const char *id, const char *const *servers, size_t n,
+                        const char *target, uint32_t round_ms, uint32_t timeout_ms) {
     memset(j, 0, sizeof *j);
     if (n > 8) n = 8;
     for (size_t i = 0; i < n; i++) {
@@ -402,7 +418,6 @@ void tl_connect_start(tl_connect_job *j, const char *id, const char *const *serv
     j->o.n_servers = n;
     if (round_ms) j->o.round_ms = round_ms;
     if (timeout_ms) j->o.timeout_ms = timeout_ms;
-    if (pthread_create(&j->thread, NULL, connect_thread, j) != 0) die("pthread_create");
 }
 
 int tl_connect_join(tl_connect_job *j) {

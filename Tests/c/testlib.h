@@ -132,6 +132,10 @@ typedef struct tl_connect_job {
 /* Start rndz_udp_connect(id, servers, target) with round_ms/timeout_ms (0 = default). */
 void tl_connect_start(tl_connect_job *j, const char *id, const char *const *servers, size_t n,
                       const char *target, uint32_t round_ms, uint32_t timeout_ms);
+/* The same in two steps, to change j->o (e.g. local_addr) before it runs. */
+void tl_connect_prepare(tl_connect_job *j, const char *id, const char *const *servers, size_t n,
+                        const char *target, uint32_t round_ms, uint32_t timeout_ms);
+void tl_connect_run(tl_connect_job *j);
 /* Join it and return its result (an fd the caller closes, or an error). */
 int tl_connect_join(tl_connect_job *j);
 

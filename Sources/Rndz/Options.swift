@@ -1,0 +1,171 @@
+internal import CRndz
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// Configures every socket rndz creates, before it is bound (like rndz's `SocketConfigure`):
+/// e.g. to set `SO_MARK` or `SO_BINDTODEVICE`. Throwing aborts the operation with that error.
+/// Called on rndz's threads; it must not destroy the object that is creating the socket.
+///
+/// - Parameters:
+///   - fd: the new socket (borrowed).
+///   - family: `AF_INET` or `AF_INET6`.
+///   - socketType: `SOCK_DGRAM` or `SOCK_STREAM`.
+public typealias SocketConfigure =
+    @Sendable (_ fd: Int32, _ family: Int32, _ socketType: Int32) throws(RndzError) -> Void
+
+/// Keeps a ``SocketConfigure`` alive for as long as C may call it.
+final class SocketConfigBox: Sendable {
+    let configure: SocketConfigure
+    init(_ configure: @escaping SocketConfigure) { self.configure = configure }
+
+    var user: UnsafeMutableRawPointer { Unmanaged.passUnretained(self).toOpaque() }
+
+    /// The C trampoline: `user` is a `SocketConfigBox`.
+    static let trampoline: rndz_sock_config_fn = { fd, family, type, user in
+        let box = Unmanaged<SocketConfigBox>.fromOpaque(user!).takeUnretainedValue()
+        do throws(RndzError) {
+            try box.configure(fd, family, type)
+            return 0
+        } catch {
+            return error.code < 0 ? error.code : -EINVAL
+        }
+    }
+}
+
+/// Options of a ``RndzServer``. Defaults are the C library's (`rndz_server_options_init`).
+public struct ServerOptions: Sendable {
+    /// The numeric address to serve on; port 0 picks a free port. Default `0.0.0.0:8888`.
+    /// An IPv6 address serves IPv4 clients too unless ``ipv6Only`` is set.
+    public var listenAddress: SocketAddress
+    /// For an IPv6 ``listenAddress``: serve IPv6 clients only.
+    public var ipv6Only: Bool
+    /// Serve UDP. Default true.
+    public var enableUDP: Bool
+    /// Serve TCP on the same address and port. Default true.
+    public var enableTCP: Bool
+    /// Forget UDP ids silent this long. Default 60 s.
+    public var udpExpiry: Duration
+    /// Drop TCP connections silent this long. Default 30 s.
+    public var tcpIdle: Duration
+    /// Called with every socket the server creates, before bind.
+    public var socketConfigure: SocketConfigure?
+
+    /// The defaults, optionally with another listen address.
+    public init(listenAddress: SocketAddress? = nil) {
+        var o = rndz_server_options()
+        rndz_server_options_init(&o)
+        var def = sockaddr_storage()
+        let rc = rndz_addr_parse(o.listen_addr, &def, nil)
+        precondition(rc == 0, "the C default listen address does not parse")
+        // The C default is numeric and IPv4 or IPv6, so the conversion cannot fail.
+        self.listenAddress = try! listenAddress ?? SocketAddress(def)
+        self.ipv6Only = o.ipv6_only != 0
+        self.enableUDP = o.enable_udp != 0
+        self.enableTCP = o.enable_tcp != 0
+        self.udpExpiry = .milliseconds(o.udp_expiry_ms)
+        self.tcpIdle = .milliseconds(o.tcp_idle_ms)
+        self.socketConfigure = nil
+    }
+
+    /// Calls `body` with the C form. Strings live until `body` returns.
+    func withC<R>(
+        _ box: SocketConfigBox?, _ body: (UnsafePointer<rndz_server_options>) -> R
+    ) -> R {
+        var o = rndz_server_options()
+        rndz_server_options_init(&o)
+        o.ipv6_only = ipv6Only ? 1 : 0
+        o.enable_udp = enableUDP ? 1 : 0
+        o.enable_tcp = enableTCP ? 1 : 0
+        o.udp_expiry_ms = cMilliseconds(udpExpiry)
+        o.tcp_idle_ms = cMilliseconds(tcpIdle)
+        if let box {
+            o.sock_config = SocketConfigBox.trampoline
+            o.sock_config_user = box.user
+        }
+        return listenAddress.description.withCString { addr in
+            o.listen_addr = addr
+            return body(&o)
+        }
+    }
+}
+
+/// Options of a listener or connector, UDP or TCP. Defaults are the C library's
+/// (`rndz_client_options_init`).
+public struct ClientOptions: Sendable {
+    /// Our id: 1 to 255 bytes of UTF-8.
+    public var id: String
+    /// The rendezvous servers, `host:port` (host names are resolved). At least one.
+    public var servers: [String]
+    /// The local address to bind; nil: any address, port chosen by the system, of the
+    /// family that fits the servers.
+    public var localAddress: SocketAddress?
+    /// Listener: how often to ping the servers (jittered by +-20%, capped at 25 s because
+    /// Linux conntrack forgets one-way UDP flows after 30 s). Default 10 s.
+    public var keepalive: Duration
+    /// UDP connector: how often to ask the servers again. Default 1 s.
+    public var round: Duration
+    /// Connector: how long to try before failing with ``RndzError/timedOut`` (TCP: the whole
+    /// connect, server and peer). Default 10 s.
+    public var timeout: Duration
+    /// Called with every socket rndz creates, before bind.
+    public var socketConfigure: SocketConfigure?
+
+    /// Options for `id`, talking to `servers`, with the library's defaults otherwise.
+    public init(id: String, servers: [String]) {
+        var o = rndz_client_options()
+        rndz_client_options_init(&o)
+        self.id = id
+        self.servers = servers
+        self.localAddress = nil
+        self.keepalive = .milliseconds(o.keepalive_ms)
+        self.round = .milliseconds(o.round_ms)
+        self.timeout = .milliseconds(o.timeout_ms)
+        self.socketConfigure = nil
+    }
+
+    /// Calls `body` with the C form. Strings live until `body` returns.
+    func withC<R>(
+        _ box: SocketConfigBox?,
+        _ body: (UnsafePointer<rndz_client_options>) throws(RndzError) -> R
+    ) throws(RndzError) -> R {
+        // C strings end at the first NUL: refuse what would be silently truncated.
+        if id.utf8.contains(0) { throw .badID }
+        if servers.contains(where: { $0.utf8.contains(0) }) { throw .badAddress }
+        var o = rndz_client_options()
+        rndz_client_options_init(&o)
+        o.keepalive_ms = cMilliseconds(keepalive)
+        o.round_ms = cMilliseconds(round)
+        o.timeout_ms = cMilliseconds(timeout)
+        if let box {
+            o.sock_config = SocketConfigBox.trampoline
+            o.sock_config_user = box.user
+        }
+        let cid = strdup(id)
+        let cservers: [UnsafePointer<CChar>?] = servers.map { UnsafePointer(strdup($0)) }
+        let clocal = localAddress.map { strdup($0.description) }
+        defer {
+            free(cid)
+            for p in cservers { free(UnsafeMutablePointer(mutating: p)) }
+            if let clocal { free(clocal) }
+        }
+        guard cid != nil, !cservers.contains(where: { $0 == nil }), clocal != .some(nil) else {
+            throw RndzError(errno: ENOMEM)
+        }
+        o.id = UnsafePointer(cid)
+        o.local_addr = clocal.map { UnsafePointer($0) } ?? nil
+        o.n_servers = cservers.count
+        return try cservers.withUnsafeBufferPointer { (sp) throws(RndzError) -> R in
+            o.servers = sp.baseAddress
+            return try body(&o)
+        }
+    }
+}
+
+/// A duration for a C option, where 0 means "the default": at least 1 ms.
+private func cMilliseconds(_ d: Duration) -> UInt32 {
+    UInt32(max(1, d.clampedMilliseconds()))
+}

@@ -1,0 +1,111 @@
+internal import CRndz
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// Counters of a running ``RndzServer``.
+public struct ServerStats: Hashable, Sendable {
+    /// UDP datagrams received.
+    public var udpReceived: UInt64
+    /// UDP datagrams sent.
+    public var udpSent: UInt64
+    /// UDP datagrams dropped as undecodable or not a request.
+    public var udpMalformed: UInt64
+    /// UDP ids expired for silence.
+    public var udpExpired: UInt64
+    /// UDP ids registered now.
+    public var udpPeers: UInt64
+    /// TCP connections open now.
+    public var tcpConnections: UInt64
+    /// TCP ids registered now.
+    public var tcpPeers: UInt64
+    /// TCP connections dropped for a bad frame or message.
+    public var tcpMalformed: UInt64
+}
+
+/// A rendezvous server (protocol v1): registers peers and forwards connection requests.
+///
+/// `init` creates and binds the sockets, so ``localAddress`` is known at once (useful with
+/// port 0). Serve either in the background with ``start()`` or on the calling thread with
+/// ``run()`` (or `await run()`); ``stop()`` ends either. Releasing the last reference stops
+/// the server, joins its thread and closes its sockets.
+///
+/// ```swift
+/// let server = try RndzServer(options: ServerOptions(listenAddress: try SocketAddress(parsing: "127.0.0.1:0")))
+/// try server.start()
+/// print("serving on \(server.localAddress)")
+/// ```
+public final class RndzServer: @unchecked Sendable {
+    // Unchecked: the C handle may be used from any thread (rndz.h, THREAD SAFETY) except
+    // for destroy, which only deinit calls, when no other reference exists.
+    private let handle: OpaquePointer
+    private let configBox: SocketConfigBox?
+
+    /// The address actually bound.
+    public let localAddress: SocketAddress
+
+    /// Creates the server and binds its sockets. Does not serve yet.
+    ///
+    /// - Throws: e.g. ``RndzError/addressInUse``, ``RndzError/badAddress``.
+    public init(options: ServerOptions = ServerOptions()) throws(RndzError) {
+        let box = options.socketConfigure.map(SocketConfigBox.init)
+        var h: OpaquePointer?
+        let rc = options.withC(box) { rndz_server_create($0, &h) }
+        _ = try check(rc)
+        guard let h else { throw .closed }
+        var ss = sockaddr_storage()
+        let lrc = rndz_server_local_addr(h, &ss, nil)
+        let local: SocketAddress
+        do throws(RndzError) {
+            _ = try check(lrc)
+            local = try SocketAddress(ss)
+        } catch {
+            rndz_server_destroy(h)
+            throw error
+        }
+        self.handle = h
+        self.configBox = box
+        self.localAddress = local
+    }
+
+    deinit { rndz_server_destroy(handle) }
+
+    /// Serves on a new background thread until ``stop()`` or deinit.
+    public func start() throws(RndzError) {
+        _ = try check(rndz_server_start(handle))
+    }
+
+    /// Serves on the calling thread until ``stop()`` is called (from another thread or a
+    /// signal handler). Blocks.
+    public func run() throws(RndzError) {
+        _ = try check(rndz_server_run(handle))
+    }
+
+    /// Serves on a dedicated thread until ``stop()`` is called or the task is cancelled;
+    /// the cooperative thread pool is not blocked.
+    public func run() async throws(RndzError) {
+        try await offPool(onCancel: { [self] in stop() }) { [self] (_) throws(RndzError) in
+            try run()
+        }
+    }
+
+    /// Asks the server to stop; returns at once. Safe from any thread. A stopped server does
+    /// not serve again (``run()`` returns at once or fails with `EBUSY`): create a new one.
+    public func stop() {
+        _ = rndz_server_stop(handle)
+    }
+
+    /// The server's counters now.
+    public var stats: ServerStats {
+        var s = rndz_server_stats()
+        let rc = rndz_server_stats_get(handle, &s)
+        precondition(rc == 0, "rndz_server_stats_get failed: \(rc)")
+        return ServerStats(
+            udpReceived: s.udp_rx, udpSent: s.udp_tx, udpMalformed: s.udp_malformed,
+            udpExpired: s.udp_expired, udpPeers: s.udp_peers, tcpConnections: s.tcp_conns,
+            tcpPeers: s.tcp_peers, tcpMalformed: s.tcp_malformed)
+    }
+}

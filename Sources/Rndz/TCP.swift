@@ -1,0 +1,423 @@
+internal import CRndz
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// A TCP listener: a listening socket and a connection to every rendezvous server, all from
+/// the same local port. A background thread registers ``ClientOptions/id`` with every server
+/// (ping every ``ClientOptions/keepalive``, reconnecting with backoff when a server connection
+/// breaks) and, when a peer asks for us, connects from the same port toward it so that both
+/// NATs open for the flow. Peers' connections come out of ``accept(timeout:)`` or
+/// ``connections``.
+///
+/// ```swift
+/// let listener = try TCPListener(options: ClientOptions(id: "alice", servers: ["rndz.example.org:8888"]))
+/// for try await stream in listener.connections {
+///     Task { try await stream.send(Array("hi".utf8)) }
+/// }
+/// ```
+///
+/// ``close()`` stops accepting (waiting accepts fail with ``RndzError/closed``) and sends
+/// `Bye`; releasing the last reference closes it too, and closes the sockets and every
+/// connection nobody accepted.
+public final class TCPListener: @unchecked Sendable {
+    // Unchecked: the C handle may be used from any thread (rndz.h) except destroy, which
+    // only deinit calls, when no other reference exists.
+    private let handle: OpaquePointer
+    private let configBox: SocketConfigBox?
+    /// Set by close(): rndz_tcp_listener_wait_registered does not report the close itself.
+    private let closedFlag = Atomic<Bool>(false)
+
+    /// The local address shared by the listening socket and the server connections.
+    public let localAddress: SocketAddress
+
+    /// Our id.
+    public let id: String
+
+    /// Creates the listener and starts registering. Returns at once; see
+    /// ``waitRegistered(timeout:)``.
+    ///
+    /// - Throws: ``RndzError/badID``, ``RndzError/noServer``, ``RndzError/resolveFailed``,
+    ///   ``RndzError/badAddress``, OS errors (e.g. ``RndzError/addressInUse``).
+    public init(options: ClientOptions) throws(RndzError) {
+        let box = options.socketConfigure.map(SocketConfigBox.init)
+        var h: OpaquePointer?
+        let rc = try options.withC(box) { (o) throws(RndzError) in rndz_tcp_listener_create(o, &h) }
+        _ = try check(rc)
+        guard let h else { throw .closed }
+        var ss = sockaddr_storage()
+        let lrc = rndz_tcp_listener_local_addr(h, &ss, nil)
+        let local: SocketAddress
+        do throws(RndzError) {
+            _ = try check(lrc)
+            local = try SocketAddress(ss)
+        } catch {
+            rndz_tcp_listener_destroy(h)
+            throw error
+        }
+        self.handle = h
+        self.configBox = box
+        self.localAddress = local
+        self.id = options.id
+    }
+
+    deinit { rndz_tcp_listener_destroy(handle) }
+
+    private var isClosed: Bool { closedFlag.load(ordering: .acquiring) }
+
+    /// Waits until at least one server has answered a ping. Blocks.
+    ///
+    /// - Throws: ``RndzError/timedOut`` if none answered within `timeout`,
+    ///   ``RndzError/closed`` after ``close()``.
+    public func waitRegistered(timeout: Duration) throws(RndzError) {
+        if isClosed { throw .closed }
+        let rc = rndz_tcp_listener_wait_registered(handle, UInt32(timeout.clampedMilliseconds()))
+        if rc != 0 && isClosed { throw .closed }
+        _ = try check(rc)
+    }
+
+    /// Waits like ``waitRegistered(timeout:)`` on a dedicated thread.
+    ///
+    /// - Throws: also ``RndzError/canceled`` if the task is cancelled.
+    public func waitRegistered(timeout: Duration) async throws(RndzError) {
+        try await offPool { [self] (flag) throws(RndzError) in
+            // Wait in short slices so that cancellation is noticed.
+            let deadline = ContinuousClock.now + timeout
+            while true {
+                if flag.isCancelled { throw .canceled }
+                if isClosed { throw .closed }
+                let left = (deadline - ContinuousClock.now).clampedMilliseconds()
+                let slice = UInt32(min(left, Int64(cancelSliceMs)))
+                let rc = rndz_tcp_listener_wait_registered(handle, slice)
+                if rc == 0 { return }
+                if rc != RNDZ_E_TIMEDOUT.rawValue || left <= Int64(slice) {
+                    if isClosed { throw .closed }
+                    _ = try check(rc)
+                }
+            }
+        }
+    }
+
+    /// Waits for a peer's connection (one the listening socket accepted, or one whose SYN
+    /// crossed ours). Blocks until one arrives, `timeout` passes (nil: no limit), or the
+    /// listener is closed. Several threads may wait at once.
+    ///
+    /// - Returns: the connection, owned by the caller.
+    /// - Throws: ``RndzError/timedOut``, ``RndzError/closed`` after ``close()``.
+    public func accept(timeout: Duration? = nil) throws(RndzError) -> TCPStream {
+        // UINT32_MAX means "no limit" to C: a finite timeout stays below it.
+        let ms = timeout.map { UInt32($0.clampedMilliseconds(max: Int64(UInt32.max) - 1)) } ?? UInt32.max
+        return try accept(ms: ms)
+    }
+
+    /// Accepts like ``accept(timeout:)`` on a dedicated thread.
+    ///
+    /// - Throws: also ``RndzError/canceled`` if the task is cancelled.
+    public func accept(timeout: Duration? = nil) async throws(RndzError) -> TCPStream {
+        try await offPool { [self] (flag) throws(RndzError) in
+            // Wait in short slices so that cancellation is noticed.
+            let deadline = timeout.map { ContinuousClock.now + $0 }
+            while true {
+                if flag.isCancelled { throw .canceled }
+                var slice = UInt32(cancelSliceMs)
+                if let deadline {
+                    slice = UInt32(min((deadline - ContinuousClock.now).clampedMilliseconds(), Int64(slice)))
+                }
+                do throws(RndzError) {
+                    return try accept(ms: slice)
+                } catch .timedOut {
+                    if let deadline, ContinuousClock.now >= deadline { throw .timedOut }
+                }
+            }
+        }
+    }
+
+    private func accept(ms: UInt32) throws(RndzError) -> TCPStream {
+        var ss = sockaddr_storage()
+        let fd = try check(rndz_tcp_listener_accept(handle, ms, &ss, nil))
+        let peer: SocketAddress
+        do throws(RndzError) {
+            peer = try SocketAddress(ss)
+        } catch {
+            closeFD(fd)
+            throw error
+        }
+        return try TCPStream(owning: fd, peer: peer)
+    }
+
+    /// The peers' connections as they are accepted, until the listener is closed or the
+    /// consuming task is cancelled (then the sequence ends). Each element is owned by the
+    /// consumer. Connections are accepted only as the sequence is iterated; until then they
+    /// wait in the listener's queue.
+    ///
+    /// ```swift
+    /// for try await stream in listener.connections {
+    ///     Task { try await handle(stream) }
+    /// }
+    /// ```
+    public var connections: Connections { Connections(listener: self) }
+
+    /// The accepted connections of a ``TCPListener``: see ``TCPListener/connections``.
+    public struct Connections: AsyncSequence, Sendable {
+        public typealias Element = TCPStream
+        public typealias Failure = RndzError
+
+        let listener: TCPListener
+
+        public func makeAsyncIterator() -> Iterator { Iterator(listener: listener) }
+
+        public struct Iterator: AsyncIteratorProtocol, Sendable {
+            public typealias Element = TCPStream
+            public typealias Failure = RndzError
+
+            let listener: TCPListener
+            var finished = false
+
+            /// The next connection; nil once the listener is closed or the task cancelled.
+            public mutating func next() async throws(RndzError) -> TCPStream? {
+                if finished { return nil }
+                do throws(RndzError) {
+                    return try await listener.accept()
+                } catch .closed {
+                    finished = true
+                    return nil
+                } catch .canceled {
+                    finished = true
+                    return nil
+                } catch {
+                    finished = true
+                    throw error
+                }
+            }
+
+            public mutating func next(isolation actor: isolated (any Actor)?) async throws(RndzError)
+                -> TCPStream?
+            {
+                try await next()
+            }
+        }
+    }
+
+    /// Stops accepting: every waiting accept fails with ``RndzError/closed`` and
+    /// ``connections`` ends; sends `Bye` to the servers and stops the background thread.
+    /// Connections already accepted stay open. Safe to call from any thread, more than once.
+    public func close() {
+        closedFlag.store(true, ordering: .releasing)
+        _ = rndz_tcp_listener_close(handle)
+    }
+}
+
+/// A TCP connection to a peer, from ``TCPListener/accept(timeout:)`` or
+/// ``TCPConnector/connect(to:)``: bound to the port the rendezvous server saw, so the peer's
+/// NAT and firewall let it through.
+///
+/// The socket is owned: ``close()`` or deinit closes it.
+public final class TCPStream: @unchecked Sendable {
+    // Unchecked: the fd is used only through thread-safe system calls, and `state` makes sure
+    // it is closed only once no call uses it (so a concurrent call never sees the number of
+    // a reused descriptor).
+
+    /// The socket, in blocking mode. Owned by this object; use it only until ``close()`` and
+    /// while the object lives.
+    public let fileDescriptor: Int32
+    /// The peer's address.
+    public let peer: SocketAddress
+    /// The local address (the same port the rendezvous server saw).
+    public let localAddress: SocketAddress
+
+    private struct State {
+        var closed = false  // close() was called: no new calls
+        var users = 0  // calls using the fd now
+        var fdClosed = false
+    }
+    private let state = Mutex(State())
+
+    /// Takes ownership of a connected TCP socket. On error the fd is closed.
+    init(owning fd: Int32, peer: SocketAddress) throws(RndzError) {
+        do throws(RndzError) {
+            self.localAddress = try socketLocalAddress(fd)
+        } catch {
+            closeFD(fd)
+            throw error
+        }
+        self.fileDescriptor = fd
+        self.peer = peer
+    }
+
+    deinit {
+        // No call can be running: each holds a reference.
+        if !state.withLock({ $0.fdClosed }) { closeFD(fileDescriptor) }
+    }
+
+    /// Closes the connection. Calls waiting in another thread return at once (a receive as
+    /// at end of stream); later calls fail with ``RndzError/closed``. Idempotent.
+    public func close() {
+        let closeNow: Bool? = state.withLock { s in
+            if s.closed { return nil }
+            s.closed = true
+            if s.users > 0 { return false }
+            s.fdClosed = true
+            return true
+        }
+        switch closeNow {
+        case true?: closeFD(fileDescriptor)
+        case false?: shutdown(fileDescriptor, Int32(SHUT_RDWR))  // wakes the users; the last closes
+        case nil: break
+        }
+    }
+
+    /// Runs `body` with the fd, which stays open until it returns.
+    private func using<R>(_ body: (Int32) throws(RndzError) -> R) throws(RndzError) -> R {
+        let ok = state.withLock { s in
+            if s.closed { return false }
+            s.users += 1
+            return true
+        }
+        guard ok else { throw .closed }
+        defer {
+            let last = state.withLock { s in
+                s.users -= 1
+                if s.closed && s.users == 0 && !s.fdClosed {
+                    s.fdClosed = true
+                    return true
+                }
+                return false
+            }
+            if last { closeFD(fileDescriptor) }
+        }
+        return try body(fileDescriptor)
+    }
+
+    /// Sends all of `bytes`, waiting for buffer space as needed.
+    ///
+    /// - Throws: e.g. `EPIPE` or `ECONNRESET` once the peer closed, ``RndzError/closed``
+    ///   after ``close()``.
+    public func send(_ bytes: [UInt8]) throws(RndzError) {
+        try using { (fd) throws(RndzError) in try sendAll(fd: fd, bytes, cancel: nil) }
+    }
+
+    /// Sends like ``send(_:)`` on a dedicated thread.
+    ///
+    /// - Throws: also ``RndzError/canceled`` if the task is cancelled (part of `bytes` may
+    ///   have been sent).
+    public func send(_ bytes: [UInt8]) async throws(RndzError) {
+        try await offPool { [self] (flag) throws(RndzError) in
+            try using { (fd) throws(RndzError) in try sendAll(fd: fd, bytes, cancel: flag) }
+        }
+    }
+
+    /// Receives what has arrived, at most `maxLength` bytes, waiting until something does or
+    /// `timeout` passes (nil: no limit).
+    ///
+    /// - Returns: the bytes (never empty), or nil at the end of the stream (the peer closed
+    ///   its side, or ``close()`` was called meanwhile).
+    /// - Throws: ``RndzError/timedOut`` when nothing arrived in time, e.g. `ECONNRESET`,
+    ///   ``RndzError/closed`` after ``close()``.
+    public func receive(maxLength: Int = 65_536, timeout: Duration? = nil) throws(RndzError) -> [UInt8]? {
+        try using { (fd) throws(RndzError) in
+            try receiveStream(fd: fd, maxLength: maxLength, timeout: timeout, cancel: nil)
+        }
+    }
+
+    /// Receives like ``receive(maxLength:timeout:)`` on a dedicated thread.
+    ///
+    /// - Throws: also ``RndzError/canceled`` if the task is cancelled.
+    public func receive(maxLength: Int = 65_536, timeout: Duration? = nil) async throws(RndzError)
+        -> [UInt8]?
+    {
+        try await offPool { [self] (flag) throws(RndzError) in
+            try using { (fd) throws(RndzError) in
+                try receiveStream(fd: fd, maxLength: maxLength, timeout: timeout, cancel: flag)
+            }
+        }
+    }
+}
+
+/// `close(2)`, under a name the types' own `close()` does not hide.
+private func closeFD(_ fd: Int32) { _ = close(fd) }
+
+/// Writes all of `bytes` to a stream socket.
+private func sendAll(fd: Int32, _ bytes: [UInt8], cancel: CancelFlag?) throws(RndzError) {
+    try withBytes(bytes) { (b) throws(RndzError) in
+        var off = 0
+        while off < b.count {
+            let rest = UnsafeRawBufferPointer(rebasing: b[off...])
+            off += try sendDatagram(fd: fd, bytes: rest, to: nil, cancel: cancel)
+        }
+    }
+}
+
+/// Reads what is available from a stream socket; nil at end of stream.
+private func receiveStream(fd: Int32, maxLength: Int, timeout: Duration?, cancel: CancelFlag?)
+    throws(RndzError) -> [UInt8]?
+{
+    precondition(maxLength > 0, "maxLength must be positive")
+    let deadline = timeout.map { ContinuousClock.now + $0 }
+    var buf = [UInt8](repeating: 0, count: maxLength)
+    while true {
+        guard try waitFD(fd, events: Int16(POLLIN), deadline: deadline, cancel: cancel) else {
+            throw .timedOut
+        }
+        let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+        if n < 0 {
+            if errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR { continue }
+            throw lastErrno()
+        }
+        if n == 0 { return nil }
+        buf.removeSubrange(n...)
+        return buf
+    }
+}
+
+/// A TCP connector: asks a rendezvous server for a peer by id and connects to it from the
+/// same local port.
+///
+/// ```swift
+/// let stream = try await TCPConnector(options: ClientOptions(id: "bob", servers: ["rndz.example.org:8888"]))
+///     .connect(to: "alice")
+/// try await stream.send(Array("hello".utf8))
+/// ```
+public struct TCPConnector: Sendable {
+    /// Our id, the servers, and the timeout of the whole connect.
+    public var options: ClientOptions
+
+    public init(options: ClientOptions) { self.options = options }
+
+    /// Asks the servers for `target`, then connects from the same local port to the address
+    /// given, retrying until ``ClientOptions/timeout`` (which bounds the whole connect,
+    /// server and peer) passes. Blocks.
+    ///
+    /// - Returns: the connected stream, owned by the caller.
+    /// - Throws: ``RndzError/notFound`` (every server said so), ``RndzError/timedOut`` (no
+    ///   server answered in time), ``RndzError/peerFailed`` (the peer's address was given but
+    ///   no connection could be made), ``RndzError/badID``, ``RndzError/noServer``,
+    ///   ``RndzError/resolveFailed``, OS errors.
+    public func connect(to target: String) throws(RndzError) -> TCPStream {
+        if target.utf8.contains(0) { throw .badID }
+        let box = options.socketConfigure.map(SocketConfigBox.init)
+        var ss = sockaddr_storage()
+        let fd = try options.withC(box) { (o) throws(RndzError) in
+            withExtendedLifetime(box) { rndz_tcp_connect(o, target, &ss, nil) }
+        }
+        _ = try check(fd)
+        let peer: SocketAddress
+        do throws(RndzError) {
+            peer = try SocketAddress(ss)
+        } catch {
+            close(fd)
+            throw error
+        }
+        return try TCPStream(owning: fd, peer: peer)
+    }
+
+    /// Connects like ``connect(to:)`` on a dedicated thread, so the cooperative thread pool
+    /// is not blocked. The connect is not interrupted by task cancellation; it ends within
+    /// ``ClientOptions/timeout``.
+    public func connect(to target: String) async throws(RndzError) -> TCPStream {
+        try await offPool { [self] () throws(RndzError) in try connect(to: target) }
+    }
+}

@@ -1,0 +1,274 @@
+internal import CRndz
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// A UDP listener: registers ``ClientOptions/id`` with every rendezvous server, keeps the
+/// registration alive from a background thread, and answers connection requests by punching
+/// toward the peer. Peers' datagrams arrive on ``fileDescriptor``, the peer socket, which
+/// shares the local port with the server sockets; ``receive(maxLength:timeout:)`` and
+/// ``send(_:to:)`` use it.
+///
+/// Releasing the last reference sends `Bye` to every server, stops the background thread and
+/// closes every socket (``fileDescriptor`` included).
+public final class UDPListener: @unchecked Sendable {
+    // Unchecked: the C handle may be used from any thread (rndz.h) except destroy, which
+    // only deinit calls; the fd is only read and written through thread-safe system calls.
+    private let handle: OpaquePointer
+    private let configBox: SocketConfigBox?
+
+    /// The unconnected peer socket. Borrowed: owned and closed by the listener; do not close
+    /// it, and do not use it after the listener is gone.
+    public let fileDescriptor: Int32
+
+    /// The local address shared by the peer socket and the server sockets.
+    public let localAddress: SocketAddress
+
+    /// Our id.
+    public let id: String
+
+    /// Creates the listener and starts registering. Returns at once; see
+    /// ``waitRegistered(timeout:)``.
+    ///
+    /// - Throws: ``RndzError/badID``, ``RndzError/noServer``, ``RndzError/resolveFailed``,
+    ///   ``RndzError/badAddress``, OS errors.
+    public init(options: ClientOptions) throws(RndzError) {
+        let box = options.socketConfigure.map(SocketConfigBox.init)
+        var h: OpaquePointer?
+        let rc = try options.withC(box) { (o) throws(RndzError) in rndz_udp_listener_create(o, &h) }
+        _ = try check(rc)
+        guard let h else { throw .closed }
+        var ss = sockaddr_storage()
+        let fd = rndz_udp_listener_fd(h)
+        let lrc = rndz_udp_listener_local_addr(h, &ss, nil)
+        let local: SocketAddress
+        do throws(RndzError) {
+            _ = try check(fd)
+            _ = try check(lrc)
+            local = try SocketAddress(ss)
+        } catch {
+            rndz_udp_listener_destroy(h)
+            throw error
+        }
+        self.handle = h
+        self.configBox = box
+        self.fileDescriptor = fd
+        self.localAddress = local
+        self.id = options.id
+    }
+
+    deinit { rndz_udp_listener_destroy(handle) }
+
+    /// Waits until at least one server has answered a ping. Blocks.
+    ///
+    /// - Throws: ``RndzError/timedOut`` if none answered within `timeout`.
+    public func waitRegistered(timeout: Duration) throws(RndzError) {
+        _ = try check(rndz_udp_listener_wait_registered(handle, UInt32(timeout.clampedMilliseconds())))
+    }
+
+    /// Waits like ``waitRegistered(timeout:)`` on a dedicated thread.
+    ///
+    /// - Throws: also ``RndzError/canceled`` if the task is cancelled.
+    public func waitRegistered(timeout: Duration) async throws(RndzError) {
+        try await offPool { [self] (flag) throws(RndzError) in
+            // Wait in short slices so that cancellation is noticed.
+            let deadline = ContinuousClock.now + timeout
+            while true {
+                if flag.isCancelled { throw .canceled }
+                let left = (deadline - ContinuousClock.now).clampedMilliseconds()
+                let slice = UInt32(min(left, Int64(cancelSliceMs)))
+                let rc = rndz_udp_listener_wait_registered(handle, slice)
+                if rc == 0 { return }
+                if rc != RNDZ_E_TIMEDOUT.rawValue || left <= Int64(slice) {
+                    _ = try check(rc)
+                }
+            }
+        }
+    }
+
+    /// Receives one datagram on the peer socket. Blocks until one arrives or `timeout`
+    /// passes (nil: no limit).
+    ///
+    /// Datagrams are delivered as they come: a v1 peer's punch packet (an `Rsync` request,
+    /// see ``WireMessage``) may arrive here too.
+    ///
+    /// - Returns: the datagram, or nil on timeout. Longer datagrams are cut to `maxLength`.
+    public func receive(maxLength: Int = Datagram.maxSize, timeout: Duration? = nil)
+        throws(RndzError) -> Datagram?
+    {
+        try receiveDatagram(fd: fileDescriptor, maxLength: maxLength, timeout: timeout, cancel: nil)
+    }
+
+    /// Receives like ``receive(maxLength:timeout:)`` on a dedicated thread.
+    ///
+    /// - Throws: also ``RndzError/canceled`` if the task is cancelled.
+    public func receive(maxLength: Int = Datagram.maxSize, timeout: Duration? = nil)
+        async throws(RndzError) -> Datagram?
+    {
+        try await offPool { [self] (flag) throws(RndzError) in
+            try receiveDatagram(fd: fileDescriptor, maxLength: maxLength, timeout: timeout, cancel: flag)
+        }
+    }
+
+    /// Sends one datagram from the peer socket to `address`. Returns the bytes sent.
+    @discardableResult
+    public func send(_ bytes: [UInt8], to address: SocketAddress) throws(RndzError) -> Int {
+        try withBytes(bytes) { (b) throws(RndzError) in
+            try sendDatagram(fd: fileDescriptor, bytes: b, to: address, cancel: nil)
+        }
+    }
+
+    /// Sends like ``send(_:to:)`` on a dedicated thread (sending blocks only while the
+    /// socket buffer is full).
+    @discardableResult
+    public func send(_ bytes: [UInt8], to address: SocketAddress) async throws(RndzError) -> Int {
+        try await offPool { [self] (flag) throws(RndzError) in
+            try withBytes(bytes) { (b) throws(RndzError) in
+                try sendDatagram(fd: fileDescriptor, bytes: b, to: address, cancel: flag)
+            }
+        }
+    }
+}
+
+/// A UDP socket connected to a peer, returned by ``UDPConnector/connect(to:)``: bound to the
+/// port that asked the rendezvous server, so the peer's NAT and firewall let it through.
+///
+/// The socket is owned: deinit closes it.
+public final class UDPSocket: @unchecked Sendable {
+    // Unchecked: the fd is immutable and used only through thread-safe system calls; it is
+    // closed only by deinit, when no other reference exists.
+
+    /// The socket. Owned by this object, which closes it; use it only while the object lives.
+    public let fileDescriptor: Int32
+    /// The peer it is connected to.
+    public let peer: SocketAddress
+    /// The local address (the same port the rendezvous server saw).
+    public let localAddress: SocketAddress
+    /// Our id and the peer's, to recognise the peer's punch packet.
+    private let ourID: String
+    private let peerID: String
+
+    /// Takes ownership of a connected UDP socket. On error the fd is closed.
+    init(owning fd: Int32, peer: SocketAddress, ourID: String, peerID: String) throws(RndzError) {
+        do throws(RndzError) {
+            self.localAddress = try socketLocalAddress(fd)
+        } catch {
+            close(fd)
+            throw error
+        }
+        self.fileDescriptor = fd
+        self.peer = peer
+        self.ourID = ourID
+        self.peerID = peerID
+    }
+
+    /// The peer listener's punch, `Request{id: peer, Rsync{id: us}}` (see the vector
+    /// `udp.rsync.punch`), which may arrive after the connector handed the socket over. It is
+    /// rendezvous traffic, not the peer's data.
+    private func isPunch(_ bytes: ArraySlice<UInt8>) -> Bool {
+        guard bytes.count <= ourID.utf8.count + peerID.utf8.count + 16,  // cheap pre-check
+            let m = try? WireMessage(request: Array(bytes))
+        else { return false }
+        return m.command == .rsync && m.id == peerID && m.peerID == ourID
+    }
+
+    deinit { close(fileDescriptor) }
+
+    /// Sends one datagram to the peer. Returns the bytes sent.
+    ///
+    /// - Throws: e.g. ``RndzError/connectionRefused`` after the peer's host reported its
+    ///   port closed.
+    @discardableResult
+    public func send(_ bytes: [UInt8]) throws(RndzError) -> Int {
+        try withBytes(bytes) { (b) throws(RndzError) in
+            try sendDatagram(fd: fileDescriptor, bytes: b, to: nil, cancel: nil)
+        }
+    }
+
+    /// Sends like ``send(_:)`` on a dedicated thread.
+    @discardableResult
+    public func send(_ bytes: [UInt8]) async throws(RndzError) -> Int {
+        try await offPool { [self] (flag) throws(RndzError) in
+            try withBytes(bytes) { (b) throws(RndzError) in
+                try sendDatagram(fd: fileDescriptor, bytes: b, to: nil, cancel: flag)
+            }
+        }
+    }
+
+    /// Receives one datagram from the peer. Blocks until one arrives or `timeout` passes
+    /// (nil: no limit).
+    ///
+    /// The peer's punch packet (the v1 `Rsync` its listener sends to open its NAT) is not
+    /// data and is dropped here; reading ``fileDescriptor`` directly may still see it.
+    ///
+    /// - Returns: the payload, or nil on timeout. Longer datagrams are cut to `maxLength`.
+    /// - Throws: e.g. ``RndzError/connectionRefused`` when the peer's port is closed.
+    public func receive(maxLength: Int = Datagram.maxSize, timeout: Duration? = nil)
+        throws(RndzError) -> [UInt8]?
+    {
+        try receiveDatagram(
+            fd: fileDescriptor, maxLength: maxLength, timeout: timeout, cancel: nil, skip: isPunch)?.bytes
+    }
+
+    /// Receives like ``receive(maxLength:timeout:)`` on a dedicated thread.
+    ///
+    /// - Throws: also ``RndzError/canceled`` if the task is cancelled.
+    public func receive(maxLength: Int = Datagram.maxSize, timeout: Duration? = nil)
+        async throws(RndzError) -> [UInt8]?
+    {
+        try await offPool { [self] (flag) throws(RndzError) in
+            try receiveDatagram(
+                fd: fileDescriptor, maxLength: maxLength, timeout: timeout, cancel: flag, skip: isPunch)?.bytes
+        }
+    }
+}
+
+/// A UDP connector: asks the rendezvous servers for a peer by id and returns a socket
+/// connected to it.
+///
+/// ```swift
+/// let socket = try await UDPConnector(options: ClientOptions(id: "bob", servers: ["rndz.example.org:8888"]))
+///     .connect(to: "alice")
+/// try await socket.send(Array("hello".utf8))
+/// ```
+public struct UDPConnector: Sendable {
+    /// Our id, the servers, and the round and timeout of the search.
+    public var options: ClientOptions
+
+    public init(options: ClientOptions) { self.options = options }
+
+    /// Asks every server for `target`, in rounds of ``ClientOptions/round``, until one
+    /// answers with its address or ``ClientOptions/timeout`` passes. Blocks.
+    ///
+    /// - Returns: a socket bound to the port that asked and connected to the peer.
+    /// - Throws: ``RndzError/notFound`` (every server said so), ``RndzError/timedOut`` (not
+    ///   every server answered and none knew the target), ``RndzError/badID``,
+    ///   ``RndzError/noServer``, ``RndzError/resolveFailed``, OS errors.
+    public func connect(to target: String) throws(RndzError) -> UDPSocket {
+        if target.utf8.contains(0) { throw .badID }
+        let box = options.socketConfigure.map(SocketConfigBox.init)
+        var ss = sockaddr_storage()
+        let fd = try options.withC(box) { (o) throws(RndzError) in
+            withExtendedLifetime(box) { rndz_udp_connect(o, target, &ss, nil) }
+        }
+        _ = try check(fd)
+        let peer: SocketAddress
+        do throws(RndzError) {
+            peer = try SocketAddress(ss)
+        } catch {
+            close(fd)
+            throw error
+        }
+        return try UDPSocket(owning: fd, peer: peer, ourID: options.id, peerID: target)
+    }
+
+    /// Connects like ``connect(to:)`` on a dedicated thread, so the cooperative thread pool
+    /// is not blocked. The search is not interrupted by task cancellation; it ends within
+    /// ``ClientOptions/timeout``.
+    public func connect(to target: String) async throws(RndzError) -> UDPSocket {
+        try await offPool { [self] () throws(RndzError) in try connect(to: target) }
+    }
+}

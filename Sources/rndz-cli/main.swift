@@ -1,0 +1,675 @@
+// rndz-cli: the command-line tool of rndz. A table of subcommands, as wireguard-tools' wg:
+//
+//   rndz-cli server [--listen-addr ADDR] [--ipv6-only]
+//   rndz-cli client --id ID --server-addr ADDR [--server-addr ADDR ...] [--remote-peer ID] [--tcp]
+//
+// Results go to stdout, logs and errors to stderr. Exit status: 0 success, 1 failure,
+// 2 misuse (usage printed on stderr).
+import Dispatch
+import Rndz
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+// MARK: - Output
+
+/// Writes all of `text` to `fd`, unbuffered (so a line on stdout is visible at once to a
+/// script reading a pipe).
+func writeAll(_ fd: Int32, _ text: String) {
+    var text = text
+    text.withUTF8 { buf in
+        var off = 0
+        while off < buf.count {
+            let n = write(fd, buf.baseAddress! + off, buf.count - off)
+            if n < 0 {
+                if errno == EINTR { continue }
+                return
+            }
+            off += n
+        }
+    }
+}
+
+func printOut(_ line: String) { writeAll(1, line + "\n") }
+func printErr(_ line: String) { writeAll(2, line + "\n") }
+
+/// The verbosity of the tool's own messages (the library's follows the same level).
+struct Verbosity: Sendable {
+    var level: LogLevel
+
+    /// Errors: always shown.
+    func error(_ msg: String) { printErr("rndz-cli: \(msg)") }
+    /// Events worth seeing by default (new peers, warnings): hidden by --quiet.
+    func notice(_ msg: String) { if level >= .warn { printErr("rndz-cli: \(msg)") } }
+    /// Details: shown with -v.
+    func info(_ msg: String) { if level >= .info { printErr("rndz-cli: \(msg)") } }
+    /// Per-datagram details: shown with -vv.
+    func debug(_ msg: String) { if level >= .debug { printErr("rndz-cli: \(msg)") } }
+}
+
+enum ExitCode {
+    static let ok: Int32 = 0
+    static let failure: Int32 = 1
+    static let usage: Int32 = 2
+}
+
+// MARK: - Command table and option parsing
+
+struct Command: Sendable {
+    let name: String
+    let summary: String
+    let usage: String
+    let details: String
+    let flags: [Flag]
+    let run: @Sendable (_ opts: ParsedFlags, _ v: Verbosity) -> Int32
+}
+
+struct Flag: Sendable {
+    let long: String
+    let short: Character?
+    let value: String?  // the value's placeholder; nil for a switch
+    let help: String
+
+    init(_ long: String, short: Character? = nil, value: String? = nil, _ help: String) {
+        self.long = long
+        self.short = short
+        self.value = value
+        self.help = help
+    }
+}
+
+/// Flags accepted before the command and by every command.
+let globalFlags = [
+    Flag("verbose", short: "v", "more log output on stderr (repeat for more: -vv, -vvv)"),
+    Flag("quiet", short: "q", "only errors on stderr"),
+    Flag("help", short: "h", "show this help"),
+]
+
+struct UsageError: Error {
+    let message: String
+}
+
+/// Flags as given, in order; switches have a nil value.
+struct ParsedFlags: Sendable {
+    var items: [(name: String, value: String?)] = []
+
+    func has(_ name: String) -> Bool { items.contains { $0.name == name } }
+    func count(_ name: String) -> Int { items.filter { $0.name == name }.count }
+    func last(_ name: String) -> String? { items.last { $0.name == name }?.value }
+    func all(_ name: String) -> [String] { items.filter { $0.name == name }.compactMap(\.value) }
+}
+
+/// Parses `--name value`, `--name=value`, `-x value`, and bundled switches (`-vv`). Stops at
+/// the first argument that is not a flag if `stopAtPositional`, else rejects it.
+func parseFlags(
+    _ args: inout ArraySlice<String>, _ flags: [Flag], stopAtPositional: Bool
+) throws(UsageError) -> ParsedFlags {
+    var out = ParsedFlags()
+    while let arg = args.first {
+        if arg == "--" {
+            args.removeFirst()
+            if let extra = args.first { throw UsageError(message: "unexpected argument '\(extra)'") }
+            break
+        }
+        if arg.hasPrefix("--") {
+            args.removeFirst()
+            var name = String(arg.dropFirst(2))
+            var inline: String? = nil
+            if let eq = name.firstIndex(of: "=") {
+                inline = String(name[name.index(after: eq)...])
+                name = String(name[..<eq])
+            }
+            guard let f = flags.first(where: { $0.long == name }) else {
+                throw UsageError(message: "unknown option '--\(name)'")
+            }
+            if f.value != nil {
+                if let inline {
+                    out.items.append((name, inline))
+                } else if let v = args.first {
+                    args.removeFirst()
+                    out.items.append((name, v))
+                } else {
+                    throw UsageError(message: "option '--\(name)' needs a value")
+                }
+            } else {
+                if inline != nil { throw UsageError(message: "option '--\(name)' takes no value") }
+                out.items.append((name, nil))
+            }
+        } else if arg.hasPrefix("-") && arg.count > 1 {
+            args.removeFirst()
+            var chars = Substring(arg.dropFirst())
+            while let c = chars.first {
+                chars = chars.dropFirst()
+                guard let f = flags.first(where: { $0.short == c }) else {
+                    throw UsageError(message: "unknown option '-\(c)'")
+                }
+                if f.value != nil {
+                    if !chars.isEmpty {
+                        out.items.append((f.long, String(chars)))
+                    } else if let v = args.first {
+                        args.removeFirst()
+                        out.items.append((f.long, v))
+                    } else {
+                        throw UsageError(message: "option '-\(c)' needs a value")
+                    }
+                    break
+                }
+                out.items.append((f.long, nil))
+            }
+        } else {
+            if stopAtPositional { break }
+            throw UsageError(message: "unexpected argument '\(arg)'")
+        }
+    }
+    return out
+}
+
+func flagHelp(_ flags: [Flag]) -> String {
+    flags.map { f in
+        var left = f.short.map { "-\($0), " } ?? "    "
+        left += "--\(f.long)"
+        if let v = f.value { left += " \(v)" }
+        let pad = max(1, 28 - left.count)
+        return "  " + left + String(repeating: " ", count: pad) + f.help
+    }.joined(separator: "\n")
+}
+
+func mainUsage() -> String {
+    var s = """
+        usage: rndz-cli [-v|--verbose]... [-q|--quiet] <command> [<options>]
+
+        rndz: NAT hole punching through a rendezvous server (protocol of rndz 0.1.5).
+
+        commands:
+
+        """
+    for c in commands { s += "  " + c.name.padding(9) + c.summary + "\n" }
+    s += """
+          help     show this help, or a command's: rndz-cli help <command>
+          version  show the version
+
+        options:
+          -V, --version               show the version
+        \(flagHelp(globalFlags))
+
+        The log level is also read from RNDZ_LOG (error|warn|info|debug|trace).
+        """
+    return s
+}
+
+func commandUsage(_ c: Command) -> String {
+    "usage: \(c.usage)\n\n\(c.details)\n\noptions:\n\(flagHelp(c.flags + globalFlags))"
+}
+
+extension String {
+    func padding(_ n: Int) -> String { self + String(repeating: " ", count: max(1, n - count)) }
+}
+
+// MARK: - Signals
+
+/// A flag one thread sets and others read.
+final class AtomicFlag: Sendable {
+    private let value = Atomic<Bool>(false)
+    var isSet: Bool { value.load(ordering: .acquiring) }
+    func set() { value.store(true, ordering: .releasing) }
+}
+
+/// Set by SIGINT / SIGTERM; `then` runs on a dispatch queue when one arrives. Keep it alive
+/// while the signals should be handled.
+final class StopSignal {
+    private let flag = AtomicFlag()
+    private var sources: [any DispatchSourceSignal] = []
+
+    var isSet: Bool { flag.isSet }
+
+    init(then action: @escaping @Sendable () -> Void = {}) {
+        for sig in [SIGINT, SIGTERM] {
+            signal(sig, SIG_IGN)  // delivered through the dispatch source instead
+            let src = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            src.setEventHandler { [flag] in
+                flag.set()
+                action()
+            }
+            src.resume()
+            sources.append(src)
+        }
+    }
+}
+
+// MARK: - server
+
+let serverCommand = Command(
+    name: "server",
+    summary: "run a rendezvous server until SIGINT or SIGTERM",
+    usage: "rndz-cli server [--listen-addr ADDR] [--ipv6-only]",
+    details: """
+        Serves the rndz v1 protocol on ADDR until SIGINT or SIGTERM. Prints
+        "listening on ADDR" (the address actually bound) on stdout once ready.
+        """,
+    flags: [
+        Flag("listen-addr", value: "ADDR", "address to serve on (default 0.0.0.0:8888; port 0: any)"),
+        Flag("ipv6-only", "with an IPv6 address: serve IPv6 clients only"),
+    ],
+    run: runServer)
+
+@Sendable func runServer(_ f: ParsedFlags, _ v: Verbosity) -> Int32 {
+    var opts = ServerOptions()
+    if let text = f.last("listen-addr") {
+        do {
+            opts.listenAddress = try SocketAddress.resolve(text)
+        } catch {
+            v.error("bad --listen-addr '\(text)': \(error)")
+            return ExitCode.usage
+        }
+    }
+    if f.has("ipv6-only") {
+        guard opts.listenAddress.family == .ipv6 else {
+            v.error("--ipv6-only needs an IPv6 --listen-addr, e.g. [::]:8888")
+            return ExitCode.usage
+        }
+        opts.ipv6Only = true
+    }
+    let server: RndzServer
+    do {
+        server = try RndzServer(options: opts)
+    } catch {
+        v.error("cannot listen on \(opts.listenAddress): \(error)")
+        return ExitCode.failure
+    }
+    let stop = StopSignal(then: { server.stop() })
+    printOut("listening on \(server.localAddress)")
+    do {
+        try server.run()
+    } catch {
+        v.error("server failed: \(error)")
+        return ExitCode.failure
+    }
+    let s = server.stats
+    v.info(
+        "stopped\(stop.isSet ? " by signal" : ""): \(s.udpReceived) datagrams in, \(s.udpSent) out, "
+            + "\(s.udpMalformed) malformed, \(s.udpPeers) peers registered")
+    return ExitCode.ok
+}
+
+// MARK: - client
+
+let clientCommand = Command(
+    name: "client",
+    summary: "register and answer peers, or --remote-peer: say hello to a peer",
+    usage:
+        "rndz-cli client --id ID --server-addr ADDR [--server-addr ADDR ...] [--remote-peer ID] [--tcp] [--local-addr ADDR] [--timeout MS]",
+    details: """
+        Without --remote-peer (listener): registers as ID with every server, prints
+        "registered as ID on ADDR" on stdout, and answers peers until SIGINT or
+        SIGTERM: over UDP it echoes every datagram back to its sender; with --tcp it
+        accepts each peer's connection, reads what the peer sends, answers "hello"
+        and closes the connection.
+        With --remote-peer PEER (connector): finds PEER through the servers (with
+        --tcp: connects to it over TCP), sends "hello", prints "reply from ADDR: TEXT"
+        on stdout and exits 0; exits 1 if the peer is not found, cannot be reached,
+        or does not answer in time.
+        """,
+    flags: [
+        Flag("id", value: "ID", "our id (required)"),
+        Flag("server-addr", value: "ADDR", "a rendezvous server, host:port (required; repeatable)"),
+        Flag("remote-peer", value: "ID", "connect to this peer instead of listening"),
+        Flag("tcp", "use TCP instead of UDP"),
+        Flag("local-addr", value: "ADDR", "local address to bind (default: any, port chosen)"),
+        Flag("timeout", value: "MS", "connector: give up finding the peer, and waiting for its reply, after MS ms"),
+    ],
+    run: runClient)
+
+@Sendable func runClient(_ f: ParsedFlags, _ v: Verbosity) -> Int32 {
+    guard let id = f.last("id") else {
+        v.error("client needs --id ID")
+        printErr(commandUsage(clientCommand))
+        return ExitCode.usage
+    }
+    let servers = f.all("server-addr")
+    guard !servers.isEmpty else {
+        v.error("client needs at least one --server-addr ADDR")
+        printErr(commandUsage(clientCommand))
+        return ExitCode.usage
+    }
+    var opts = ClientOptions(id: id, servers: servers)
+    if let text = f.last("local-addr") {
+        do {
+            opts.localAddress = try SocketAddress(parsing: text)
+        } catch {
+            v.error("bad --local-addr '\(text)': \(error)")
+            return ExitCode.usage
+        }
+    }
+    var replyTimeout = Duration.seconds(5)
+    if let text = f.last("timeout") {
+        guard let ms = Int64(text), ms > 0 else {
+            v.error("bad --timeout '\(text)': a positive number of milliseconds")
+            return ExitCode.usage
+        }
+        opts.timeout = .milliseconds(ms)
+        replyTimeout = .milliseconds(ms)
+    }
+    let tcp = f.has("tcp")
+    if let peer = f.last("remote-peer") {
+        return tcp
+            ? runTCPConnector(opts, peer: peer, replyTimeout: replyTimeout, v)
+            : runConnector(opts, peer: peer, replyTimeout: replyTimeout, v)
+    }
+    return tcp ? runTCPListener(opts, v) : runListener(opts, v)
+}
+
+/// A datagram that is a v1 protocol message (e.g. a listener's `Rsync` punch), not peer data.
+func isProtocolPacket(_ bytes: [UInt8]) -> WireMessage? {
+    (try? WireMessage(request: bytes)) ?? (try? WireMessage(response: bytes))
+}
+
+/// Waits until `waitRegistered` succeeds (the listener pings on), saying so if it takes a
+/// while. Returns false if a signal came first or registration failed.
+func awaitRegistration(
+    _ stop: StopSignal, _ v: Verbosity, _ waitRegistered: (Duration) throws(RndzError) -> Void
+) -> Bool {
+    let start = ContinuousClock.now
+    var warned = false
+    while true {
+        if stop.isSet { return false }
+        do {
+            try waitRegistered(.milliseconds(200))
+            return true
+        } catch .timedOut {
+            if !warned && ContinuousClock.now - start > .seconds(5) {
+                v.notice("no rendezvous server answered yet; still trying")
+                warned = true
+            }
+        } catch {
+            v.error("registration failed: \(error)")
+            return false
+        }
+    }
+}
+
+func runListener(_ opts: ClientOptions, _ v: Verbosity) -> Int32 {
+    let stop = StopSignal()
+    let listener: UDPListener
+    do {
+        listener = try UDPListener(options: opts)
+    } catch {
+        v.error("cannot register as '\(opts.id)': \(error)")
+        return ExitCode.failure
+    }
+    guard awaitRegistration(stop, v, { (t) throws(RndzError) in try listener.waitRegistered(timeout: t) }) else {
+        return stop.isSet ? ExitCode.ok : ExitCode.failure
+    }
+    printOut("registered as \(opts.id) on \(listener.localAddress)")
+    var seen = Set<SocketAddress>()
+    while !stop.isSet {
+        let d: Datagram
+        do {
+            guard let got = try listener.receive(timeout: .milliseconds(200)) else { continue }
+            d = got
+        } catch {
+            v.error("receive failed: \(error)")
+            return ExitCode.failure
+        }
+        if let m = isProtocolPacket(d.bytes) {
+            v.debug("ignored a protocol packet (\(m.command) from '\(m.id)') from \(d.sender)")
+            continue
+        }
+        if seen.insert(d.sender).inserted { v.notice("peer \(d.sender) connected") }
+        v.debug("echo \(d.bytes.count) bytes to \(d.sender)")
+        do {
+            try listener.send(d.bytes, to: d.sender)
+        } catch {
+            v.notice("echo to \(d.sender) failed: \(error)")
+        }
+    }
+    v.info("stopped by signal")
+    return ExitCode.ok
+}
+
+func runConnector(_ opts: ClientOptions, peer: String, replyTimeout: Duration, _ v: Verbosity)
+    -> Int32
+{
+    let socket: UDPSocket
+    do {
+        socket = try UDPConnector(options: opts).connect(to: peer)
+    } catch .notFound {
+        v.error("peer '\(peer)' not found: no rendezvous server knows it")
+        return ExitCode.failure
+    } catch .timedOut {
+        v.error("no answer about peer '\(peer)' from the rendezvous server(s) in time")
+        return ExitCode.failure
+    } catch {
+        v.error("cannot connect to peer '\(peer)': \(error)")
+        return ExitCode.failure
+    }
+    v.info("peer '\(peer)' is at \(socket.peer); talking from \(socket.localAddress)")
+    let hello = Array("hello".utf8)
+    let deadline = ContinuousClock.now + replyTimeout
+    // Send "hello" again every second until the peer answers: the first one may arrive before
+    // the peer's side of the hole is open.
+    let resend = Duration.seconds(1)
+    var nextSend = ContinuousClock.now
+    while ContinuousClock.now < deadline {
+        if ContinuousClock.now >= nextSend {
+            do {
+                try socket.send(hello)
+            } catch {
+                v.debug("send to \(socket.peer): \(error)")
+            }
+            nextSend = ContinuousClock.now + resend
+        }
+        let wait = min(nextSend, deadline) - ContinuousClock.now
+        let reply: [UInt8]
+        do {
+            guard let got = try socket.receive(timeout: max(wait, .milliseconds(1))) else { continue }
+            reply = got
+        } catch .connectionRefused {
+            v.debug("\(socket.peer) refused a datagram; retrying")
+            continue
+        } catch {
+            v.error("receive from \(socket.peer) failed: \(error)")
+            return ExitCode.failure
+        }
+        if let m = isProtocolPacket(reply) {
+            v.debug("ignored a protocol packet (\(m.command) from '\(m.id)')")
+            continue
+        }
+        printOut("reply from \(socket.peer): \(String(decoding: reply, as: UTF8.self))")
+        return ExitCode.ok
+    }
+    v.error("no reply from peer '\(peer)' at \(socket.peer) in time")
+    return ExitCode.failure
+}
+
+// MARK: - client --tcp
+
+/// How long the TCP listener waits for a peer to send something before it gives up on it.
+let tcpPeerReadTimeout = Duration.seconds(10)
+
+func runTCPListener(_ opts: ClientOptions, _ v: Verbosity) -> Int32 {
+    let stop = StopSignal()
+    let listener: TCPListener
+    do {
+        listener = try TCPListener(options: opts)
+    } catch {
+        v.error("cannot register as '\(opts.id)': \(error)")
+        return ExitCode.failure
+    }
+    guard awaitRegistration(stop, v, { (t) throws(RndzError) in try listener.waitRegistered(timeout: t) }) else {
+        return stop.isSet ? ExitCode.ok : ExitCode.failure
+    }
+    printOut("registered as \(opts.id) on \(listener.localAddress)")
+    while !stop.isSet {
+        let stream: TCPStream
+        do {
+            stream = try listener.accept(timeout: .milliseconds(200))
+        } catch .timedOut {
+            continue
+        } catch {
+            v.error("accept failed: \(error)")
+            return ExitCode.failure
+        }
+        v.notice("peer \(stream.peer) connected")
+        // Each peer on its own task; the overlay's async calls do not block the thread pool.
+        Task.detached { await answerTCPPeer(stream, v) }
+    }
+    listener.close()
+    v.info("stopped by signal")
+    return ExitCode.ok
+}
+
+/// Reads what the peer sends, answers "hello", and closes the connection.
+func answerTCPPeer(_ stream: TCPStream, _ v: Verbosity) async {
+    defer { stream.close() }
+    do {
+        guard let got = try await stream.receive(timeout: tcpPeerReadTimeout) else {
+            v.info("peer \(stream.peer) closed the connection without sending")
+            return
+        }
+        v.debug("received \(got.count) bytes from \(stream.peer); answering hello")
+        try await stream.send(Array("hello".utf8))
+    } catch .timedOut {
+        v.notice("peer \(stream.peer) sent nothing in time; closing")
+    } catch {
+        v.notice("peer \(stream.peer): \(error)")
+    }
+}
+
+func runTCPConnector(_ opts: ClientOptions, peer: String, replyTimeout: Duration, _ v: Verbosity)
+    -> Int32
+{
+    let stream: TCPStream
+    do {
+        stream = try TCPConnector(options: opts).connect(to: peer)
+    } catch .notFound {
+        v.error("peer '\(peer)' not found: no rendezvous server knows it")
+        return ExitCode.failure
+    } catch .timedOut {
+        v.error("no answer about peer '\(peer)' from the rendezvous server(s) in time")
+        return ExitCode.failure
+    } catch .peerFailed {
+        v.error("peer '\(peer)' was found but could not be reached over TCP")
+        return ExitCode.failure
+    } catch {
+        v.error("cannot connect to peer '\(peer)': \(error)")
+        return ExitCode.failure
+    }
+    v.info("connected to peer '\(peer)' at \(stream.peer) from \(stream.localAddress)")
+    let hello = Array("hello".utf8)
+    do {
+        try stream.send(hello)
+    } catch {
+        v.error("send to \(stream.peer) failed: \(error)")
+        return ExitCode.failure
+    }
+    // The reply is a stream of bytes: read until as many as we sent arrived (a v1 peer answers
+    // exactly "hello") or the peer closes.
+    let deadline = ContinuousClock.now + replyTimeout
+    var reply: [UInt8] = []
+    var closed = false
+    while reply.count < hello.count {
+        let left = deadline - ContinuousClock.now
+        do {
+            guard left > .zero else { break }
+            guard let got = try stream.receive(timeout: left) else {
+                closed = true
+                break
+            }
+            reply += got
+        } catch .timedOut {
+            break
+        } catch {
+            v.error("receive from \(stream.peer) failed: \(error)")
+            return ExitCode.failure
+        }
+    }
+    stream.close()
+    if reply.isEmpty {
+        v.error(closed ? "peer '\(peer)' at \(stream.peer) closed the connection without replying"
+                       : "no reply from peer '\(peer)' at \(stream.peer) in time")
+        return ExitCode.failure
+    }
+    printOut("reply from \(stream.peer): \(String(decoding: reply, as: UTF8.self))")
+    return ExitCode.ok
+}
+
+// MARK: - main
+
+let commands = [serverCommand, clientCommand]
+
+func versionText() -> String { "rndz-cli \(RndzVersion.string)" }
+
+func main(_ argv: [String]) -> Int32 {
+    var args = ArraySlice(argv.dropFirst())
+    let v0 = Verbosity(level: .warn)
+    // Global options, then the command.
+    let global: ParsedFlags
+    do {
+        global = try parseFlags(
+            &args, globalFlags + [Flag("version", short: "V", "")], stopAtPositional: true)
+    } catch {
+        v0.error(error.message)
+        printErr(mainUsage())
+        return ExitCode.usage
+    }
+    if global.has("help") {
+        printOut(mainUsage())
+        return ExitCode.ok
+    }
+    if global.has("version") {
+        printOut(versionText())
+        return ExitCode.ok
+    }
+    guard let name = args.popFirst() else {
+        printErr(mainUsage())
+        return ExitCode.usage
+    }
+    switch name {
+    case "help":
+        if let c = args.first.flatMap({ n in commands.first { $0.name == n } }) {
+            printOut(commandUsage(c))
+        } else {
+            printOut(mainUsage())
+        }
+        return ExitCode.ok
+    case "version":
+        printOut(versionText())
+        return ExitCode.ok
+    default:
+        break
+    }
+    guard let command = commands.first(where: { $0.name == name }) else {
+        v0.error("unknown command '\(name)'")
+        printErr(mainUsage())
+        return ExitCode.usage
+    }
+    let flags: ParsedFlags
+    do {
+        flags = try parseFlags(&args, command.flags + globalFlags, stopAtPositional: false)
+    } catch {
+        v0.error(error.message)
+        printErr(commandUsage(command))
+        return ExitCode.usage
+    }
+    if flags.has("help") {
+        printOut(commandUsage(command))
+        return ExitCode.ok
+    }
+    // Verbosity: -q, else -v (repeatable) above warn, else RNDZ_LOG, else warn.
+    let verbose = global.count("verbose") + flags.count("verbose")
+    let quiet = global.has("quiet") || flags.has("quiet")
+    var level = getenv("RNDZ_LOG").flatMap { LogLevel(parsing: String(cString: $0)) } ?? .warn
+    if quiet {
+        level = .error
+    } else if verbose > 0 {
+        level = LogLevel(rawValue: min(LogLevel.trace.rawValue, LogLevel.warn.rawValue + verbose))!
+    }
+    if quiet || verbose > 0 { setLogLevel(level) }
+    return command.run(flags, Verbosity(level: level))
+}
+
+exit(main(CommandLine.arguments))

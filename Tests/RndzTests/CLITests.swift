@@ -1,0 +1,178 @@
+import Rndz
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The built rndz-cli, driven as a user would. Serialized: the child-process helper relies on
+/// no other spawn running at the same time.
+@Suite("rndz-cli", .serialized, .timeLimit(.minutes(1)))
+struct CLITests {
+    @Test func version() throws {
+        for arg in ["--version", "version", "-V"] {
+            let c = try Child.run([arg])
+            #expect(c.status == 0)
+            #expect(c.stdoutText == "rndz-cli \(RndzVersion.string)\n")
+        }
+    }
+
+    @Test func help() throws {
+        let c = try Child.run(["--help"])
+        #expect(c.status == 0)
+        #expect(c.stdoutText.contains("usage: rndz-cli"))
+        #expect(c.stdoutText.contains("server"))
+        #expect(c.stdoutText.contains("client"))
+        #expect(c.stderrText.isEmpty)
+        let s = try Child.run(["server", "--help"])
+        #expect(s.status == 0)
+        #expect(s.stdoutText.contains("--listen-addr ADDR"))
+        let cl = try Child.run(["help", "client"])
+        #expect(cl.status == 0)
+        #expect(cl.stdoutText.contains("--remote-peer ID"))
+        #expect(cl.stdoutText.contains("--tcp"))
+        #expect(!cl.stdoutText.contains("not yet supported"))
+    }
+
+    @Test(arguments: [
+        (["server", "--bogus"], "unknown option '--bogus'"),
+        (["--bogus"], "unknown option '--bogus'"),
+        (["client", "-x"], "unknown option '-x'"),
+        (["frobnicate"], "unknown command 'frobnicate'"),
+        (["server", "--listen-addr"], "needs a value"),
+        (["server", "extra"], "unexpected argument 'extra'"),
+        (["server", "--listen-addr", "nonsense"], "bad --listen-addr"),
+        (["server", "--ipv6-only", "--listen-addr", "127.0.0.1:0"], "needs an IPv6"),
+        (["client", "--server-addr", "127.0.0.1:1"], "needs --id"),
+        (["client", "--id", "a"], "needs at least one --server-addr"),
+        (["client", "--id", "a", "--server-addr", "127.0.0.1:1", "--timeout", "soon"], "bad --timeout"),
+        ([], "usage: rndz-cli"),
+    ])
+    func misuseExits2(_ args: [String], _ message: String) throws {
+        let c = try Child.run(args)
+        #expect(c.status == 2, "\(args): \(c.stderrText)")
+        #expect(c.stderrText.contains(message), "\(args): \(c.stderrText)")
+        #expect(c.stdoutText.isEmpty)
+    }
+
+    /// Server, listener and connector, each a process, pairing on loopback.
+    @Test(arguments: ["127.0.0.1:0", "[::1]:0"])
+    func pairing(_ listen: String) throws {
+        let server = try Child(["server", "--listen-addr", listen])
+        let line = try #require(server.readLine(), "server said: \(server.stderrText)")
+        #expect(line.hasPrefix("listening on "))
+        let addr = String(line.dropFirst("listening on ".count))
+        let serverAddr = try SocketAddress(parsing: addr)
+        #expect(serverAddr.port != 0)
+
+        let id = uniqueID("c1")
+        let listener = try Child(["client", "--id", id, "--server-addr", addr])
+        let reg = try #require(listener.readLine(), "listener said: \(listener.stderrText)")
+        #expect(reg.hasPrefix("registered as \(id) on "))
+        let listenerPort = try SocketAddress(parsing: String(reg.split(separator: " ").last!)).port
+
+        let connector = try Child.run(["client", "--id", uniqueID("c2"), "--server-addr", addr, "--remote-peer", id])
+        #expect(connector.status == 0, "connector said: \(connector.stderrText)")
+        let host = serverAddr.family == .ipv4 ? "127.0.0.1" : "[::1]"
+        #expect(connector.stdoutText == "reply from \(host):\(listenerPort): hello\n")
+
+        listener.signal(SIGINT)
+        #expect(listener.wait() == 0, "listener said: \(listener.stderrText)")
+        #expect(listener.stderrText.contains("connected"))
+        server.signal(SIGTERM)
+        #expect(server.wait() == 0, "server said: \(server.stderrText)")
+    }
+
+    /// The same over TCP: the listener accepts, reads "hello" and answers "hello".
+    @Test(arguments: ["127.0.0.1:0", "[::1]:0"])
+    func tcpPairing(_ listen: String) throws {
+        let server = try Child(["server", "--listen-addr", listen])
+        let line = try #require(server.readLine(), "server said: \(server.stderrText)")
+        let addr = String(line.dropFirst("listening on ".count))
+        let serverAddr = try SocketAddress(parsing: addr)
+
+        let id = uniqueID("L")
+        let listener = try Child(["client", "--tcp", "--id", id, "--server-addr", addr])
+        let reg = try #require(listener.readLine(), "listener said: \(listener.stderrText)")
+        #expect(reg.hasPrefix("registered as \(id) on "))
+        let listenerPort = try SocketAddress(parsing: String(reg.split(separator: " ").last!)).port
+
+        let host = serverAddr.family == .ipv4 ? "127.0.0.1" : "[::1]"
+        // Two connectors one after the other: the listener goes on accepting.
+        for _ in 0..<2 {
+            let connector = try Child.run(
+                ["client", "--tcp", "--id", uniqueID("C"), "--server-addr", addr, "--remote-peer", id])
+            #expect(connector.status == 0, "connector said: \(connector.stderrText)")
+            #expect(connector.stdoutText == "reply from \(host):\(listenerPort): hello\n")
+        }
+
+        listener.signal(SIGINT)
+        #expect(listener.wait() == 0, "listener said: \(listener.stderrText)")
+        #expect(listener.stderrText.contains("peer \(host):"))
+        #expect(listener.stderrText.contains("connected"))
+        server.signal(SIGTERM)
+        #expect(server.wait() == 0, "server said: \(server.stderrText)")
+    }
+
+    @Test func tcpNotFoundAndTimeout() throws {
+        let server = try Child(["server", "--listen-addr", "127.0.0.1:0"])
+        let line = try #require(server.readLine())
+        let addr = String(line.dropFirst("listening on ".count))
+        let c = try Child.run(["client", "--tcp", "--id", "c", "--server-addr", addr, "--remote-peer", "nobody"])
+        #expect(c.status == 1)
+        #expect(c.stderrText.contains("peer 'nobody' not found"))
+        #expect(c.stdoutText.isEmpty)
+        server.signal(SIGINT)
+        #expect(server.wait() == 0)
+
+        let silent = try RawTCPServer()
+        let start = ContinuousClock.now
+        let t = try Child.run(["client", "--tcp", "--id", "c", "--server-addr", "\(silent.address)",
+                               "--remote-peer", "x", "--timeout", "300"])
+        #expect(t.status == 1)
+        #expect(t.stderrText.contains("no answer"))
+        #expect(t.stdoutText.isEmpty)
+        #expect(ContinuousClock.now - start < .seconds(5))
+    }
+
+    @Test func notFound() throws {
+        let server = try Child(["server", "--listen-addr", "127.0.0.1:0"])
+        let line = try #require(server.readLine())
+        let addr = String(line.dropFirst("listening on ".count))
+        let c = try Child.run(["client", "--id", "c", "--server-addr", addr, "--remote-peer", "nobody"])
+        #expect(c.status == 1)
+        #expect(c.stderrText.contains("peer 'nobody' not found"))
+        #expect(c.stdoutText.isEmpty)
+        server.signal(SIGINT)
+        #expect(server.wait() == 0)
+    }
+
+    @Test func timeout() throws {
+        let silent = try RawUDP()
+        let start = ContinuousClock.now
+        let c = try Child.run(["client", "--id", "c", "--server-addr", "\(silent.address)",
+                               "--remote-peer", "x", "--timeout", "300"])
+        #expect(c.status == 1)
+        #expect(c.stderrText.contains("no answer"))
+        #expect(ContinuousClock.now - start < .seconds(5))
+    }
+
+    @Test func verbosityReachesTheLibrary() throws {
+        let server = try Child(["server", "--listen-addr", "127.0.0.1:0", "-v"])
+        _ = try #require(server.readLine())
+        server.signal(SIGINT)
+        #expect(server.wait() == 0)
+        #expect(server.stderrText.contains("server listening on"))
+        // RNDZ_LOG does the same; --quiet wins over it.
+        let env = try Child(["server", "--listen-addr", "127.0.0.1:0"], env: ["RNDZ_LOG=info"])
+        _ = try #require(env.readLine())
+        env.signal(SIGINT)
+        #expect(env.wait() == 0)
+        #expect(env.stderrText.contains("server listening on"))
+        let quiet = try Child(["-q", "server", "--listen-addr", "127.0.0.1:0"], env: ["RNDZ_LOG=info"])
+        _ = try #require(quiet.readLine())
+        quiet.signal(SIGINT)
+        #expect(quiet.wait() == 0)
+        #expect(quiet.stderrText.isEmpty)
+    }
+}

@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Generate the fuzz seed corpora (Tests/fuzz/corpus/<target>/) from the wire vectors.
+
+    Tests/fuzz/gen_corpus.py [--vectors Tests/vectors/rndz-v1-vectors.txt] [--out Tests/fuzz/corpus]
+
+The output is committed; run this again when the vectors change (it rewrites the directories;
+it is deterministic). Seeds are named after the vectors they come from.
+"""
+import argparse
+import os
+import re
+import shutil
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+# fuzz_server_udp's input format (see fuzz_server_udp.c): records `ctl` + datagram, joined by SEP.
+SEP = bytes([0xFF, 0xFE, 0xFD, 0xFC])
+STEP_MS = [0, 1, 10, 1000, 10000, 30000, 59999, 60001]
+
+
+def read_vectors(path):
+    """{name: (transport, direction, bytes)} of the message vectors, and
+    [(name, request bytes)] of the probes (request side only)."""
+    vectors, probes = {}, []
+    for line in open(path, encoding="utf-8"):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = [p.strip() for p in line.split("|")]
+        if len(parts) == 4:
+            name, transport, direction, hx = parts
+            vectors[name] = (transport, direction, bytes.fromhex(hx))
+        elif len(parts) == 3 and parts[0].startswith("probe."):
+            name, _transport, rest = parts
+            probes.append((name, bytes.fromhex(rest.split("->", 1)[0])))
+        else:
+            sys.exit(f"gen_corpus: cannot read vector line: {line!r}")
+    return vectors, probes
+
+
+# A minimal v1 encoder, checked against the vectors below, for the server scenarios.
+def _varint(n):
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _string(field, s):
+    b = s.encode()
+    return bytes([field << 3 | 2]) + _varint(len(b)) + b if b else b""
+
+
+REQ_FIELD = {"ping": 2, "isync": 3, "fsync": 4, "rsync": 5, "bye": 6}
+
+
+def request(cmd, id, peer="", addr=""):
+    sub = _string(1, peer) + _string(2, addr)
+    return _string(1, id) + bytes([REQ_FIELD[cmd] << 3 | 2]) + _varint(len(sub)) + sub
+
+
+def ctl(source, step_ms=0, tick=False):
+    return bytes([source | STEP_MS.index(step_ms) << 3 | (0x40 if tick else 0)])
+
+
+def server_input(records, config=0):
+    """config: bits 0-1 max_peers (1, 1024, 2048, 4096), bits 2-3 udp_expiry_ms (default, 1,
+    1000, 30000)."""
+    return bytes([config]) + SEP.join(ctl(*r[:-1]) + r[-1] for r in records)
+
+
+def write_dir(out, target, seeds):
+    d = os.path.join(out, target)
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    seen = set()
+    for name, data in seeds:
+        if data in seen:
+            continue  # the same bytes under another name
+        seen.add(data)
+        with open(os.path.join(d, name), "wb") as f:
+            f.write(data)
+    return len(seen)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--vectors", default=os.path.join(ROOT, "Tests/vectors/rndz-v1-vectors.txt"))
+    ap.add_argument("--out", default=os.path.join(HERE, "corpus"))
+    a = ap.parse_args()
+    vectors, probes = read_vectors(a.vectors)
+
+    # The encoder must reproduce the captured requests byte for byte.
+    for name, want in [("udp.ping", request("ping", "c1")),
+                       ("udp.isync", request("isync", "c2", "c1")),
+                       ("udp.rsync", request("rsync", "c1", "c2")),
+                       ("udp.bye", request("bye", "o2"))]:
+        if vectors[name][2] != want:
+            sys.exit(f"gen_corpus: encoder disagrees with vector {name}")
+
+    bodies = []  # (name, message body) of every vector, UDP datagram or TCP frame body
+    for name, (transport, _direction, data) in vectors.items():
+        if transport == "tcp":
+            n = data[0] << 8 | data[1]
+            if n != len(data) - 2:
+                sys.exit(f"gen_corpus: {name}: frame length {n} but {len(data) - 2} bytes")
+            data = data[2:]
+        bodies.append((name, data))
+    bodies += probes
+
+    # fuzz_wire: every message body.
+    counts = {"fuzz_wire": write_dir(a.out, "fuzz_wire", bodies)}
+
+    # fuzz_frame: byte 0 = number of cuts k, k chunk lengths, then the stream.
+    frames = [(n, d) for n, (t, _, d) in vectors.items() if t == "tcp"]
+    stream = b"".join(d for _, d in frames)
+    frame_seeds = [(n, b"\x00" + d) for n, d in frames]
+    frame_seeds += [
+        ("all.whole", b"\x00" + stream),
+        ("all.cut-1-1-7-3", bytes([4, 1, 1, 7, 3]) + stream),  # header split, body split
+        ("all.cut-bytewise", bytes([15]) + bytes([1] * 15) + stream),
+        ("ping.then-oversize", b"\x00" + frames[0][1] + bytes([0x05, 0xDD]) + b"\x00" * 8),
+        ("empty-frame.then-ping", b"\x00" + b"\x00\x00" + frames[0][1]),
+        ("ping.truncated", b"\x00" + frames[0][1][:-2]),
+    ]
+    counts["fuzz_frame"] = write_dir(a.out, "fuzz_frame", frame_seeds)
+
+    # fuzz_addr: the addresses inside the vectors, and hand-picked text around them.
+    addr_re = re.compile(rb"(?:\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-fA-F:.%]+\]):\d{1,5}")
+    addr_seeds = []
+    for name, data in bodies:
+        for i, m in enumerate(addr_re.findall(data)):
+            addr_seeds.append((f"{name}.addr{i}", m))
+    addr_seeds += [("hand." + re.sub(r"[^0-9A-Za-z.]", "_", s), s.encode()) for s in [
+        "0.0.0.0:8888", "[::]:0", "[fe80::1%2]:5", "[::ffff:192.0.2.1]:80",
+        "255.255.255.255:65535", "192.0.2.1:65536", "[2001:db8::1]:5678", "localhost:1",
+        "1.2.3.4", "[::1]", "debug", "3"]]
+    counts["fuzz_addr"] = write_dir(a.out, "fuzz_addr", addr_seeds)
+
+    # fuzz_server_udp: each request vector alone, then scenarios over several sources
+    # (0,1,2,3,6,7: IPv4 loopback sinks; 4: source 0 IPv4-mapped; 5: [::1]).
+    req = {n: d for n, (t, direction, d) in vectors.items()
+           if t == "udp" and direction.endswith("-> srv")}
+    server_seeds = [(n, server_input([(0, d)])) for n, d in req.items()]
+    server_seeds += [(n, server_input([(0, d)])) for n, d in probes]
+    P = request
+    server_seeds += [
+        ("pair", server_input([
+            (0, vectors["udp.ping"][2]),                   # c1 registers
+            (1, 10, vectors["udp.isync"][2]),              # c2 asks for c1: Fsync to c1
+            (0, 1, vectors["udp.rsync"][2]),               # c1 answers: Redirect to c2
+            (1, 1000, P("ping", "c2")),
+            (0, P("bye", "c1")), (1, P("bye", "c2"))])),
+        ("foreign-bye", server_input([
+            (0, P("ping", "c1")), (1, P("bye", "c1")), (4, P("bye", "c1")),
+            (2, P("isync", "c9", "c1"))])),
+        ("expiry", server_input([
+            (0, P("ping", "c1")), (1, 30000, True, P("ping", "c2")),
+            (2, 60001, True, P("isync", "c3", "c1")), (3, 59999, True, P("rsync", "c3", "c2"))])),
+        ("move", server_input([
+            (0, P("ping", "c1")), (2, 1000, P("ping", "c1")), (3, P("isync", "c2", "c1")),
+            (6, P("isync", "c1", "nobody"))])),
+        ("ipv6", server_input([
+            (5, P("ping", "v1")), (7, P("isync", "v2", "v1")), (1, P("ping", "v3")),
+            (5, P("rsync", "v1", "v3")), (5, P("bye", "v1"))])),
+        ("fsync-to-server", server_input([
+            (0, P("fsync", "c1", "c2", "127.0.0.1:1")), (0, b"\x12\x00"), (0, b"")])),
+        # max_peers 1 still holds a shard's slack (64 and more): fill it past that.
+        ("table-full", server_input(
+            [(i % 4, P("ping", f"p{i}")) for i in range(80)] +
+            [(6, P("isync", "late", "p0")), (7, P("isync", "p79", "late"))], config=0)),
+        ("short-expiry", server_input([
+            (0, P("ping", "c1")), (1, 1000, True, P("isync", "c2", "c1")),
+            (2, 10, True, P("rsync", "c3", "c2"))], config=2 << 2)),
+    ]
+    counts["fuzz_server_udp"] = write_dir(a.out, "fuzz_server_udp", server_seeds)
+
+    for t, n in counts.items():
+        print(f"gen_corpus: {t}: {n} seeds")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+/*
+ * cpair: a C peer for the NAT lab, linked to librndz.so, using only include/rndz.h.
+ *
+ *   cpair server  --listen ADDR
+ *   cpair listen  --id ID --server ADDR [--server ADDR ...] [--tcp]
+ *   cpair connect --id ID --server ADDR [--server ADDR ...] --target ID [--tcp]
+ *                 [--timeout MS]
+ *
+ * server:  runs rndz_server (UDP and, when the library has it, TCP) on ADDR until SIGTERM/SIGINT.
+ * listen:  registers ID; prints "registered" on stdout once a server answered; then UDP: echoes
+ *          every datagram on the peer socket back to its sender; TCP: accepts connections,
+ *          reads what the peer sends and answers "hello". Runs until SIGTERM/SIGINT, then
+ *          destroys the handle (which says Bye) and exits 0.
+ * connect: asks for TARGET, sends "hello" over the returned socket and waits for the reply.
+ *          UDP: like any UDP application it resends "hello" (5 times, 400 ms apart) while no
+ *          reply came, and skips datagrams that are not the echo, counting them ("stray: N"
+ *          on stdout: e.g. the listener's v1 punch packet reaching the application). Prints "reply: <text> from <peer>" and exits 0; on failure prints the
+ *          error (rndz_err_name + rndz_strerror) on stderr and exits 1. Usage errors exit 2.
+ *
+ * The harness compiles it with -DCPAIR_TCP when include/rndz.h declares the TCP API.
+ */
+#define _GNU_SOURCE
+#include <rndz.h>
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MAX_SERVERS 8
+
+static volatile sig_atomic_t g_stop;
+static void on_signal(int sig) { (void)sig; g_stop = 1; }
+
+static int fail(const char *what, int err)
+{
+    fprintf(stderr, "cpair: %s: %s (%s)\n", what, rndz_strerror(err), rndz_err_name(err));
+    return 1;
+}
+
+static void fmt_addr(const struct sockaddr_storage *ss, char *buf, size_t cap)
+{
+    if (rndz_addr_format((const struct sockaddr *)ss, buf, cap) < 0) snprintf(buf, cap, "?");
+}
+
+static int udp_listen(const rndz_client_options *o)
+{
+    rndz_udp_listener *l = NULL;
+    int rc = rndz_udp_listener_create(o, &l);
+    if (rc < 0) return fail("rndz_udp_listener_create", rc);
+    rc = rndz_udp_listener_wait_registered(l, 15000);
+    if (rc < 0) {
+        rndz_udp_listener_destroy(l);
+        return fail("rndz_udp_listener_wait_registered", rc);
+    }
+    printf("registered\n");
+    fflush(stdout);
+    int fd = rndz_udp_listener_fd(l);
+    while (!g_stop) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 200) <= 0) continue;
+        unsigned char buf[2048];
+        struct sockaddr_storage from;
+        socklen_t fl = sizeof from;
+        ssize_t n = recvfrom(fd, buf, sizeof buf, 0, (struct sockaddr *)&from, &fl);
+        if (n < 0) continue;
+        char text[RNDZ_ADDRSTRLEN];
+        fmt_addr(&from, text, sizeof text);
+        fprintf(stderr, "cpair: %zd bytes from %s, echoing\n", n, text);
+        (void)sendto(fd, buf, (size_t)n, 0, (struct sockaddr *)&from, fl);
+    }
+    rndz_udp_listener_destroy(l);
+    return 0;
+}
+
+static int udp_connect(const rndz_client_options *o, const char *target)
+{
+    struct sockaddr_storage peer;
+    socklen_t pl = sizeof peer;
+    int fd = rndz_udp_connect(o, target, &peer, &pl);
+    if (fd < 0) return fail("rndz_udp_connect", fd);
+    char text[RNDZ_ADDRSTRLEN];
+    fmt_addr(&peer, text, sizeof text);
+    fprintf(stderr, "cpair: peer %s, sending hello\n", text);
+    /* Anything but the echo is counted and skipped (a v1 listener's punch packet, an Rsync
+     * request, can reach the connected socket): the harness reports it. */
+    int stray = 0;
+    for (int i = 0; i < 5; i++) {
+        if (send(fd, "hello", 5, 0) < 0) fprintf(stderr, "cpair: send: %s\n", strerror(errno));
+        for (;;) {
+            struct pollfd p = {.fd = fd, .events = POLLIN};
+            if (poll(&p, 1, 400) <= 0) break;
+            char buf[2048];
+            ssize_t n = recv(fd, buf, sizeof buf - 1, 0);
+            if (n < 0) {
+                fprintf(stderr, "cpair: recv: %s\n", strerror(errno));
+                break;
+            }
+            if (n == 5 && !memcmp(buf, "hello", 5)) {
+                printf("reply: hello from %s\n", text);
+                if (stray) printf("stray: %d\n", stray);
+                close(fd);
+                return 0;
+            }
+            stray++;
+            rndz_msg m;
+            int dec = rndz_msg_decode((const uint8_t *)buf, (size_t)n, 0, &m);
+            fprintf(stderr, "cpair: stray datagram on the connected socket (%zd bytes%s)\n", n,
+                    dec == 0 ? ", decodes as a rndz v1 Request" : "");
+        }
+    }
+    close(fd);
+    fprintf(stderr, "cpair: no reply from %s\n", text);
+    if (stray) printf("stray: %d\n", stray);
+    return 1;
+}
+
+#ifdef CPAIR_TCP
+/* Read until the peer has sent something (or closed), with a deadline. */
+static ssize_t read_some(int fd, char *buf, size_t cap, int ms)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    if (poll(&p, 1, ms) <= 0) return -1;
+    return read(fd, buf, cap);
+}
+
+static int tcp_listen(const rndz_client_options *o)
+{
+    rndz_tcp_listener *l = NULL;
+    int rc = rndz_tcp_listener_create(o, &l);
+    if (rc < 0) return fail("rndz_tcp_listener_create", rc);
+    rc = rndz_tcp_listener_wait_registered(l, 15000);
+    if (rc < 0) {
+        rndz_tcp_listener_destroy(l);
+        return fail("rndz_tcp_listener_wait_registered", rc);
+    }
+    printf("registered\n");
+    fflush(stdout);
+    while (!g_stop) {
+        struct sockaddr_storage from;
+        socklen_t fl = sizeof from;
+        int fd = rndz_tcp_listener_accept(l, 200, &from, &fl);
+        if (fd == RNDZ_E_TIMEDOUT || fd == -EINTR || fd == -EAGAIN) continue;
+        if (fd < 0) {
+            rndz_tcp_listener_destroy(l);
+            return fail("rndz_tcp_listener_accept", fd);
+        }
+        char text[RNDZ_ADDRSTRLEN], buf[2048];
+        fmt_addr(&from, text, sizeof text);
+        ssize_t n = read_some(fd, buf, sizeof buf, 10000);
+        fprintf(stderr, "cpair: accepted %s, read %zd bytes, answering hello\n", text, n);
+        if (n > 0 && write(fd, "hello", 5) != 5) fprintf(stderr, "cpair: write failed\n");
+        close(fd);
+    }
+    rndz_tcp_listener_destroy(l);
+    return 0;
+}
+
+static int tcp_connect(const rndz_client_options *o, const char *target)
+{
+    struct sockaddr_storage peer;
+    socklen_t pl = sizeof peer;
+    int fd = rndz_tcp_connect(o, target, &peer, &pl);
+    if (fd < 0) return fail("rndz_tcp_connect", fd);
+    char text[RNDZ_ADDRSTRLEN], buf[2048];
+    fmt_addr(&peer, text, sizeof text);
+    if (write(fd, "hello", 5) != 5) {
+        fprintf(stderr, "cpair: write to %s: %s\n", text, strerror(errno));
+        close(fd);
+        return 1;
+    }
+    ssize_t n = read_some(fd, buf, sizeof buf - 1, 10000);
+    close(fd);
+    if (n <= 0) {
+        fprintf(stderr, "cpair: no reply from %s\n", text);
+        return 1;
+    }
+    buf[n] = 0;
+    printf("reply: %s from %s\n", buf, text);
+    return 0;
+}
+#endif
+
+static rndz_server *g_server;
+static void on_server_signal(int sig)
+{
+    (void)sig;
+    if (g_server) rndz_server_stop(g_server); /* async-signal-safe */
+}
+
+static int serve(const char *listen_addr)
+{
+    rndz_server_options so;
+    rndz_server_options_init(&so);
+    so.listen_addr = listen_addr;
+    int rc = rndz_server_create(&so, &g_server);
+    if (rc < 0) return fail("rndz_server_create", rc);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_server_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    printf("serving %s\n", listen_addr);
+    rc = rndz_server_run(g_server);
+    rndz_server *s = g_server;
+    g_server = NULL;
+    rndz_server_destroy(s);
+    return rc < 0 ? fail("rndz_server_run", rc) : 0;
+}
+
+static int usage(void)
+{
+    fprintf(stderr, "usage: cpair server --listen ADDR\n"
+                    "       cpair listen|connect --id ID --server ADDR [--server ADDR ...]"
+                    " [--target ID] [--tcp] [--timeout MS]\n");
+    return 2;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) return usage();
+    const char *mode = argv[1], *id = NULL, *target = NULL, *listen_addr = NULL;
+    const char *servers[MAX_SERVERS];
+    size_t n_servers = 0;
+    int tcp = 0;
+    long timeout_ms = 0;
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--tcp")) tcp = 1;
+        else if (!v) return usage();
+        else if (!strcmp(a, "--id")) id = v, i++;
+        else if (!strcmp(a, "--target")) target = v, i++;
+        else if (!strcmp(a, "--listen")) listen_addr = v, i++;
+        else if (!strcmp(a, "--timeout")) timeout_ms = strtol(v, NULL, 10), i++;
+        else if (!strcmp(a, "--server") && n_servers < MAX_SERVERS) servers[n_servers++] = v, i++;
+        else return usage();
+    }
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    signal(SIGPIPE, SIG_IGN);
+    if (!strcmp(mode, "server")) return listen_addr ? serve(listen_addr) : usage();
+    int listen = !strcmp(mode, "listen");
+    if ((!listen && strcmp(mode, "connect")) || !id || !n_servers || (!listen && !target))
+        return usage();
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal; /* no SA_RESTART: blocking calls return EINTR */
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+
+    rndz_client_options o;
+    rndz_client_options_init(&o);
+    o.id = id;
+    o.servers = servers;
+    o.n_servers = n_servers;
+    if (timeout_ms > 0) o.timeout_ms = (uint32_t)timeout_ms;
+
+    if (!tcp) return listen ? udp_listen(&o) : udp_connect(&o, target);
+#ifdef CPAIR_TCP
+    return listen ? tcp_listen(&o) : tcp_connect(&o, target);
+#else
+    fprintf(stderr, "cpair: built without TCP: include/rndz.h declares no rndz_tcp_* API\n");
+    return 3;
+#endif
+}

@@ -19,7 +19,7 @@ SONAME = librndz.so.$(ABI_MAJOR)
 LIB    = $(BUILD)/librndz.so.$(VERSION)
 STAGE  = $(abspath $(BUILD)/stage)
 
-.PHONY: all install check test swift-test natlab clean header-check lib-check readme-check demo bench
+.PHONY: all install check test swift-test natlab clean header-check lib-check readme-check demo bench unit
 all: $(LIB) $(BUILD)/librndz.a
 
 $(BUILD)/obj/%.o: Sources/CRndz/%.c $(HDRS)
@@ -61,7 +61,7 @@ lib-check: $(LIB)
 C_TESTS = $(sort $(wildcard Tests/c/test_*.c))
 # The README's C examples: compiled strictly (no test helpers) and run, so they cannot rot.
 C_EXAMPLES = $(sort $(wildcard examples/*.c))
-check: all header-check lib-check readme-check fuzz-replay
+check: all header-check lib-check readme-check unit fuzz-replay
 	rm -rf $(STAGE) && $(MAKE) --no-print-directory install PREFIX=$(STAGE) >/dev/null
 	@mkdir -p $(BUILD)/ctests
 	@set -e; for t in $(C_TESTS); do \
@@ -84,6 +84,16 @@ check: all header-check lib-check readme-check fuzz-replay
 	  n=$$(basename $$t .c); \
 	  if RNDZ_VECTORS=Tests/vectors/rndz-v1-vectors.txt LD_LIBRARY_PATH=$(STAGE)/lib \
 	     $(VALGRIND) $(BUILD)/ctests/$$n; then echo "PASS $$n"; else echo "FAIL $$n"; fail=1; fi; \
+	done; exit $$fail
+
+# Unit tests of internal modules, linked with the static library and the internal headers.
+UNIT_TESTS = $(sort $(wildcard Tests/unit/test_*.c))
+unit: $(BUILD)/librndz.a
+	@mkdir -p $(BUILD)/unit
+	@fail=0; for t in $(UNIT_TESTS); do \
+	  n=$$(basename $$t .c); \
+	  $(CC) $(RNDZ_CFLAGS) $(CFLAGS) $$t $(BUILD)/librndz.a -lpthread -o $(BUILD)/unit/$$n || exit 1; \
+	  if $(VALGRIND) $(BUILD)/unit/$$n; then echo "PASS $$n"; else echo "FAIL $$n"; fail=1; fi; \
 	done; exit $$fail
 
 swift-test:

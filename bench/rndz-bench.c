@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -351,12 +352,82 @@ static result measure(bool echo, uint64_t nids, unsigned workers, int nsock, uns
     return r;
 }
 
+/* TCP: memory per registered connection. A server child with TCP on; `n` connections each
+ * send a Ping with its own id and read the Pong; the child's RSS before and after. */
+static void tcp_memory(int n) {
+    struct rlimit rl;
+    getrlimit(RLIMIT_NOFILE, &rl);
+    if (rl.rlim_max < (rlim_t)n + 100) {
+        printf("tcp: skipped, the descriptor limit (%llu) is below %d\n",
+               (unsigned long long)rl.rlim_max, n + 100);
+        return;
+    }
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+    int p[2];
+    if (pipe(p)) return;
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(p[0]);
+        rndz_server_options o;
+        rndz_server_options_init(&o);
+        o.listen_addr = "127.0.0.1:0";
+        o.workers = 1;
+        rndz_server *s;
+        if (rndz_server_create(&o, &s)) _exit(3);
+        struct sockaddr_storage a;
+        rndz_server_local_addr(s, &a, NULL);
+        int port_ = ntohs(((struct sockaddr_in *)&a)->sin_port);
+        if (write(p[1], &port_, sizeof port_) != sizeof port_) _exit(3);
+        rndz_server_run(s);
+        _exit(0);
+    }
+    close(p[1]);
+    int port;
+    if (read(p[0], &port, sizeof port) != sizeof port) return;
+    close(p[0]);
+    usleep(100000);
+    long rss0 = rss_kb(pid);
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                             .sin_addr.s_addr = htonl(0x7f000001)};
+    int *fds = calloc((size_t)n, sizeof *fds);
+    int ok = 0;
+    uint64_t t0 = now_ns();
+    for (int i = 0; i < n; i++) {
+        fds[i] = socket(AF_INET, SOCK_STREAM, 0);
+        if (fds[i] < 0 || connect(fds[i], (struct sockaddr *)&to, sizeof to) < 0) break;
+        char id[24];
+        int il = snprintf(id, sizeof id, "tcp%013d", i);
+        rndz_msg m = {.cmd = RNDZ_REQ_PING, .id = id, .id_len = (size_t)il};
+        uint8_t b[64];
+        int fl = rndz_frame_encode(&m, b, sizeof b);
+        if (send(fds[i], b, (size_t)fl, 0) != fl) break;
+    }
+    for (int i = 0; i < n; i++) {
+        uint8_t b[4];
+        if (fds[i] > 0 && recv(fds[i], b, 4, MSG_WAITALL) == 4) ok++;
+    }
+    double secs = (double)(now_ns() - t0) / 1e9;
+    usleep(100000);
+    long rss1 = rss_kb(pid);
+    printf("tcp: %d of %d connections registered in %.2f s; server RSS %.1f -> %.1f MiB: "
+           "%.0f bytes per registered connection (user space; the kernel's socket buffers "
+           "are not in RSS)\n", ok, n, secs, (double)rss0 / 1024, (double)rss1 / 1024,
+           ok ? (double)(rss1 - rss0) * 1024 / ok : 0);
+    for (int i = 0; i < n; i++)
+        if (fds[i] > 0) close(fds[i]);
+    free(fds);
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+}
+
 int main(int argc, char **argv) {
     uint64_t idsets[8] = {10000, 100000, 1000000};
     int nsets = 3;
     double seconds = 3;
     unsigned workers = 0, window = 256;
-    int nsock = 64;
+    int nsock = 64, tcp_conns = 10000;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--ids") && i + 1 < argc) {
             nsets = 0;
@@ -366,9 +437,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--workers") && i + 1 < argc) workers = (unsigned)atoi(argv[++i]);
         else if (!strcmp(argv[i], "--sockets") && i + 1 < argc) nsock = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--window") && i + 1 < argc) window = (unsigned)atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--tcp") && i + 1 < argc) tcp_conns = atoi(argv[++i]);
         else {
             fprintf(stderr, "usage: %s [--ids N,N,...] [--seconds S] [--workers N] "
-                            "[--sockets N] [--window N]\n", argv[0]);
+                            "[--sockets N] [--window N] [--tcp CONNS]\n", argv[0]);
             return 2;
         }
     }
@@ -400,5 +472,6 @@ int main(int argc, char **argv) {
                r.p99_us, reg, (double)r.rss_kb / 1024, bpp, ratio);
         fflush(stdout);
     }
+    if (tcp_conns > 0) tcp_memory(tcp_conns);
     return 0;
 }

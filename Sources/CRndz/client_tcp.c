@@ -460,12 +460,12 @@ void rndz_tcp_listener_destroy(rndz_tcp_listener *l) {
 static int wait_connected(int fd, uint64_t deadline) {
     for (;;) {
         uint64_t now = rndz__now_ms();
-        if (now >= deadline) return RNDZ_E_TIMEDOUT;
+        if (now >= deadline) return -ETIMEDOUT;
         struct pollfd p = {.fd = fd, .events = POLLOUT};
         int pr = poll(&p, 1, (int)(deadline - now));
         if (pr < 0 && errno == EINTR) continue;
         if (pr < 0) return -errno;
-        if (pr == 0) return RNDZ_E_TIMEDOUT;
+        if (pr == 0) return -ETIMEDOUT;
         int err = 0;
         socklen_t el = sizeof err;
         getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el);
@@ -491,7 +491,7 @@ static int connect_by(rndz__client *c, const struct sockaddr_storage *to, uint64
 static int ask_server(rndz__client *c, size_t i, const char *target, size_t tlen,
                       uint64_t deadline, struct sockaddr_storage *peer, int *srv_fd) {
     int fd = connect_by(c, &c->servers[i], deadline);
-    if (fd < 0) return fd;
+    if (fd < 0) return fd == -ETIMEDOUT ? RNDZ_E_TIMEDOUT : fd;
     *srv_fd = fd;
     int rc = send_frame(fd, c, RNDZ_REQ_ISYNC, target, tlen);
     if (rc) return rc;
@@ -577,7 +577,7 @@ int rndz_tcp_connect(const rndz_client_options *o, const char *target,
         RNDZ_LOG(RNDZ_LOG_DEBUG, "tcp connect: %s attempt %d: %s", text, attempts,
                  rndz_strerror(fd));
         uint64_t now = rndz__now_ms();
-        if (fd == RNDZ_E_TIMEDOUT || now + PEER_RETRY_MS >= deadline) break;
+        if (fd == -ETIMEDOUT || now + PEER_RETRY_MS >= deadline) break;
         struct timespec ts = {0, PEER_RETRY_MS * 1000000L};
         nanosleep(&ts, NULL);
     }

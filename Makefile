@@ -2,6 +2,7 @@
 #   make                     build build/librndz.so
 #   make install PREFIX=DIR  install lib, header and pkg-config file
 #   make check               C tests against a staged install, through pkg-config
+#   make soak                1 GB of random and mutated datagrams against the server (SOAK_MB)
 #   make test                everything: C tests, Swift tests, the NAT lab
 PREFIX    ?= /usr/local
 CC        ?= cc
@@ -19,7 +20,7 @@ SONAME = librndz.so.$(ABI_MAJOR)
 LIB    = $(BUILD)/librndz.so.$(VERSION)
 STAGE  = $(abspath $(BUILD)/stage)
 
-.PHONY: all install check test swift-test natlab clean header-check lib-check readme-check demo bench unit
+.PHONY: all install check test swift-test natlab clean header-check lib-check readme-check demo bench unit soak
 all: $(LIB) $(BUILD)/librndz.a
 
 $(BUILD)/obj/%.o: Sources/CRndz/%.c $(HDRS)
@@ -95,6 +96,19 @@ unit: $(BUILD)/librndz.a
 	  $(CC) $(RNDZ_CFLAGS) $(CFLAGS) $$t $(BUILD)/librndz.a -lpthread -o $(BUILD)/unit/$$n || exit 1; \
 	  if $(VALGRIND) $(BUILD)/unit/$$n; then echo "PASS $$n"; else echo "FAIL $$n"; fail=1; fi; \
 	done; exit $$fail
+
+# The soak (SECURITY.md): SOAK_MB of random and mutated datagrams (default 1 GB) against a
+# server with and one without a secret; memory must stay flat and both keep answering.
+# `make check` runs the same with 50 MB (inside test_security).
+SOAK_MB ?= 1024
+soak: all
+	rm -rf $(STAGE) && $(MAKE) --no-print-directory install PREFIX=$(STAGE) >/dev/null
+	@mkdir -p $(BUILD)/ctests
+	PKG_CONFIG_PATH=$(STAGE)/lib/pkgconfig $(CC) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -g \
+	    -ITests/c Tests/c/test_security.c Tests/c/testlib.c -o $(BUILD)/ctests/test_security \
+	    $$(PKG_CONFIG_PATH=$(STAGE)/lib/pkgconfig pkg-config --cflags --libs rndz) -lpthread
+	RNDZ_VECTORS=Tests/vectors/rndz-v1-vectors.txt LD_LIBRARY_PATH=$(STAGE)/lib \
+	    $(VALGRIND) $(BUILD)/ctests/test_security soak $(SOAK_MB)
 
 swift-test:
 	swift build

@@ -224,6 +224,32 @@ RNDZ_API int rndz_framer_feed(rndz_framer *f, const uint8_t *data, size_t len);
 RNDZ_API int rndz_framer_next(rndz_framer *f, const uint8_t **body, size_t *len);
 
 /* ---------------------------------------------------------------------------------------- */
+/* Authenticated ids (opt-in; SECURITY.md)                                                  */
+
+/* A request proves its id with an extra field that v1 decoders skip:
+ *   Request { ... 16: Auth { 1: ts uint64 (unix ms), 2: nonce bytes (8..32), 3: mac bytes (32) } }
+ *   mac = HMAC-SHA256(credential, ts as 8 bytes big-endian || one byte: nonce length || nonce
+ *                                 || the message's bytes without the Auth field's bytes)
+ *   credential = HMAC-SHA256(server secret, "rndz id credential v1" || id)
+ * A server with a secret serves a request only if its mac verifies with the credential of the
+ * request's id (field 1), ts is within the server's window of its clock, and ts is newer than
+ * the last ts it accepted for that id. */
+#define RNDZ_CREDENTIAL_LEN 32
+
+/* The credential of `id` (id_len bytes) under a server secret (at least 16 bytes). The
+ * operator hands it to the holder of that id only. Returns 0 or -EINVAL. */
+RNDZ_API int rndz_credential_derive(const uint8_t *secret, size_t secret_len, const char *id,
+                                    size_t id_len, uint8_t out[RNDZ_CREDENTIAL_LEN]);
+/* Append an Auth field to an encoded Request (buf, len bytes; capacity cap), signed with
+ * `credential`. ts_ms: the unix time in ms, or 0 for now (the clients send strictly growing
+ * values). nonce: nonce_len bytes (8..32), or NULL for 16 random bytes. A message that
+ * already carries an Auth field is refused (RNDZ_E_WRONGKIND). Returns the new length, or
+ * -EINVAL, RNDZ_E_NOSPACE, RNDZ_E_TOOBIG (over RNDZ_MAX_MSG), or a decode error. */
+RNDZ_API int rndz_msg_sign(const uint8_t credential[RNDZ_CREDENTIAL_LEN], uint64_t ts_ms,
+                           const uint8_t *nonce, size_t nonce_len, uint8_t *buf, size_t len,
+                           size_t cap);
+
+/* ---------------------------------------------------------------------------------------- */
 /* Server                                                                                   */
 
 typedef struct rndz_server rndz_server;
@@ -242,6 +268,29 @@ typedef struct rndz_server_options {
     uint64_t max_peers;         /* UDP ids the server holds at most (about: the table is
                                    sharded); a Ping beyond it is dropped and counted in
                                    udp_refused. Default 1000000. */
+    /* Authenticated ids (SECURITY.md). NULL: none, the server speaks plain v1. Else at least
+     * 16 bytes (shorter: -EINVAL), copied: the server serves only requests that carry a proof
+     * made with the credential of their id (rndz_credential_derive() of this secret), with a
+     * timestamp within auth_window_ms of the server's clock and newer than the last one it
+     * accepted for that id; anything else is dropped and counted (auth_failed, auth_replayed).
+     * Requests signed before the server started are refused too. */
+    const uint8_t *secret;
+    size_t secret_len;
+    uint32_t auth_window_ms;    /* default 30000 */
+    /* Limits. For each: 0 = the default; UINT32_MAX = no limit. Every drop is counted. */
+    uint32_t sync_rate;         /* Isync and Rsync (requests that make the server send to
+                                   someone else) per second from one source address (IPv4:
+                                   the address; IPv6: its /64). Default 20 */
+    uint32_t sync_burst;        /* ... and the burst allowed. Default 40 */
+    uint32_t fsync_rate;        /* Fsync (and Redirect answering an Rsync) the server sends
+                                   toward one target id per second; a connect needs about one
+                                   per second (the connector resends each round_ms). Default
+                                   10 */
+    uint32_t fsync_burst;       /* ... and the burst allowed. Default 20 */
+    uint32_t max_tcp_conns;     /* TCP connections open at once. Default 65536 */
+    uint32_t max_tcp_conns_per_ip; /* ... from one source address (IPv6: /64). Default 256 */
+    uint32_t max_id_len;        /* requests whose id or target id is longer (bytes) are
+                                   dropped. Default 256 */
 } rndz_server_options;
 
 /* Counters are updated as the workers go: a reply can reach its client a moment before the
@@ -258,6 +307,16 @@ typedef struct rndz_server_stats {
     uint64_t tcp_malformed; /* TCP connections dropped for a bad frame or message */
     uint64_t udp_refused;   /* registrations refused: the table is full (max_peers) */
     uint64_t workers;       /* worker threads */
+    /* UDP and TCP together: */
+    uint64_t auth_failed;   /* requests dropped (secret set): no proof, a malformed or wrong
+                               one, or a timestamp outside the window */
+    uint64_t auth_replayed; /* requests dropped (secret set): timestamp not newer than the
+                               last accepted for the id (a replay) */
+    uint64_t sync_limited;  /* Isync/Rsync dropped: their source was over sync_rate */
+    uint64_t fsync_limited; /* Fsync/Redirect not sent: the target was over fsync_rate */
+    uint64_t id_refused;    /* requests dropped: id longer than max_id_len */
+    uint64_t tcp_refused;   /* TCP connections closed at once: over max_tcp_conns or
+                               max_tcp_conns_per_ip */
 } rndz_server_stats;
 
 RNDZ_API void rndz_server_options_init(rndz_server_options *o);
@@ -276,7 +335,8 @@ RNDZ_API int rndz_server_start(rndz_server *s);
  * rndz_server_start() is joined by rndz_server_destroy(). */
 RNDZ_API int rndz_server_stop(rndz_server *s);
 RNDZ_API int rndz_server_stats_get(rndz_server *s, rndz_server_stats *out);
-/* One worker's UDP counters (udp_rx, udp_tx, udp_malformed, udp_expired, udp_refused). */
+/* One worker's UDP counters (udp_rx, udp_tx, udp_malformed, udp_expired, udp_refused, and the
+ * UDP share of auth_failed, auth_replayed, sync_limited, fsync_limited, id_refused). */
 RNDZ_API int rndz_server_worker_stats(rndz_server *s, unsigned worker, rndz_server_stats *out);
 /* Stop (if needed), join the background thread, close every socket, free. Accepts NULL. */
 RNDZ_API void rndz_server_destroy(rndz_server *s);
@@ -297,9 +357,26 @@ typedef struct rndz_client_options {
                                        connect, server and peer); default 10000 */
     rndz_sock_config_fn sock_config;
     void *sock_config_user;
+    const uint8_t *credential;      /* RNDZ_CREDENTIAL_LEN bytes (copied), or NULL: sign every
+                                       request sent to a server with this id's credential, for
+                                       servers started with a secret (v1 servers skip the
+                                       proof). Punch packets to peers are not signed. */
 } rndz_client_options;
 
 RNDZ_API void rndz_client_options_init(rndz_client_options *o);
+
+/* What a connect found (or a listener learned about a peer). */
+typedef struct rndz_peer_info {
+    struct sockaddr_storage addr; /* the peer's address that carries the traffic */
+    char id[256];                 /* the peer's id (listener side) */
+    uint32_t rtt_ms;     /* round trip measured by the probes; 0 when not measured */
+    uint32_t elapsed_ms; /* connector: from the call to the verified path */
+    int verified;        /* 1: probes proved the path both ways; 0: a v1 peer or server, the
+                            path was not verified (rndz 0.1.5 behaviour) */
+    int lan;             /* the address is private (RFC 1918, 100.64/10, fc00::/7) */
+    int advertised;      /* 1: one of the addresses the peer advertised (LAN, IPv6); 0: the
+                            address the rendezvous server saw */
+} rndz_peer_info;
 
 /* UDP listener: registers our id with every server and keeps the registration alive from a
  * background thread; answers forwarded connection requests (Fsync) with Rsync to the server
@@ -317,6 +394,13 @@ RNDZ_API int rndz_udp_listener_local_addr(rndz_udp_listener *l, struct sockaddr_
 /* Wait until at least one server answered a ping (0), or timeout_ms passed
  * (RNDZ_E_TIMEDOUT). */
 RNDZ_API int rndz_udp_listener_wait_registered(rndz_udp_listener *l, uint32_t timeout_ms);
+/* Wait up to timeout_ms (UINT32_MAX: no limit) for the next peer that connected: with a
+ * peer that speaks probes (ours), once the path is verified both ways (verified = 1, with
+ * the RTT); with a v1 peer, when the server forwards its request (verified = 0). Returns 0,
+ * RNDZ_E_TIMEDOUT, or RNDZ_E_CLOSED. Probe packets never reach rndz_udp_listener_fd(): the
+ * kernel steers them to the listener's own socket. */
+RNDZ_API int rndz_udp_listener_next_peer(rndz_udp_listener *l, uint32_t timeout_ms,
+                                         rndz_peer_info *info);
 /* Send Bye to every server, stop and join the background thread, close every socket, free.
  * Accepts NULL. */
 RNDZ_API void rndz_udp_listener_destroy(rndz_udp_listener *l);
@@ -330,6 +414,15 @@ RNDZ_API void rndz_udp_listener_destroy(rndz_udp_listener *l);
  * Blocks; not cancellable (it ends within timeout_ms). */
 RNDZ_API int rndz_udp_connect(const rndz_client_options *o, const char *target,
                               struct sockaddr_storage *peer, socklen_t *peer_len);
+/* rndz_udp_connect, telling what it found. With a listener that speaks probes (ours, through
+ * a server that forwards extensions: ours), the connector advertises its local candidate
+ * addresses, probes every candidate of the listener (the address the server saw and its LAN
+ * and IPv6 addresses) at once, with paced retries until timeout_ms, and returns only a path
+ * that answered: verified both ways, with its RTT, a LAN path preferred. With a v1 listener
+ * or server it behaves as rndz 0.1.5 (info->verified = 0). Probe packets never reach the
+ * returned socket. `info` may be NULL. */
+RNDZ_API int rndz_udp_connect_info(const rndz_client_options *o, const char *target,
+                                   rndz_peer_info *info);
 
 /* TCP listener: a listening socket and a connection to every server, all from the same local
  * port. It registers with each server (ping every keepalive_ms), reconnects with backoff

@@ -3,6 +3,7 @@
 #                                    (plain $(CC), no libFuzzer; part of `make check`)
 #   make fuzz FUZZ_SECONDS=600       build the libFuzzer targets with clang and run each in turn
 #   make fuzz-build                  only build them
+#   make fuzz-coverage               source coverage the corpora reach (seeds + what fuzz found)
 #   make fuzz-cli FUZZ_SECONDS=600   rndz-cli's argument parsing (Tests/fuzz/cli_args.py; it
 #                                    runs the built binary: $RNDZ_CLI, or build it first)
 FUZZ_TARGETS  = fuzz_wire fuzz_frame fuzz_addr fuzz_server_udp
@@ -19,7 +20,7 @@ FUZZ_DEPS     = Tests/fuzz/fuzz.h $(HDRS)
 FUZZ_REPLAY   = $(FUZZ_TARGETS:%=$(BUILD)/fuzz/replay_%)
 FUZZ_BINS     = $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/%)
 
-.PHONY: fuzz fuzz-build fuzz-lib fuzz-replay fuzz-cli
+.PHONY: fuzz fuzz-build fuzz-lib fuzz-replay fuzz-cli fuzz-coverage
 
 # The replay drivers link the static library: fuzz_server_udp calls internal functions.
 $(FUZZ_REPLAY): $(BUILD)/fuzz/replay_%: Tests/fuzz/%.c Tests/fuzz/replay.c $(FUZZ_DEPS) \
@@ -50,6 +51,9 @@ fuzz-build: $(FUZZ_BINS)
 fuzz: fuzz-build
 	FUZZ_BUILD=$(FUZZ_BUILD) FUZZ_NICE="$(FUZZ_NICE)" \
 	    Tests/fuzz/run $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+fuzz-coverage:
+	FUZZ_CC=$(FUZZ_CC) FUZZ_BUILD=$(FUZZ_BUILD) Tests/fuzz/coverage $(FUZZ_TARGETS)
 
 fuzz-cli:
 	$(FUZZ_NICE) python3 Tests/fuzz/cli_args.py --seconds $(FUZZ_SECONDS)

@@ -1,9 +1,11 @@
 /* client.c: option handling shared by the UDP and TCP clients. */
 #include "client.h"
+#include "auth.h"
 
 #include <netinet/in.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 void rndz_client_options_init(rndz_client_options *o) {
     if (!o) return;
@@ -34,6 +36,10 @@ int rndz__client_init(rndz__client *c, const rndz_client_options *o) {
     memcpy(c->id, o->id, c->id_len);
     if (!o->servers || o->n_servers == 0) return RNDZ_E_NOSERVER;
     if (o->n_servers > RNDZ_MAX_SERVERS) return -E2BIG;
+    if (o->credential) {
+        memcpy(c->credential, o->credential, RNDZ_CREDENTIAL_LEN);
+        c->signing = true;
+    }
     c->keepalive_ms = o->keepalive_ms ? o->keepalive_ms : 10000;
     c->round_ms = o->round_ms ? o->round_ms : 1000;
     c->timeout_ms = o->timeout_ms ? o->timeout_ms : 10000;
@@ -65,7 +71,34 @@ int rndz__client_init(rndz__client *c, const rndz_client_options *o) {
     return 0;
 }
 
+/* The port of `local`, in network order. */
+static uint16_t port_of(const struct sockaddr_storage *local) {
+    return local->ss_family == AF_INET ? ((const struct sockaddr_in *)local)->sin_port
+                                       : ((const struct sockaddr_in6 *)local)->sin6_port;
+}
+
 int rndz__client_bind(rndz__client *c, int socktype) {
+    if (port_of(&c->local) == 0) {
+        /* With SO_REUSEPORT, port 0 may give us a port that another process of the same user
+         * holds with SO_REUSEPORT too (a server on this host, say): the kernel counts it as
+         * shareable, and then the two receive each other's datagrams. A plain socket gets a
+         * port nobody holds: take that one. */
+        rndz__sockopts plain = c->so;
+        plain.reuse = false;
+        plain.config = NULL;
+        int probe = rndz__sock_bind(socktype, (struct sockaddr *)&c->local, &plain);
+        if (probe >= 0) {
+            struct sockaddr_storage b;
+            socklen_t bl = sizeof b;
+            if (getsockname(probe, (struct sockaddr *)&b, &bl) == 0) {
+                if (c->local.ss_family == AF_INET)
+                    ((struct sockaddr_in *)&c->local)->sin_port = port_of(&b);
+                else
+                    ((struct sockaddr_in6 *)&c->local)->sin6_port = port_of(&b);
+            }
+            close(probe);
+        }
+    }
     int fd = rndz__sock_bind(socktype, (struct sockaddr *)&c->local, &c->so);
     if (fd < 0) return fd;
     /* The first socket fixes the port; the following ones share it. */
@@ -107,4 +140,22 @@ uint32_t rndz__client_jitter(uint32_t base_ms) {
     uint32_t v = base_ms - spread + (spread ? rndz__random() % (2 * spread + 1) : 0);
     if (v > 25000) v = 25000;
     return v ? v : 1;
+}
+
+int rndz__client_sign(const rndz__client *c, uint8_t *buf, int n, size_t cap,
+                      const struct sockaddr_storage *to) {
+    if (n < 0 || !c->signing || (to && rndz__client_server_index(c, to) < 0)) return n;
+    uint8_t nonce[RNDZ_AUTH_NONCE_DEFAULT];
+    rndz__auth_nonce(nonce, sizeof nonce);
+    return rndz__auth_append(c->credential, rndz__auth_next_ts(), nonce, sizeof nonce, buf,
+                             (size_t)n, cap);
+}
+
+int rndz__client_sign_frame(const rndz__client *c, uint8_t *buf, int n, size_t cap) {
+    if (n < 2 || !c->signing) return n;
+    int m = rndz__client_sign(c, buf + 2, n - 2, cap - 2, NULL);
+    if (m < 0) return m;
+    buf[0] = (uint8_t)(m >> 8);
+    buf[1] = (uint8_t)m;
+    return m + 2;
 }

@@ -16,6 +16,8 @@ typedef struct rndz__client {
     struct sockaddr_storage local; /* port filled in once the first socket is bound */
     rndz__sockopts so;
     uint32_t keepalive_ms, round_ms, timeout_ms;
+    bool signing; /* a credential was given: requests to servers carry an Auth field */
+    uint8_t credential[RNDZ_CREDENTIAL_LEN];
 } rndz__client;
 
 /* Validate options, resolve every server, pick the local address. */
@@ -31,5 +33,14 @@ RNDZ_INTERNAL int rndz__client_server_index(const rndz__client *c,
 /* A keepalive interval with +-20% jitter, never above 25 s (conntrack forgets one-way UDP
  * flows after 30 s, and the jitter must not push us past it). */
 RNDZ_INTERNAL uint32_t rndz__client_jitter(uint32_t base_ms);
+/* Sign an encoded request of n bytes in buf (capacity cap) with the client's credential, if it
+ * has one and the request goes to a server (`to` NULL: a socket connected to a server);
+ * punches to peers are left unsigned. n < 0 is passed through, so calls chain after an
+ * encode. Returns the new length or an error. */
+RNDZ_INTERNAL int rndz__client_sign(const rndz__client *c, uint8_t *buf, int n, size_t cap,
+                                    const struct sockaddr_storage *to);
+/* The same for a TCP frame (2-byte length, then the body), fixing the length. */
+RNDZ_INTERNAL int rndz__client_sign_frame(const rndz__client *c, uint8_t *buf, int n,
+                                          size_t cap);
 
 #endif

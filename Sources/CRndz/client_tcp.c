@@ -82,6 +82,7 @@ static int send_frame(int fd, const rndz__client *c, rndz_cmd cmd, const char *p
     uint8_t buf[2 + RNDZ_MAX_MSG];
     rndz_msg m = {cmd, c->id, c->id_len, peer, peer_len, NULL, 0};
     int n = rndz_frame_encode(&m, buf, sizeof buf);
+    n = rndz__client_sign_frame(c, buf, n, sizeof buf);
     if (n < 0) return n;
     /* Frames are tiny next to a socket buffer: a short write means the connection is stuck. */
     ssize_t w = send(fd, buf, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL);

@@ -24,6 +24,8 @@ RNDZ_INTERNAL bool rndz__log_enabled(rndz_log_level level);
 
 /* time.c: monotonic milliseconds, and a small PRNG for jitter. */
 RNDZ_INTERNAL uint64_t rndz__now_ms(void);
+/* Wall-clock milliseconds since 1970 (authenticated requests carry it). */
+RNDZ_INTERNAL uint64_t rndz__unix_ms(void);
 RNDZ_INTERNAL uint32_t rndz__random(void);
 
 /* addr.c */

@@ -6,6 +6,28 @@
 #include <string.h>
 #include <unistd.h>
 
+/* The defaults of the security options (SECURITY.md gives the reasoning). */
+static void security_defaults(rndz_server_options *o) {
+    /* Clocks of clients and server differ; 30 s covers ordinary drift, and the replay table
+     * (newest ts per id) closes the window itself. */
+    if (!o->auth_window_ms) o->auth_window_ms = 30000;
+    /* A connect costs its connector one Isync per round (1 s) per server, its listener one
+     * Rsync per Fsync: 20/s with a burst of 40 is many concurrent connects from one address,
+     * yet caps what a spoofed source can make the server reflect. */
+    if (!o->sync_rate) o->sync_rate = 20;
+    if (!o->sync_burst) o->sync_burst = 40;
+    /* A connect needs about one Fsync per second (one per Isync round); 10/s with a burst of
+     * 20 lets several peers connect at once while a flood of Isync from anywhere cannot make
+     * the server aim more than that at one peer (which punches back at each). */
+    if (!o->fsync_rate) o->fsync_rate = 10;
+    if (!o->fsync_burst) o->fsync_burst = 20;
+    if (!o->max_tcp_conns) o->max_tcp_conns = 65536;
+    /* a household or an office behind one NAT, not one host holding every descriptor */
+    if (!o->max_tcp_conns_per_ip) o->max_tcp_conns_per_ip = 256;
+    /* our clients send at most 255 bytes; v1 had no limit but a datagram of 1500 */
+    if (!o->max_id_len) o->max_id_len = 256;
+}
+
 void rndz_server_options_init(rndz_server_options *o) {
     if (!o) return;
     memset(o, 0, sizeof *o);
@@ -16,6 +38,7 @@ void rndz_server_options_init(rndz_server_options *o) {
     o->tcp_idle_ms = 30000;   /* v1: a TCP connection silent for 30 s is dropped */
     o->workers = 0;           /* one per core */
     o->max_peers = 1000000;
+    security_defaults(o);
 }
 
 static void worker_free(rndz__worker *w) {
@@ -102,6 +125,9 @@ int rndz_server_create(const rndz_server_options *opts, rndz_server **out) {
     if (!s->o.udp_expiry_ms) s->o.udp_expiry_ms = 60000;
     if (!s->o.tcp_idle_ms) s->o.tcp_idle_ms = 30000;
     if (!s->o.max_peers) s->o.max_peers = 1000000;
+    security_defaults(&s->o);
+    s->o.secret = NULL; /* not kept: only its keyed HMAC state is */
+    s->o.secret_len = 0;
     s->nworkers = s->o.workers;
     if (!s->nworkers) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -116,6 +142,22 @@ int rndz_server_create(const rndz_server_options *opts, rndz_server **out) {
     if (rc) goto fail;
     s->v6 = s->local.ss_family == AF_INET6;
     if ((rc = rndz__pt_init(&s->peers, s->o.max_peers, rndz__now_ms()))) goto fail;
+    if ((rc = rndz__limits_init(&s->lim, &s->o))) goto fail;
+    if (opts->secret || opts->secret_len) {
+        if (!opts->secret || opts->secret_len < 16) {
+            rc = -EINVAL;
+            goto fail;
+        }
+        s->auth = calloc(1, sizeof *s->auth);
+        if (!s->auth) {
+            rc = -ENOMEM;
+            goto fail;
+        }
+        rndz__auth_key_init(s->auth, opts->secret, opts->secret_len, s->o.auth_window_ms,
+                            rndz__unix_ms());
+        if ((rc = rndz__replay_init(&s->replay, s->o.max_peers + s->o.max_tcp_conns)))
+            goto fail;
+    }
     if ((rc = rndz__loop_init(&s->loop))) goto fail;
     for (unsigned i = 0; i < s->nworkers; i++) {
         rndz__worker *w = calloc(1, sizeof *w);
@@ -239,6 +281,11 @@ static void add_worker(const rndz__worker *w, rndz_server_stats *out) {
     out->udp_malformed += atomic_load_explicit(&w->c.malformed, memory_order_relaxed);
     out->udp_expired += atomic_load_explicit(&w->c.expired, memory_order_relaxed);
     out->udp_refused += atomic_load_explicit(&w->c.refused, memory_order_relaxed);
+    out->auth_failed += atomic_load_explicit(&w->c.auth_failed, memory_order_relaxed);
+    out->auth_replayed += atomic_load_explicit(&w->c.auth_replayed, memory_order_relaxed);
+    out->sync_limited += atomic_load_explicit(&w->c.sync_limited, memory_order_relaxed);
+    out->fsync_limited += atomic_load_explicit(&w->c.fsync_limited, memory_order_relaxed);
+    out->id_refused += atomic_load_explicit(&w->c.id_refused, memory_order_relaxed);
 }
 
 int rndz_server_stats_get(rndz_server *s, rndz_server_stats *out) {
@@ -250,7 +297,30 @@ int rndz_server_stats_get(rndz_server *s, rndz_server_stats *out) {
     out->tcp_peers = atomic_load(&s->c.tcp_peers);
     out->tcp_malformed = atomic_load(&s->c.tcp_malformed);
     out->workers = s->nworkers;
+    out->auth_failed += atomic_load(&s->c.auth_failed);
+    out->auth_replayed += atomic_load(&s->c.auth_replayed);
+    out->sync_limited += atomic_load(&s->c.sync_limited);
+    out->fsync_limited += atomic_load(&s->c.fsync_limited);
+    out->id_refused += atomic_load(&s->c.id_refused);
+    out->tcp_refused = atomic_load(&s->c.tcp_refused);
     return 0;
+}
+
+int rndz__server_admit(rndz_server *s, const uint8_t *buf, size_t len, const rndz_msg *req) {
+    if (req->id_len > s->o.max_id_len || req->peer_id_len > s->o.max_id_len)
+        return RNDZ__ADMIT_ID;
+    if (!s->auth) return RNDZ__ADMIT_OK;
+    uint64_t ts;
+    int rc = rndz__auth_verify(s->auth, buf, len, req->id, req->id_len, rndz__unix_ms(), &ts);
+    if (rc) {
+        RNDZ_LOG(RNDZ_LOG_TRACE, "request refused: %s",
+                 rc == RNDZ__AUTH_MISSING ? "no proof" : rc == RNDZ__AUTH_STALE ? "stale"
+                 : rc == RNDZ__AUTH_BADMAC ? "wrong proof" : "malformed proof");
+        return RNDZ__ADMIT_AUTH;
+    }
+    /* Only a verified request moves the id's newest ts: forgeries cannot push it ahead. */
+    if (!rndz__replay_accept(&s->replay, req->id, req->id_len, ts)) return RNDZ__ADMIT_REPLAY;
+    return RNDZ__ADMIT_OK;
 }
 
 int rndz_server_worker_stats(rndz_server *s, unsigned worker, rndz_server_stats *out) {
@@ -269,5 +339,11 @@ void rndz_server_destroy(rndz_server *s) {
     for (unsigned i = 0; i < s->nworkers; i++) worker_free(s->w[i]);
     rndz__loop_close(&s->loop);
     rndz__pt_free(&s->peers);
+    rndz__limits_free(&s->lim);
+    if (s->auth) {
+        rndz__wipe(s->auth, sizeof *s->auth);
+        free(s->auth);
+        rndz__replay_free(&s->replay);
+    }
     free(s);
 }

@@ -9,9 +9,12 @@
 #ifndef RNDZ_SERVER_H
 #define RNDZ_SERVER_H
 
+#include "auth.h"
+#include "limit.h"
 #include "loop.h"
 #include "peertab.h"
 #include "registry.h"
+#include "replay.h"
 
 #include <pthread.h>
 #include <sys/socket.h>
@@ -22,11 +25,15 @@
 
 typedef struct rndz__server_counters {
     _Atomic uint64_t tcp_conns, tcp_peers, tcp_malformed;
+    /* TCP's share of the guard counters (UDP's are per worker), and refused connections */
+    _Atomic uint64_t auth_failed, auth_replayed, sync_limited, fsync_limited, id_refused;
+    _Atomic uint64_t tcp_refused;
 } rndz__server_counters;
 
 /* One writer (its worker), any reader: increments are plain loads and stores. */
 typedef struct rndz__worker_counters {
     _Atomic uint64_t rx, tx, malformed, expired, refused;
+    _Atomic uint64_t auth_failed, auth_replayed, sync_limited, fsync_limited, id_refused;
 } rndz__worker_counters;
 
 typedef struct rndz__worker {
@@ -70,7 +77,19 @@ struct rndz_server {
     atomic_bool running;
     atomic_bool starting; /* rndz_server_start() claimed the handle */
     rndz__server_counters c;
+    rndz__auth_key *auth; /* NULL: no secret (v1) */
+    rndz__replay replay;  /* with auth: the newest ts accepted per id */
+    rndz__limits lim;
 };
+
+/* Why server_admit refused a request. */
+enum { RNDZ__ADMIT_OK = 0, RNDZ__ADMIT_ID, RNDZ__ADMIT_AUTH, RNDZ__ADMIT_REPLAY };
+
+/* server.c: the checks every request passes before it is served, UDP and TCP alike: id
+ * lengths (max_id_len), then with a secret the proof and its freshness (auth.h, replay.h).
+ * `buf` is the encoded request, `req` its decoding. */
+RNDZ_INTERNAL int rndz__server_admit(rndz_server *s, const uint8_t *buf, size_t len,
+                                     const rndz_msg *req);
 
 #define RNDZ_STAT_ADD(s, field, n) atomic_fetch_add_explicit(&(s)->c.field, (n), memory_order_relaxed)
 #define RNDZ_STAT_SET(s, field, n) atomic_store_explicit(&(s)->c.field, (n), memory_order_relaxed)

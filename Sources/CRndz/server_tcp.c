@@ -8,6 +8,8 @@
  *   Rsync{T} from L      -> Redirect{L, L's address} down T's connection.
  *   Bye, a bad frame, EOF, an error, 30 s of silence -> the connection is dropped and its
  *                           registration removed (only if it still belongs to it).
+ * Every request passes rndz__server_admit first (a refused one closes the connection), and
+ * Isync/Rsync the rate limits (a limited one is dropped); accept enforces the connection caps.
  * Nothing blocks: replies that do not fit the socket wait in a small per-connection buffer;
  * a connection whose buffer overflows (a peer that does not read) is dropped. */
 #include "server.h"
@@ -35,6 +37,7 @@ typedef struct conn {
     uint8_t *out; /* pending output */
     size_t out_len;
     bool dead, want_out;
+    uint32_t ip_slot; /* its place in the per-address connection count (limit.h) */
     rndz_framer framer;
 } conn;
 
@@ -72,6 +75,8 @@ static void conn_close(conn *c, const char *why) {
     RNDZ_LOG(RNDZ_LOG_DEBUG, "tcp: closing %s: %s", text, why);
     if (c->reg && c->reg->owner == c) rndz__reg_del(&t->reg, c->reg);
     c->reg = NULL;
+    rndz__limit_tcp_close(&s->lim, c->ip_slot);
+    c->ip_slot = 0;
     rndz__loop_del(&s->loop, &c->io);
     close(c->io.fd);
     c->io.fd = -1;
@@ -146,6 +151,21 @@ static void conn_handle(conn *c, const uint8_t *body, size_t len, uint64_t now) 
         conn_close(c, rndz_strerror(rc));
         return;
     }
+    switch (rndz__server_admit(s, body, len, &req)) {
+    case RNDZ__ADMIT_OK: break;
+    case RNDZ__ADMIT_ID:
+        RNDZ_STAT_ADD(s, id_refused, 1);
+        conn_close(c, "id too long");
+        return;
+    case RNDZ__ADMIT_REPLAY:
+        RNDZ_STAT_ADD(s, auth_replayed, 1);
+        conn_close(c, "replayed request");
+        return;
+    default:
+        RNDZ_STAT_ADD(s, auth_failed, 1);
+        conn_close(c, "request without a valid proof");
+        return;
+    }
     char text[RNDZ_ADDRSTRLEN];
     int tl = rndz_addr_format((struct sockaddr *)&c->remote, text, sizeof text);
     if (tl < 0) tl = 0;
@@ -158,8 +178,16 @@ static void conn_handle(conn *c, const uint8_t *body, size_t len, uint64_t now) 
         break;
     }
     case RNDZ_REQ_ISYNC:
+        if (!rndz__limit_sync(&s->lim, &c->remote, now)) {
+            RNDZ_STAT_ADD(s, sync_limited, 1);
+            break;
+        }
         e = rndz__reg_get(&t->reg, req.peer_id, req.peer_id_len);
         if (e && e->owner && e->owner != c) {
+            if (!rndz__limit_fsync(&s->lim, req.peer_id, req.peer_id_len, now)) {
+                RNDZ_STAT_ADD(s, fsync_limited, 1);
+                break;
+            }
             rndz_msg f = {.cmd = RNDZ_RSP_FSYNC, .peer_id = req.id, .peer_id_len = req.id_len,
                           .addr = text, .addr_len = (size_t)tl};
             conn_send(e->owner, &f);
@@ -171,7 +199,15 @@ static void conn_handle(conn *c, const uint8_t *body, size_t len, uint64_t now) 
         }
         break;
     case RNDZ_REQ_RSYNC:
+        if (!rndz__limit_sync(&s->lim, &c->remote, now)) {
+            RNDZ_STAT_ADD(s, sync_limited, 1);
+            break;
+        }
         e = rndz__reg_get(&t->reg, req.peer_id, req.peer_id_len);
+        if (e && e->owner && !rndz__limit_fsync(&s->lim, req.peer_id, req.peer_id_len, now)) {
+            RNDZ_STAT_ADD(s, fsync_limited, 1);
+            break;
+        }
         if (e && e->owner) {
             rndz_msg r = {.cmd = RNDZ_RSP_REDIRECT, .peer_id = req.id, .peer_id_len = req.id_len,
                           .addr = text, .addr_len = (size_t)tl};
@@ -252,18 +288,29 @@ static void tcp_accept(void *ctx, uint32_t events) {
             RNDZ_LOG(RNDZ_LOG_WARN, "tcp: accept: %s", rndz_strerror(-errno));
             return;
         }
+        rndz__addr_unmap(&from);
+        /* Over a cap: accept and close at once (left in the backlog it would wake us
+         * forever); the client sees the connection reset. */
+        uint32_t slot = rndz__limit_tcp_open(&s->lim, &from);
+        if (!slot) {
+            RNDZ_STAT_ADD(s, tcp_refused, 1);
+            close(fd);
+            continue;
+        }
         conn *c = calloc(1, sizeof *c);
         if (!c) {
+            rndz__limit_tcp_close(&s->lim, slot);
             close(fd);
             return;
         }
-        rndz__addr_unmap(&from);
+        c->ip_slot = slot;
         c->s = s;
         c->remote = from;
         c->last_rx = rndz__now_ms();
         c->io = (rndz__io){fd, conn_event, c};
         rndz_framer_init(&c->framer);
         if (rndz__loop_add(&s->loop, &c->io, EPOLLIN)) {
+            rndz__limit_tcp_close(&s->lim, slot);
             close(fd);
             free(c);
             continue;

@@ -5,7 +5,10 @@
  *   Rsync{T} from X at A -> T known: Redirect{X, A} to T.
  *   Bye from X at A      -> forget X, if X is registered at A (0.1.5: from anywhere).
  *   Anything else        -> dropped and counted.
+ * Before that, every request passes rndz__server_admit (id length; with a secret, its proof
+ * and freshness), and Isync/Rsync the limits (limit.h): per source, and per target.
  * Datagrams come in batches (recvmmsg) and replies go out in batches (sendmmsg). */
+#include "ext.h"
 #include "server.h"
 
 #include <string.h>
@@ -32,11 +35,15 @@ void rndz__worker_flush(rndz__worker *w) {
     w->nout = 0;
 }
 
-static void queue_response(rndz__worker *w, const rndz_msg *m,
-                           const struct sockaddr_storage *to) {
+/* Queue a response; `ext` (may be NULL): extension fields copied from the request, so a
+ * listener and a connector that probe learn each other's candidates (ext.h). */
+static void queue_response_ext(rndz__worker *w, const rndz_msg *m,
+                               const struct sockaddr_storage *to, const rndz__ext *ext) {
     if (w->nout == RNDZ_BATCH) rndz__worker_flush(w);
     unsigned i = w->nout;
     int n = rndz_msg_encode(m, w->out_buf[i], RNDZ_MAX_MSG);
+    if (n >= 0 && ext && rndz__ext_present(ext))
+        n = rndz__ext_append(ext, w->out_buf[i], (size_t)n, RNDZ_MAX_MSG);
     if (n < 0) {
         RNDZ_LOG(RNDZ_LOG_DEBUG, "udp: response not encodable: %s", rndz_strerror(n));
         return;
@@ -49,6 +56,11 @@ static void queue_response(rndz__worker *w, const rndz_msg *m,
     w->nout++;
 }
 
+static void queue_response(rndz__worker *w, const rndz_msg *m,
+                           const struct sockaddr_storage *to) {
+    queue_response_ext(w, m, to, NULL);
+}
+
 void rndz__worker_udp_handle(rndz__worker *w, const uint8_t *buf, size_t len,
                              const struct sockaddr_storage *from, uint64_t now) {
     rndz_server *s = w->s;
@@ -58,6 +70,12 @@ void rndz__worker_udp_handle(rndz__worker *w, const uint8_t *buf, size_t len,
         RNDZ_WSTAT_ADD(w, malformed, 1);
         RNDZ_LOG(RNDZ_LOG_TRACE, "udp: dropped datagram: %s", rndz_strerror(rc));
         return;
+    }
+    switch (rndz__server_admit(s, buf, len, &req)) {
+    case RNDZ__ADMIT_OK: break;
+    case RNDZ__ADMIT_ID: RNDZ_WSTAT_ADD(w, id_refused, 1); return;
+    case RNDZ__ADMIT_REPLAY: RNDZ_WSTAT_ADD(w, auth_replayed, 1); return;
+    default: RNDZ_WSTAT_ADD(w, auth_failed, 1); return;
     }
     rndz__peertab *pt = &s->peers;
     char text[RNDZ_ADDRSTRLEN];
@@ -73,13 +91,23 @@ void rndz__worker_udp_handle(rndz__worker *w, const uint8_t *buf, size_t len,
         break;
     }
     case RNDZ_REQ_ISYNC:
+        if (!rndz__limit_sync(&s->lim, from, now)) { /* before anything is sent anywhere */
+            RNDZ_WSTAT_ADD(w, sync_limited, 1);
+            return;
+        }
         if (rndz__pt_get(pt, req.peer_id, req.peer_id_len, s->v6, &to)) {
+            if (!rndz__limit_fsync(&s->lim, req.peer_id, req.peer_id_len, now)) {
+                RNDZ_WSTAT_ADD(w, fsync_limited, 1);
+                return;
+            }
             if (rndz__pt_put(pt, req.id, req.id_len, from, now)) RNDZ_WSTAT_ADD(w, refused, 1);
             int n = rndz_addr_format((const struct sockaddr *)from, text, sizeof text);
             if (n < 0) return;
             rndz_msg f = {RNDZ_RSP_FSYNC, req.peer_id, req.peer_id_len, req.id, req.id_len,
                           text, (size_t)n};
-            queue_response(w, &f, &to);
+            rndz__ext ext;
+            bool has_ext = rndz__ext_decode(buf, len, &ext) == 0;
+            queue_response_ext(w, &f, &to, has_ext ? &ext : NULL);
         } else {
             rndz_msg r = {RNDZ_RSP_REDIRECT, req.id, req.id_len, req.peer_id, req.peer_id_len,
                           "", 0};
@@ -87,12 +115,22 @@ void rndz__worker_udp_handle(rndz__worker *w, const uint8_t *buf, size_t len,
         }
         break;
     case RNDZ_REQ_RSYNC:
+        if (!rndz__limit_sync(&s->lim, from, now)) {
+            RNDZ_WSTAT_ADD(w, sync_limited, 1);
+            return;
+        }
         if (rndz__pt_get(pt, req.peer_id, req.peer_id_len, s->v6, &to)) {
+            if (!rndz__limit_fsync(&s->lim, req.peer_id, req.peer_id_len, now)) {
+                RNDZ_WSTAT_ADD(w, fsync_limited, 1);
+                return;
+            }
             int n = rndz_addr_format((const struct sockaddr *)from, text, sizeof text);
             if (n < 0) return;
             rndz_msg r = {RNDZ_RSP_REDIRECT, req.peer_id, req.peer_id_len, req.id, req.id_len,
                           text, (size_t)n};
-            queue_response(w, &r, &to);
+            rndz__ext ext;
+            bool has_ext = rndz__ext_decode(buf, len, &ext) == 0;
+            queue_response_ext(w, &r, &to, has_ext ? &ext : NULL);
         }
         break;
     case RNDZ_REQ_BYE:

@@ -1,4 +1,4 @@
-/* time.c: the monotonic clock and a PRNG for jitter (not for anything secret). */
+/* time.c: the monotonic and wall clocks and a PRNG for jitter (not for anything secret). */
 #include "internal.h"
 
 #include <pthread.h>
@@ -9,6 +9,12 @@
 uint64_t rndz__now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+uint64_t rndz__unix_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 

@@ -53,6 +53,23 @@ public struct ServerOptions: Sendable {
     public var tcpIdle: Duration
     /// Called with every socket the server creates, before bind.
     public var socketConfigure: SocketConfigure?
+    /// Authenticated ids (SECURITY.md): nil (the default) serves plain v1. With a secret (at
+    /// least 16 bytes) the server serves only requests signed with the credential of their
+    /// id (``Credential/derive(secret:id:)``), fresh, and never the same twice.
+    public var secret: [UInt8]?
+    /// Isync/Rsync per second from one source address (IPv6: its /64), and the burst.
+    /// Default 20 and 40; `UInt32.max`: no limit.
+    public var syncRate: UInt32
+    public var syncBurst: UInt32
+    /// Fsync/Redirect the server sends toward one id per second, and the burst. Default 10
+    /// and 20; `UInt32.max`: no limit.
+    public var fsyncRate: UInt32
+    public var fsyncBurst: UInt32
+    /// TCP connections at once, in all and from one source address. Default 65536 and 256.
+    public var maxTCPConnections: UInt32
+    public var maxTCPConnectionsPerAddress: UInt32
+    /// Requests whose id or target id is longer (bytes) are dropped. Default 256.
+    public var maxIDLength: UInt32
 
     /// The defaults, optionally with another listen address.
     public init(listenAddress: SocketAddress? = nil) {
@@ -69,6 +86,14 @@ public struct ServerOptions: Sendable {
         self.udpExpiry = .milliseconds(o.udp_expiry_ms)
         self.tcpIdle = .milliseconds(o.tcp_idle_ms)
         self.socketConfigure = nil
+        self.secret = nil
+        self.syncRate = o.sync_rate
+        self.syncBurst = o.sync_burst
+        self.fsyncRate = o.fsync_rate
+        self.fsyncBurst = o.fsync_burst
+        self.maxTCPConnections = o.max_tcp_conns
+        self.maxTCPConnectionsPerAddress = o.max_tcp_conns_per_ip
+        self.maxIDLength = o.max_id_len
     }
 
     /// Calls `body` with the C form. Strings live until `body` returns.
@@ -82,13 +107,26 @@ public struct ServerOptions: Sendable {
         o.enable_tcp = enableTCP ? 1 : 0
         o.udp_expiry_ms = cMilliseconds(udpExpiry)
         o.tcp_idle_ms = cMilliseconds(tcpIdle)
+        o.sync_rate = max(1, syncRate)
+        o.sync_burst = max(1, syncBurst)
+        o.fsync_rate = max(1, fsyncRate)
+        o.fsync_burst = max(1, fsyncBurst)
+        o.max_tcp_conns = max(1, maxTCPConnections)
+        o.max_tcp_conns_per_ip = max(1, maxTCPConnectionsPerAddress)
+        o.max_id_len = max(1, maxIDLength)
         if let box {
             o.sock_config = SocketConfigBox.trampoline
             o.sock_config_user = box.user
         }
         return listenAddress.description.withCString { addr in
             o.listen_addr = addr
-            return body(&o)
+            guard let secret else { return body(&o) }
+            // An empty array has no address: C must still see a (too short) secret.
+            return (secret.isEmpty ? [0] : secret).withUnsafeBufferPointer { sp in
+                o.secret = sp.baseAddress
+                o.secret_len = secret.count
+                return body(&o)
+            }
         }
     }
 }
@@ -113,6 +151,9 @@ public struct ClientOptions: Sendable {
     public var timeout: Duration
     /// Called with every socket rndz creates, before bind.
     public var socketConfigure: SocketConfigure?
+    /// Our id's credential, for servers started with a secret: every request to the servers
+    /// then carries a proof (v1 servers skip it). nil (the default): unsigned.
+    public var credential: Credential?
 
     /// Options for `id`, talking to `servers`, with the library's defaults otherwise.
     public init(id: String, servers: [String]) {
@@ -125,6 +166,7 @@ public struct ClientOptions: Sendable {
         self.round = .milliseconds(o.round_ms)
         self.timeout = .milliseconds(o.timeout_ms)
         self.socketConfigure = nil
+        self.credential = nil
     }
 
     /// Calls `body` with the C form. Strings live until `body` returns.
@@ -160,7 +202,11 @@ public struct ClientOptions: Sendable {
         o.n_servers = cservers.count
         return try cservers.withUnsafeBufferPointer { (sp) throws(RndzError) -> R in
             o.servers = sp.baseAddress
-            return try body(&o)
+            guard let credential else { return try body(&o) }
+            return try credential.bytes.withUnsafeBufferPointer { (cp) throws(RndzError) -> R in
+                o.credential = cp.baseAddress
+                return try body(&o)
+            }
         }
     }
 }

@@ -24,6 +24,19 @@ public struct ServerStats: Hashable, Sendable {
     public var tcpPeers: UInt64
     /// TCP connections dropped for a bad frame or message.
     public var tcpMalformed: UInt64
+    /// Requests dropped (server with a secret): no proof, a wrong or malformed one, or a
+    /// timestamp outside the window. UDP and TCP.
+    public var authFailed: UInt64
+    /// Requests dropped (server with a secret): replays.
+    public var authReplayed: UInt64
+    /// Isync/Rsync dropped: their source address was over its rate.
+    public var syncLimited: UInt64
+    /// Fsync/Redirect not sent: their target was over its rate.
+    public var fsyncLimited: UInt64
+    /// Requests dropped: an id over the length limit.
+    public var idRefused: UInt64
+    /// TCP connections closed at once: over the total or per-address cap.
+    public var tcpRefused: UInt64
 }
 
 /// A rendezvous server (protocol v1): registers peers and forwards connection requests.
@@ -49,7 +62,8 @@ public final class RndzServer: @unchecked Sendable {
 
     /// Creates the server and binds its sockets. Does not serve yet.
     ///
-    /// - Throws: e.g. ``RndzError/addressInUse``, ``RndzError/badAddress``.
+    /// - Throws: e.g. ``RndzError/addressInUse``, ``RndzError/badAddress``,
+    ///   ``RndzError/invalidArgument`` for a ``ServerOptions/secret`` under 16 bytes.
     public init(options: ServerOptions = ServerOptions()) throws(RndzError) {
         let box = options.socketConfigure.map(SocketConfigBox.init)
         var h: OpaquePointer?
@@ -106,6 +120,8 @@ public final class RndzServer: @unchecked Sendable {
         return ServerStats(
             udpReceived: s.udp_rx, udpSent: s.udp_tx, udpMalformed: s.udp_malformed,
             udpExpired: s.udp_expired, udpPeers: s.udp_peers, tcpConnections: s.tcp_conns,
-            tcpPeers: s.tcp_peers, tcpMalformed: s.tcp_malformed)
+            tcpPeers: s.tcp_peers, tcpMalformed: s.tcp_malformed, authFailed: s.auth_failed,
+            authReplayed: s.auth_replayed, syncLimited: s.sync_limited,
+            fsyncLimited: s.fsync_limited, idRefused: s.id_refused, tcpRefused: s.tcp_refused)
     }
 }

@@ -69,6 +69,35 @@ public final class UDPListener: @unchecked Sendable {
         _ = try check(rndz_udp_listener_wait_registered(handle, UInt32(timeout.clampedMilliseconds())))
     }
 
+    /// A peer that connected to this listener.
+    public struct Peer: Sendable, Hashable {
+        /// The peer's id and the address its traffic comes from.
+        public var id: String
+        public var address: SocketAddress
+        /// What is known of the path (verified by probes, or a v1 peer's unverified one).
+        public var path: PathInfo
+    }
+
+    /// Waits up to `timeout` for the next peer that connected: once probes verified the path
+    /// (a peer that speaks them), or when the server forwarded a v1 peer's request. Blocks.
+    ///
+    /// - Returns: the peer, or `nil` when the time ran out.
+    public func nextPeer(timeout: Duration) throws(RndzError) -> Peer? {
+        var info = rndz_peer_info()
+        let rc = rndz_udp_listener_next_peer(handle, UInt32(timeout.clampedMilliseconds()), &info)
+        if rc == RNDZ_E_TIMEDOUT.rawValue { return nil }
+        _ = try check(rc)
+        let id = withUnsafeBytes(of: info.id) { raw in
+            String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+        }
+        var path = PathInfo()
+        path.verified = info.verified != 0
+        path.rtt = info.rtt_ms > 0 ? .milliseconds(Int(info.rtt_ms)) : nil
+        path.elapsed = .milliseconds(Int(info.elapsed_ms))
+        path.lan = info.lan != 0
+        return Peer(id: id, address: try SocketAddress(info.addr), path: path)
+    }
+
     /// Waits like ``waitRegistered(timeout:)`` on a dedicated thread.
     ///
     /// - Throws: also ``RndzError/canceled`` if the task is cancelled.
@@ -147,6 +176,8 @@ public final class UDPSocket: @unchecked Sendable {
     public let peer: SocketAddress
     /// The local address (the same port the rendezvous server saw).
     public let localAddress: SocketAddress
+    /// What the connect found out about the path.
+    public internal(set) var path = PathInfo()
     /// Our id and the peer's, to recognise the peer's punch packet.
     private let ourID: String
     private let peerID: String
@@ -234,6 +265,24 @@ public final class UDPSocket: @unchecked Sendable {
 ///     .connect(to: "alice")
 /// try await socket.send(Array("hello".utf8))
 /// ```
+/// What a connect learned about the path to the peer.
+public struct PathInfo: Sendable, Hashable {
+    /// Probes proved the path both ways (a peer that speaks them, through a server that
+    /// forwards them). `false`: a v1 peer or server; the path is the server's word, unverified.
+    public var verified = false
+    /// The round-trip time the probes measured (`nil` when not measured).
+    public var rtt: Duration?
+    /// Time from the start of the connect to the path being ready.
+    public var elapsed: Duration = .zero
+    /// The peer's address is a private (LAN) one: the peers share a network.
+    public var lan = false
+    /// The address is one the peer advertised (its LAN or IPv6 address), not the one the
+    /// rendezvous server saw.
+    public var advertised = false
+
+    public init() {}
+}
+
 public struct UDPConnector: Sendable {
     /// Our id, the servers, and the round and timeout of the search.
     public var options: ClientOptions
@@ -250,19 +299,25 @@ public struct UDPConnector: Sendable {
     public func connect(to target: String) throws(RndzError) -> UDPSocket {
         if target.utf8.contains(0) { throw .badID }
         let box = options.socketConfigure.map(SocketConfigBox.init)
-        var ss = sockaddr_storage()
+        var info = rndz_peer_info()
         let fd = try options.withC(box) { (o) throws(RndzError) in
-            withExtendedLifetime(box) { rndz_udp_connect(o, target, &ss, nil) }
+            withExtendedLifetime(box) { rndz_udp_connect_info(o, target, &info) }
         }
         _ = try check(fd)
         let peer: SocketAddress
         do throws(RndzError) {
-            peer = try SocketAddress(ss)
+            peer = try SocketAddress(info.addr)
         } catch {
             close(fd)
             throw error
         }
-        return try UDPSocket(owning: fd, peer: peer, ourID: options.id, peerID: target)
+        let socket = try UDPSocket(owning: fd, peer: peer, ourID: options.id, peerID: target)
+        socket.path.verified = info.verified != 0
+        socket.path.rtt = info.rtt_ms > 0 ? .milliseconds(Int(info.rtt_ms)) : nil
+        socket.path.elapsed = .milliseconds(Int(info.elapsed_ms))
+        socket.path.lan = info.lan != 0
+        socket.path.advertised = info.advertised != 0
+        return socket
     }
 
     /// Connects like ``connect(to:)`` on a dedicated thread, so the cooperative thread pool

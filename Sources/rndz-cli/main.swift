@@ -1,7 +1,9 @@
 // rndz-cli: the command-line tool of rndz. A table of subcommands, as wireguard-tools' wg:
 //
-//   rndz-cli server [--listen-addr ADDR] [--ipv6-only]
+//   rndz-cli server [--listen-addr ADDR] [--ipv6-only] [--secret-file FILE]
 //   rndz-cli client --id ID --server-addr ADDR [--server-addr ADDR ...] [--remote-peer ID] [--tcp]
+//                   [--credential-file FILE]
+//   rndz-cli credential --secret-file FILE --id ID
 //
 // Results go to stdout, logs and errors to stderr. Exit status: 0 success, 1 failure,
 // 2 misuse (usage printed on stderr).
@@ -187,10 +189,10 @@ func mainUsage() -> String {
         commands:
 
         """
-    for c in commands { s += "  " + c.name.padding(9) + c.summary + "\n" }
+    for c in commands { s += "  " + c.name.padding(12) + c.summary + "\n" }
     s += """
-          help     show this help, or a command's: rndz-cli help <command>
-          version  show the version
+          help        show this help, or a command's: rndz-cli help <command>
+          version     show the version
 
         options:
           -V, --version               show the version
@@ -245,14 +247,18 @@ final class StopSignal {
 let serverCommand = Command(
     name: "server",
     summary: "run a rendezvous server until SIGINT or SIGTERM",
-    usage: "rndz-cli server [--listen-addr ADDR] [--ipv6-only]",
+    usage: "rndz-cli server [--listen-addr ADDR] [--ipv6-only] [--secret-file FILE]",
     details: """
         Serves the rndz v1 protocol on ADDR until SIGINT or SIGTERM. Prints
         "listening on ADDR" (the address actually bound) on stdout once ready.
+        With --secret-file, ids are authenticated: the server serves only requests
+        signed with the credential of their id (see the credential command and
+        SECURITY.md); without it, any v1 client is served.
         """,
     flags: [
         Flag("listen-addr", value: "ADDR", "address to serve on (default 0.0.0.0:8888; port 0: any)"),
         Flag("ipv6-only", "with an IPv6 address: serve IPv6 clients only"),
+        Flag("secret-file", value: "FILE", "authenticate ids with the secret in FILE (16+ bytes)"),
     ],
     run: runServer)
 
@@ -273,6 +279,15 @@ let serverCommand = Command(
         }
         opts.ipv6Only = true
     }
+    if let path = f.last("secret-file") {
+        switch readSecret(path) {
+        case .success(let secret): opts.secret = secret
+        case .failure(let e):
+            v.error(e.message)
+            return ExitCode.usage
+        }
+        v.info("ids are authenticated (secret from \(path))")
+    }
     let server: RndzServer
     do {
         server = try RndzServer(options: opts)
@@ -291,7 +306,9 @@ let serverCommand = Command(
     let s = server.stats
     v.info(
         "stopped\(stop.isSet ? " by signal" : ""): \(s.udpReceived) datagrams in, \(s.udpSent) out, "
-            + "\(s.udpMalformed) malformed, \(s.udpPeers) peers registered")
+            + "\(s.udpMalformed) malformed, \(s.udpPeers) peers registered; refused: "
+            + "\(s.authFailed) unauthenticated, \(s.authReplayed) replayed, "
+            + "\(s.syncLimited + s.fsyncLimited) over a rate, \(s.tcpRefused) TCP connections")
     return ExitCode.ok
 }
 
@@ -301,7 +318,7 @@ let clientCommand = Command(
     name: "client",
     summary: "register and answer peers, or --remote-peer: say hello to a peer",
     usage:
-        "rndz-cli client --id ID --server-addr ADDR [--server-addr ADDR ...] [--remote-peer ID] [--tcp] [--local-addr ADDR] [--timeout MS]",
+        "rndz-cli client --id ID --server-addr ADDR [--server-addr ADDR ...] [--remote-peer ID] [--tcp] [--local-addr ADDR] [--timeout MS] [--credential-file FILE]",
     details: """
         Without --remote-peer (listener): registers as ID with every server, prints
         "registered as ID on ADDR" on stdout, and answers peers until SIGINT or
@@ -320,6 +337,7 @@ let clientCommand = Command(
         Flag("tcp", "use TCP instead of UDP"),
         Flag("local-addr", value: "ADDR", "local address to bind (default: any, port chosen)"),
         Flag("timeout", value: "MS", "connector: give up finding the peer, and waiting for its reply, after MS ms"),
+        Flag("credential-file", value: "FILE", "sign requests with ID's credential (hex, from 'rndz-cli credential')"),
     ],
     run: runClient)
 
@@ -336,6 +354,17 @@ let clientCommand = Command(
         return ExitCode.usage
     }
     var opts = ClientOptions(id: id, servers: servers)
+    if let path = f.last("credential-file") {
+        guard let bytes = readFileBytes(path) else {
+            v.error("cannot read --credential-file '\(path)': \(String(cString: strerror(errno)))")
+            return ExitCode.usage
+        }
+        guard let cred = Credential(hex: String(decoding: bytes, as: UTF8.self)) else {
+            v.error("--credential-file '\(path)' does not hold a credential (64 hex digits)")
+            return ExitCode.usage
+        }
+        opts.credential = cred
+    }
     if let text = f.last("local-addr") {
         do {
             opts.localAddress = try SocketAddress(parsing: text)
@@ -344,7 +373,9 @@ let clientCommand = Command(
             return ExitCode.usage
         }
     }
-    var replyTimeout = Duration.seconds(5)
+    // As long as the connect may take: under loss a TCP stream whose SYN was retransmitted
+    // starts with a 3 s retransmission timeout, so one lost "hello" costs 3 s.
+    var replyTimeout = Duration.seconds(10)
     if let text = f.last("timeout") {
         guard let ms = Int64(text), ms > 0 else {
             v.error("bad --timeout '\(text)': a positive number of milliseconds")
@@ -406,6 +437,12 @@ func runListener(_ opts: ClientOptions, _ v: Verbosity) -> Int32 {
     printOut("registered as \(opts.id) on \(listener.localAddress)")
     var seen = Set<SocketAddress>()
     while !stop.isSet {
+        // Peers as the library learns of them (verified paths, or v1 peers), on stderr.
+        while let p = try? listener.nextPeer(timeout: .zero) {
+            let rtt = p.path.rtt.map { ", rtt \($0)" } ?? ""
+            v.notice("peer '\(p.id)' at \(p.address): "
+                + (p.path.verified ? "path verified both ways\(rtt)" : "v1 peer, unverified"))
+        }
         let d: Datagram
         do {
             guard let got = try listener.receive(timeout: .milliseconds(200)) else { continue }
@@ -447,6 +484,13 @@ func runConnector(_ opts: ClientOptions, peer: String, replyTimeout: Duration, _
         return ExitCode.failure
     }
     v.info("peer '\(peer)' is at \(socket.peer); talking from \(socket.localAddress)")
+    let p = socket.path
+    let rtt = p.rtt.map { "\($0.components.attoseconds / 1_000_000_000_000_000 + $0.components.seconds * 1000) ms" } ?? "not measured"
+    let via = p.advertised ? (p.lan ? "its LAN address" : "an address it advertised")
+        : "the address the server saw"
+    printOut("path to \(peer): \(socket.peer) (\(via), "
+        + "\(p.verified ? "verified both ways" : "unverified: v1 peer or server")), rtt \(rtt), "
+        + "connected in \(p.elapsed.components.seconds * 1000 + p.elapsed.components.attoseconds / 1_000_000_000_000_000) ms")
     let hello = Array("hello".utf8)
     let deadline = ContinuousClock.now + replyTimeout
     // Send "hello" again every second until the peer answers: the first one may arrive before
@@ -488,7 +532,7 @@ func runConnector(_ opts: ClientOptions, peer: String, replyTimeout: Duration, _
 // MARK: - client --tcp
 
 /// How long the TCP listener waits for a peer to send something before it gives up on it.
-let tcpPeerReadTimeout = Duration.seconds(10)
+let tcpPeerReadTimeout = Duration.seconds(20)
 
 func runTCPListener(_ opts: ClientOptions, _ v: Verbosity) -> Int32 {
     let stop = StopSignal()
@@ -599,7 +643,82 @@ func runTCPConnector(_ opts: ClientOptions, peer: String, replyTimeout: Duration
 
 // MARK: - main
 
-let commands = [serverCommand, clientCommand]
+// MARK: - credential
+
+let credentialCommand = Command(
+    name: "credential",
+    summary: "print the credential of an id under a server secret",
+    usage: "rndz-cli credential --secret-file FILE --id ID",
+    details: """
+        Prints, on stdout, the credential of ID under the secret in FILE (the file
+        a server takes with --secret-file): 64 hex digits. Hand it to the holder of
+        ID only; they pass it to the client with --credential-file. Anyone holding
+        the secret can make every credential: keep it on the servers.
+        """,
+    flags: [
+        Flag("secret-file", value: "FILE", "the server secret (required)"),
+        Flag("id", value: "ID", "the id (required)"),
+    ],
+    run: runCredential)
+
+@Sendable func runCredential(_ f: ParsedFlags, _ v: Verbosity) -> Int32 {
+    guard let path = f.last("secret-file"), let id = f.last("id") else {
+        v.error("credential needs --secret-file FILE and --id ID")
+        printErr(commandUsage(credentialCommand))
+        return ExitCode.usage
+    }
+    let secret: [UInt8]
+    switch readSecret(path) {
+    case .success(let s): secret = s
+    case .failure(let e):
+        v.error(e.message)
+        return ExitCode.usage
+    }
+    do {
+        printOut(try Credential.derive(secret: secret, id: id).hex)
+        return ExitCode.ok
+    } catch {
+        v.error("cannot derive the credential: \(error)")
+        return ExitCode.failure
+    }
+}
+
+/// The bytes of a file, or nil (errno set).
+func readFileBytes(_ path: String) -> [UInt8]? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    if fd < 0 { return nil }
+    defer { close(fd) }
+    var out = [UInt8]()
+    var buf = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if n < 0 {
+            if errno == EINTR { continue }
+            return nil
+        }
+        if n == 0 { return out }
+        out += buf[0..<n]
+        if out.count > 65536 { return out } // a secret, not a data file
+    }
+}
+
+/// A server secret from a file: its bytes without trailing newlines (so `echo` or an editor
+/// can write it); at least 16 bytes.
+func readSecret(_ path: String) -> Result<[UInt8], UsageError> {
+    guard var bytes = readFileBytes(path) else {
+        return .failure(UsageError(
+            message: "cannot read --secret-file '\(path)': \(String(cString: strerror(errno)))"))
+    }
+    while let last = bytes.last, last == 0x0a || last == 0x0d { bytes.removeLast() }
+    guard bytes.count >= 16 else {
+        return .failure(UsageError(
+            message: "--secret-file '\(path)' holds \(bytes.count) bytes; a secret needs at least 16 "
+                + "(e.g. head -c 32 /dev/urandom | base64 > FILE)"))
+    }
+    return .success(bytes)
+}
+
+let commands = [serverCommand, clientCommand, credentialCommand]
 
 func versionText() -> String { "rndz-cli \(RndzVersion.string)" }
 

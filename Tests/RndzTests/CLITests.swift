@@ -73,8 +73,20 @@ struct CLITests {
 
         let connector = try Child.run(["client", "--id", uniqueID("c2"), "--server-addr", addr, "--remote-peer", id])
         #expect(connector.status == 0, "connector said: \(connector.stderrText)")
-        let host = serverAddr.family == .ipv4 ? "127.0.0.1" : "[::1]"
-        #expect(connector.stdoutText == "reply from \(host):\(listenerPort): hello\n")
+        // Two lines: the path (which address won, verified, rtt, time to connect), then the
+        // reply. The address is the one the server saw or one the listener advertised (this
+        // host's LAN or IPv6 address): either way the listener's port.
+        let lines = connector.stdoutText.split(separator: "\n").map(String.init)
+        #expect(lines.count == 2, "connector printed: \(connector.stdoutText)")
+        if lines.count == 2 {
+            #expect(lines[0].hasPrefix("path to \(id): "))
+            #expect(lines[0].contains("verified both ways"))
+            #expect(lines[0].contains("rtt ") && lines[0].contains("connected in "))
+            #expect(lines[1].hasPrefix("reply from ") && lines[1].hasSuffix(": hello"))
+            let addr = lines[1].dropFirst("reply from ".count).dropLast(": hello".count)
+            #expect((try? SocketAddress(parsing: String(addr)))?.port == listenerPort)
+            #expect(lines[0].contains(" \(addr) ("), "the path and the reply name one address")
+        }
 
         listener.signal(SIGINT)
         #expect(listener.wait() == 0, "listener said: \(listener.stderrText)")

@@ -425,6 +425,34 @@ int tl_connect_join(tl_connect_job *j) {
     return j->rc;
 }
 
+static bool rd_varint(const uint8_t **p, const uint8_t *end, uint64_t *v) {
+    *v = 0;
+    for (int s = 0; s < 64; s += 7) {
+        if (*p >= end) return false;
+        uint8_t b = *(*p)++;
+        *v |= (uint64_t)(b & 0x7f) << s;
+        if (!(b & 0x80)) return true;
+    }
+    return false;
+}
+
+bool tl_v1_with_ext(const uint8_t *buf, size_t n, const uint8_t *want, size_t wn) {
+    if (n < wn || memcmp(buf, want, wn) != 0) return false;
+    const uint8_t *p = buf + wn, *end = buf + n;
+    while (p < end) {
+        uint64_t tag, v;
+        if (!rd_varint(&p, end, &tag) || (tag >> 3) < 16) return false;
+        switch (tag & 7) {
+        case 0: if (!rd_varint(&p, end, &v)) return false; break;
+        case 1: if (end - p < 8) return false; p += 8; break;
+        case 2: if (!rd_varint(&p, end, &v) || v > (uint64_t)(end - p)) return false; p += v; break;
+        case 5: if (end - p < 4) return false; p += 4; break;
+        default: return false;
+        }
+    }
+    return true;
+}
+
 bool tl_is_protocol(const uint8_t *buf, size_t len) {
     rndz_msg m;
     return rndz_msg_decode(buf, len, 0, &m) == 0 || rndz_msg_decode(buf, len, 1, &m) == 0;

@@ -139,6 +139,11 @@ void tl_connect_run(tl_connect_job *j);
 /* Join it and return its result (an fd the caller closes, or an error). */
 int tl_connect_join(tl_connect_job *j);
 
+/* True if buf is exactly the v1 bytes `want` followed only by extension fields (field
+ * numbers 16 and up, which v1 decoders skip): what our clients and server send where rndz
+ * 0.1.5 sends `want`. */
+bool tl_v1_with_ext(const uint8_t *buf, size_t n, const uint8_t *want, size_t wn);
+
 /* True if these bytes decode as a v1 Request or Response (a protocol packet, not data). */
 bool tl_is_protocol(const uint8_t *buf, size_t len);
 /* Receive the next datagram that is not a v1 protocol packet (skipping those, and counting

@@ -12,6 +12,7 @@
  * Connector: connect to a server, Isync, read the Redirect, then connect from the same local
  * port to the address given, retrying until the deadline. */
 #include "client.h"
+#include "ext.h"
 #include "loop.h"
 
 #include <poll.h>
@@ -34,6 +35,10 @@
 /* Connector: after a refused connect (the peer's port not open toward us yet), try again this
  * soon. */
 #define PEER_RETRY_MS 200
+/* The listener's advertised addresses are tried this long after the one the server saw (as
+ * happy eyeballs does, RFC 8305): long enough for a working path to answer, short enough
+ * that peers behind one NAT (where the first cannot work) connect quickly. */
+#define CANDIDATE_DELAY_MS 250
 
 enum { SRV_DOWN, SRV_CONNECTING, SRV_UP };
 
@@ -73,21 +78,35 @@ struct rndz_tcp_listener {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     bool registered, closed;
+    rndz__ext my_cands; /* our LAN / IPv6 addresses with the listening port */
     queued q[ACCEPT_QUEUE];
     size_t qhead, qlen;
 };
 
-static int send_frame(int fd, const rndz__client *c, rndz_cmd cmd, const char *peer,
-                      size_t peer_len) {
+static int send_frame_ext(int fd, const rndz__client *c, rndz_cmd cmd, const char *peer,
+                          size_t peer_len, const rndz__ext *ext) {
     uint8_t buf[2 + RNDZ_MAX_MSG];
     rndz_msg m = {cmd, c->id, c->id_len, peer, peer_len, NULL, 0};
     int n = rndz_frame_encode(&m, buf, sizeof buf);
-    n = rndz__client_sign_frame(c, buf, n, sizeof buf);
+    if (n >= 0 && ext) { /* candidates ride after the v1 fields (ext.h); fix the length */
+        n = rndz__ext_append(ext, buf + 2, (size_t)n - 2, RNDZ_MAX_MSG);
+        if (n >= 0) {
+            buf[0] = (uint8_t)(n >> 8);
+            buf[1] = (uint8_t)n;
+            n += 2;
+        }
+    }
+    n = rndz__client_sign_frame(c, buf, n, sizeof buf); /* signing stays last */
     if (n < 0) return n;
     /* Frames are tiny next to a socket buffer: a short write means the connection is stuck. */
     ssize_t w = send(fd, buf, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL);
     if (w < 0) return -errno;
     return w == n ? 0 : -EAGAIN;
+}
+
+static int send_frame(int fd, const rndz__client *c, rndz_cmd cmd, const char *peer,
+                      size_t peer_len) {
+    return send_frame_ext(fd, c, cmd, peer, peer_len, NULL);
 }
 
 static void enqueue(rndz_tcp_listener *l, int fd, const struct sockaddr_storage *peer) {
@@ -205,7 +224,24 @@ static void on_frame(tsrv *s, const uint8_t *body, size_t len, uint64_t now) {
         RNDZ_LOG(RNDZ_LOG_INFO, "tcp listener: peer %.*s at %s wants to connect",
                  (int)(m.peer_id_len > 64 ? 64 : m.peer_id_len), m.peer_id, text);
         start_punch(l, &peer, now); /* first the SYN that opens our NAT, then the Rsync */
-        int rc = send_frame(s->fd, &l->c, RNDZ_REQ_RSYNC, m.peer_id, m.peer_id_len);
+        rndz__ext ext;
+        int rc;
+        if (rndz__ext_decode(body, len, &ext) == 0 && ext.has_nonce) {
+            /* A connector that tries candidates: SYNs toward each of its addresses too (a peer
+             * behind our own NAT is reached on its LAN address), and ours in the Rsync. */
+            for (size_t k = 0; k < ext.ncands; k++) {
+                struct sockaddr_storage a;
+                if (rndz__client_peer_addr(&l->c, ext.cands[k], strlen(ext.cands[k]), &a) == 0 &&
+                    !rndz__addr_equal((struct sockaddr *)&a, (struct sockaddr *)&peer))
+                    start_punch(l, &a, now);
+            }
+            rndz__ext mine = l->my_cands;
+            mine.has_nonce = true;
+            mine.nonce = ext.nonce;
+            rc = send_frame_ext(s->fd, &l->c, RNDZ_REQ_RSYNC, m.peer_id, m.peer_id_len, &mine);
+        } else {
+            rc = send_frame(s->fd, &l->c, RNDZ_REQ_RSYNC, m.peer_id, m.peer_id_len);
+        }
         if (rc) srv_down(s, now, rndz_strerror(rc));
     }
 }
@@ -350,6 +386,7 @@ int rndz_tcp_listener_create(const rndz_client_options *o, rndz_tcp_listener **o
         rc = -errno;
         goto fail;
     }
+    rndz__local_cands(&l->c.local, false, &l->my_cands);
     l->listen_io = (rndz__io){l->listen_fd, on_accept, l};
     if ((rc = rndz__loop_add(&l->loop, &l->listen_io, EPOLLIN))) goto fail;
     for (size_t i = 0; i < l->c.n_servers; i++) {
@@ -490,11 +527,12 @@ static int connect_by(rndz__client *c, const struct sockaddr_storage *to, uint64
 /* Ask one server where `target` is. 1 with *peer filled, 0 if the server does not know it,
  * or a negative error. *srv_fd keeps the server connection open (the caller closes it). */
 static int ask_server(rndz__client *c, size_t i, const char *target, size_t tlen,
-                      uint64_t deadline, struct sockaddr_storage *peer, int *srv_fd) {
+                      uint64_t deadline, const rndz__ext *mine, struct sockaddr_storage *peer,
+                      rndz__ext *theirs, int *srv_fd) {
     int fd = connect_by(c, &c->servers[i], deadline);
     if (fd < 0) return fd == -ETIMEDOUT ? RNDZ_E_TIMEDOUT : fd;
     *srv_fd = fd;
-    int rc = send_frame(fd, c, RNDZ_REQ_ISYNC, target, tlen);
+    int rc = send_frame_ext(fd, c, RNDZ_REQ_ISYNC, target, tlen, mine);
     if (rc) return rc;
     rndz_framer f;
     rndz_framer_init(&f);
@@ -527,10 +565,78 @@ static int ask_server(rndz__client *c, size_t i, const char *target, size_t tlen
                     continue;
                 if (m.addr_len == 0) return 0;
                 rc = rndz__client_peer_addr(c, m.addr, m.addr_len, peer);
+                if (rndz__ext_decode(body, blen, theirs) || !theirs->has_nonce ||
+                    theirs->nonce != mine->nonce)
+                    memset(theirs, 0, sizeof *theirs); /* a v1 listener or server */
                 return rc ? rc : 1;
             }
         }
     }
+}
+
+/* Connect from our port to every address; the first that completes wins. The address the
+ * server saw goes first; the others (the listener's LAN and IPv6 addresses) join after
+ * CANDIDATE_DELAY_MS, so where the first works at once the listener does not also accept a
+ * second connection that we would drop. A refused or failed attempt is made again after
+ * PEER_RETRY_MS (the peer's SYN may not have left yet, or an RST raced it), until the
+ * deadline. Returns the fd and the winner's index. */
+static int connect_any(rndz__client *c, const struct sockaddr_storage *to, size_t n,
+                       uint64_t deadline, size_t *winner, int *attempts) {
+    int fds[RNDZ_MAX_CANDS + 1];
+    uint64_t retry_at[RNDZ_MAX_CANDS + 1];
+    uint64_t t0 = rndz__now_ms();
+    for (size_t i = 0; i < n; i++) fds[i] = -1, retry_at[i] = i ? t0 + CANDIDATE_DELAY_MS : 0;
+    int result = RNDZ_E_PEERFAIL;
+    for (;;) {
+        uint64_t now = rndz__now_ms();
+        if (now >= deadline) break;
+        struct pollfd pf[RNDZ_MAX_CANDS + 1];
+        uint64_t wake = deadline;
+        for (size_t i = 0; i < n; i++) {
+            if (fds[i] < 0 && now >= retry_at[i]) {
+                int fd = rndz__client_bind(c, SOCK_STREAM);
+                if (fd < 0) return fd;
+                (*attempts)++;
+                if (connect(fd, (const struct sockaddr *)&to[i],
+                            rndz__addr_len((const struct sockaddr *)&to[i])) < 0 &&
+                    errno != EINPROGRESS) {
+                    close(fd);
+                    retry_at[i] = now + PEER_RETRY_MS;
+                } else {
+                    fds[i] = fd;
+                }
+            }
+            if (fds[i] < 0 && retry_at[i] < wake) wake = retry_at[i];
+            pf[i] = (struct pollfd){.fd = fds[i], .events = POLLOUT}; /* -1: ignored */
+        }
+        int pr = poll(pf, (nfds_t)n, (int)(wake > now ? wake - now : 0));
+        if (pr < 0 && errno != EINTR) {
+            result = -errno;
+            break;
+        }
+        for (size_t i = 0; i < n && pr > 0; i++) {
+            if (fds[i] < 0 || !pf[i].revents) continue;
+            int err = 0;
+            socklen_t el = sizeof err;
+            getsockopt(fds[i], SOL_SOCKET, SO_ERROR, &err, &el);
+            if (err == 0) {
+                *winner = i;
+                int fd = fds[i];
+                for (size_t k = 0; k < n; k++)
+                    if (k != i && fds[k] >= 0) close(fds[k]);
+                return fd;
+            }
+            char text[RNDZ_ADDRSTRLEN];
+            rndz_addr_format((const struct sockaddr *)&to[i], text, sizeof text);
+            RNDZ_LOG(RNDZ_LOG_DEBUG, "tcp connect: %s: %s", text, rndz_strerror(-err));
+            close(fds[i]);
+            fds[i] = -1;
+            retry_at[i] = rndz__now_ms() + PEER_RETRY_MS;
+        }
+    }
+    for (size_t i = 0; i < n; i++)
+        if (fds[i] >= 0) close(fds[i]);
+    return result;
 }
 
 int rndz_tcp_connect(const rndz_client_options *o, const char *target,
@@ -541,7 +647,17 @@ int rndz_tcp_connect(const rndz_client_options *o, const char *target,
     size_t tlen;
     if (!target || (tlen = strlen(target)) == 0 || tlen > RNDZ_MAX_ID) return RNDZ_E_BADID;
     uint64_t start = rndz__now_ms(), deadline = start + c.timeout_ms;
-    struct sockaddr_storage peer;
+    struct sockaddr_storage to[RNDZ_MAX_CANDS + 1];
+    rndz__ext mine, theirs;
+    memset(&mine, 0, sizeof mine);
+    memset(&theirs, 0, sizeof theirs);
+    mine.has_nonce = true;
+    mine.nonce = (uint64_t)rndz__random() << 32 | rndz__random();
+    /* Our candidates carry our port: fix it now (binding a first socket does). */
+    int first = rndz__client_bind(&c, SOCK_STREAM);
+    if (first < 0) return first;
+    close(first);
+    rndz__local_cands(&c.local, false, &mine);
     int srv_fd = -1, found = 0;
     size_t not_found = 0;
     rc = RNDZ_E_TIMEDOUT;
@@ -552,7 +668,7 @@ int rndz_tcp_connect(const rndz_client_options *o, const char *target,
          * answers cannot keep the others from being asked. */
         uint64_t now = rndz__now_ms();
         uint64_t share = now < deadline ? (deadline - now) / (c.n_servers - i) : 0;
-        int r = ask_server(&c, i, target, tlen, now + share, &peer, &srv_fd);
+        int r = ask_server(&c, i, target, tlen, now + share, &mine, &to[0], &theirs, &srv_fd);
         if (r == 1) found = 1;
         else if (r == 0) not_found++;
         else {
@@ -566,32 +682,27 @@ int rndz_tcp_connect(const rndz_client_options *o, const char *target,
         if (not_found == c.n_servers) return RNDZ_E_NOTFOUND;
         return rc == RNDZ_E_TIMEDOUT || rc == -ECONNREFUSED ? RNDZ_E_TIMEDOUT : rc;
     }
-    /* Connect from the same port. A refusal means the peer's side is not open toward us yet
-     * (its SYN has not left, or an RST raced it): try again shortly, until the deadline. */
-    char text[RNDZ_ADDRSTRLEN];
-    rndz_addr_format((struct sockaddr *)&peer, text, sizeof text);
-    int fd = -1, attempts = 0;
-    for (;;) {
-        attempts++;
-        fd = connect_by(&c, &peer, deadline);
-        if (fd >= 0) break;
-        RNDZ_LOG(RNDZ_LOG_DEBUG, "tcp connect: %s attempt %d: %s", text, attempts,
-                 rndz_strerror(fd));
-        uint64_t now = rndz__now_ms();
-        if (fd == -ETIMEDOUT || now + PEER_RETRY_MS >= deadline) break;
-        struct timespec ts = {0, PEER_RETRY_MS * 1000000L};
-        nanosleep(&ts, NULL);
-    }
+    /* The address the server saw, then the listener's own (LAN, IPv6) when it sent them. */
+    size_t n = 1;
+    for (size_t k = 0; k < theirs.ncands && n < RNDZ_ARRAY_LEN(to); k++)
+        if (rndz__client_peer_addr(&c, theirs.cands[k], strlen(theirs.cands[k]), &to[n]) == 0 &&
+            !rndz__addr_equal((struct sockaddr *)&to[n], (struct sockaddr *)&to[0]))
+            n++;
+    size_t winner = 0;
+    int attempts = 0;
+    int fd = connect_any(&c, to, n, deadline, &winner, &attempts);
     close(srv_fd);
-    if (fd < 0) return RNDZ_E_PEERFAIL;
+    if (fd < 0) return fd == RNDZ_E_PEERFAIL || fd == -ETIMEDOUT ? RNDZ_E_PEERFAIL : fd;
     rndz__sock_set_nonblock(fd, false);
     if (peer_out) {
-        *peer_out = peer;
+        *peer_out = to[winner];
         rndz__addr_unmap(peer_out);
         if (peer_len) *peer_len = rndz__addr_len((struct sockaddr *)peer_out);
     }
-    RNDZ_LOG(RNDZ_LOG_INFO, "tcp connect: %s is at %s (after %llu ms, %d attempt%s)", target,
-             text, (unsigned long long)(rndz__now_ms() - start), attempts,
-             attempts == 1 ? "" : "s");
+    char text[RNDZ_ADDRSTRLEN];
+    rndz_addr_format((struct sockaddr *)&to[winner], text, sizeof text);
+    RNDZ_LOG(RNDZ_LOG_INFO, "tcp connect: %s is at %s%s (after %llu ms, %d attempt%s)", target,
+             text, winner ? ", an address it advertised" : "",
+             (unsigned long long)(rndz__now_ms() - start), attempts, attempts == 1 ? "" : "s");
     return fd;
 }

@@ -12,6 +12,7 @@
  * Isync/Rsync the rate limits (a limited one is dropped); accept enforces the connection caps.
  * Nothing blocks: replies that do not fit the socket wait in a small per-connection buffer;
  * a connection whose buffer overflows (a peer that does not read) is dropped. */
+#include "ext.h"
 #include "server.h"
 
 #include <fcntl.h>
@@ -112,10 +113,19 @@ static void conn_flush(conn *c) {
     }
 }
 
-static void conn_send(conn *c, const rndz_msg *m) {
+/* Send a response; `ext` (may be NULL): extension fields copied from the request (ext.h). */
+static void conn_send_ext(conn *c, const rndz_msg *m, const rndz__ext *ext) {
     if (c->dead) return;
     uint8_t frame[2 + RNDZ_MAX_MSG];
     int n = rndz_frame_encode(m, frame, sizeof frame);
+    if (n >= 0 && ext && rndz__ext_present(ext)) {
+        n = rndz__ext_append(ext, frame + 2, (size_t)n - 2, RNDZ_MAX_MSG);
+        if (n >= 0) {
+            frame[0] = (uint8_t)(n >> 8);
+            frame[1] = (uint8_t)n;
+            n += 2;
+        }
+    }
     if (n < 0) return;
     if (c->out_len + (size_t)n > OUT_MAX) {
         conn_close(c, "not reading its replies");
@@ -132,6 +142,8 @@ static void conn_send(conn *c, const rndz_msg *m) {
     c->out_len += (size_t)n;
     conn_flush(c);
 }
+
+static void conn_send(conn *c, const rndz_msg *m) { conn_send_ext(c, m, NULL); }
 
 static void conn_register(tcp_state *t, conn *c, const char *id, size_t len, uint64_t now) {
     rndz__reg_entry *e = rndz__reg_get(&t->reg, id, len);
@@ -190,7 +202,8 @@ static void conn_handle(conn *c, const uint8_t *body, size_t len, uint64_t now) 
             }
             rndz_msg f = {.cmd = RNDZ_RSP_FSYNC, .peer_id = req.id, .peer_id_len = req.id_len,
                           .addr = text, .addr_len = (size_t)tl};
-            conn_send(e->owner, &f);
+            rndz__ext ext;
+            conn_send_ext(e->owner, &f, rndz__ext_decode(body, len, &ext) == 0 ? &ext : NULL);
             conn_register(t, c, req.id, req.id_len, now);
         } else {
             rndz_msg r = {.cmd = RNDZ_RSP_REDIRECT, .peer_id = req.peer_id,
@@ -211,7 +224,8 @@ static void conn_handle(conn *c, const uint8_t *body, size_t len, uint64_t now) 
         if (e && e->owner) {
             rndz_msg r = {.cmd = RNDZ_RSP_REDIRECT, .peer_id = req.id, .peer_id_len = req.id_len,
                           .addr = text, .addr_len = (size_t)tl};
-            conn_send(e->owner, &r);
+            rndz__ext ext;
+            conn_send_ext(e->owner, &r, rndz__ext_decode(body, len, &ext) == 0 ? &ext : NULL);
         }
         break;
     case RNDZ_REQ_BYE: conn_close(c, "bye"); break;

@@ -7,8 +7,9 @@ vectors and check that it never crashes or hangs.
 The binary is $RNDZ_CLI, else `swift build --show-bin-path`/rndz-cli (build it first: this
 script does not build). Each run starts from a valid argument vector (SEEDS below) and applies
 one to three mutations: drop, repeat, swap or insert arguments, replace a value with an odd one
-(empty, huge numbers, bad addresses, long or non-UTF-8 ids), byte-level edits, --flag=value
-joins and splits, bundled short flags.
+(empty, huge numbers, bad addresses, long or non-UTF-8 ids, secret and credential files good,
+short, malformed, missing, /dev/zero), byte-level edits, --flag=value joins and splits, bundled
+short flags.
 
 Properties, for every run:
   - no signal (a Swift runtime trap is SIGILL/SIGTRAP) and an exit status in {0, 1, 2};
@@ -29,6 +30,8 @@ argument vector (as a Python list of bytes) and written to --out (default
 build-fuzz/cli_args/failures.txt). Exit status: 0 if every run held the properties.
 """
 import argparse
+import hashlib
+import hmac
 import ipaddress
 import os
 import random
@@ -46,10 +49,11 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 NETNS_MARK = "RNDZ_CLI_FUZZ_IN_NETNS"
 
 # Flags that take a value (rndz-cli --help): the only ones whose next argument is consumed.
-VALUE_FLAGS = {b"id", b"server-addr", b"remote-peer", b"local-addr", b"timeout", b"listen-addr"}
+VALUE_FLAGS = {b"id", b"server-addr", b"remote-peer", b"local-addr", b"timeout", b"listen-addr",
+               b"secret-file", b"credential-file"}
 SWITCHES = [b"--tcp", b"--ipv6-only", b"-v", b"-vv", b"-q", b"-h", b"--help", b"--verbose",
             b"--quiet", b"-V", b"--version", b"--", b"-", b"---", b"--=", b"-x"]
-COMMANDS = [b"server", b"client", b"help", b"version", b"serve", b"CLIENT", b""]
+COMMANDS = [b"server", b"client", b"credential", b"help", b"version", b"serve", b"CLIENT", b""]
 
 ODD_VALUES = [
     b"", b" ", b"0", b"-1", b"1", b"+5", b"007", b"1e3", b"0x10", b"4294967296",
@@ -61,9 +65,12 @@ ODD_VALUES = [
     b"127.0.0.1:+1", b"127.0.0.1: 1", b"127.0.0.1:1 ", b"::1:80",
     b"x" * 255, b"x" * 256, b"x" * 5000, "é".encode(), "\U0001F600".encode(), b"\xff\xfe",
     b"\xc0\x80", b"\xed\xa0\x80", b"%s%n%x", b"--id", b"-v", b"=", b"a=b", b"\n", b"\t\r",
+    # files (read only): {K} a secret, {s} a 8-byte one, {C} c1's credential, {B} a bad one
+    b"{K}", b"{s}", b"{C}", b"{B}", b"/nonexistent/secret", b"/dev/null", b"/", b"/dev/zero",
 ]
 
-# Valid argument vectors. {S}: the session's server; {F}: a loopback port nothing listens on.
+# Valid argument vectors. {S}: the session's server; {F}: a loopback port nothing listens on;
+# {K}, {C}: a secret file and c1's credential file under it.
 SEEDS = [
     [b"--help"], [b"-h"], [b"--version"], [b"-V"], [b"version"], [b"help"],
     [b"help", b"server"], [b"help", b"client"], [b"server", b"--help"], [b"client", b"-h"],
@@ -82,16 +89,23 @@ SEEDS = [
      b"--remote-peer", b"fz-l", b"--timeout=400"],
     [b"client", b"-v", b"--id", b"c5", b"--server-addr", b"[::1]:{F}", b"--remote-peer", b"x",
      b"--timeout", b"200"],
+    [b"credential", b"--secret-file", b"{K}", b"--id", b"c1"],
+    [b"help", b"credential"],
+    [b"server", b"--listen-addr", b"127.0.0.1:0", b"--secret-file", b"{K}"],
+    [b"client", b"--id", b"c1", b"--server-addr", b"{S}", b"--credential-file", b"{C}"],
+    [b"client", b"--id", b"c1", b"--server-addr", b"{S}", b"--credential-file", b"{C}",
+     b"--remote-peer", b"fz-l", b"--timeout", b"400"],
 ]
 
 
 # --- what a run may legitimately do ---------------------------------------------------------
 
 GLOBAL_LONG = {b"verbose", b"quiet", b"help", b"version"}
-COMMAND_FLAGS = {  # name -> takes a value (rndz-cli help server / help client)
-    b"server": {b"listen-addr": True, b"ipv6-only": False},
+COMMAND_FLAGS = {  # name -> takes a value (rndz-cli help server / client / credential)
+    b"server": {b"listen-addr": True, b"ipv6-only": False, b"secret-file": True},
     b"client": {b"id": True, b"server-addr": True, b"remote-peer": True, b"tcp": False,
-                b"local-addr": True, b"timeout": True},
+                b"local-addr": True, b"timeout": True, b"credential-file": True},
+    b"credential": {b"secret-file": True, b"id": True},
 }
 
 
@@ -139,6 +153,8 @@ def classify(argv):
                 return "fast"  # -h (help) or an unknown short flag
         else:
             return "fast"  # a positional argument is a usage error
+    if cmd == b"credential":
+        return "fast"
     if cmd == b"server":
         return "serve"
     if b"id" not in flags or b"server-addr" not in flags:
@@ -374,6 +390,23 @@ def main():
     daemons.append(start_daemon(cli, ["client", "--id", "fz-t", "--tcp", "--server-addr",
                                       saddr.decode()], b"registered as")[0])
     fport = str(free_port()).encode()
+    files = {b"{K}": os.path.join(tmp, "secret"), b"{s}": os.path.join(tmp, "short"),
+             b"{C}": os.path.join(tmp, "c1.cred"), b"{B}": os.path.join(tmp, "bad.cred")}
+    secret = b"cli_args fuzz secret: 32 bytes.."
+    with open(files[b"{K}"], "wb") as f:
+        f.write(secret + b"\n")
+    with open(files[b"{s}"], "wb") as f:
+        f.write(b"8 bytes\n")
+    with open(files[b"{C}"], "w") as f:  # HMAC-SHA256(secret, label || id), as SECURITY.md
+        f.write(hmac.new(secret, b"rndz id credential v1c1", hashlib.sha256).hexdigest() + "\n")
+    with open(files[b"{B}"], "w") as f:
+        f.write("not hex at all\n")
+
+    def fill(a):
+        a = a.replace(b"{S}", saddr).replace(b"{F}", fport)
+        for k, path in files.items():
+            a = a.replace(k, path.encode())
+        return a
 
     counts, failures = {}, []
     t0 = time.monotonic()
@@ -381,8 +414,8 @@ def main():
         n = 0
         while (time.monotonic() - t0 < args.seconds) if args.seconds else (n < args.runs):
             seed_argv = SEEDS[n] if n < len(SEEDS) else rng.choice(SEEDS)  # the seeds first
-            base = [a.replace(b"{S}", saddr).replace(b"{F}", fport) for a in seed_argv]
-            argv = base if n < len(SEEDS) else mutate(rng, base)
+            base = [fill(a) for a in seed_argv]
+            argv = base if n < len(SEEDS) else [fill(a) for a in mutate(rng, base)]
             if not in_netns:
                 argv = [a if loopback_ok(a) else b"127.0.0.1:" + fport for a in argv]
             outcome, detail = run_one(cli, argv, args.kill_after)

@@ -6,13 +6,22 @@
  * simulated clock. Each input gets a fresh server (rndz_server_create on 127.0.0.1:0, UDP only,
  * one worker), so every input replays the same way on its own and leaks show up per input.
  *
- * Input: a config byte, then records, each a `ctl` byte + a datagram, separated by SEP (4
- * bytes, below). Config bits 0-1 pick max_peers (1, 1024, 2048, 4096: one to four table
- * shards; the default, a million, makes a server too slow to create per input), bits
- * 2-3 udp_expiry_ms (default 60000, 1, 1000, 30000). ctl bits 0-2 pick the sender among 8
- * loopback sources; bits 3-5 advance the clock (0 ms .. 60001 ms); bit 6 runs the expiry tick
- * before the datagram. A datagram over RNDZ_MAX_MSG bytes is dropped, as the socket reader
- * drops it.
+ * Input: a config byte, then records, each 2 header bytes + a datagram, separated by SEP (4
+ * bytes, below).
+ *   config bits 0-1: max_peers 1, 1024, 2048, 4096 (one to four table shards; the default, a
+ *                    million, makes a server too slow to create per input)
+ *          bits 2-3: udp_expiry_ms default (60000), 1, 1000, 30000
+ *          bit 4:    a secret (authenticated ids)
+ *          bits 5-6: limits: default, tight (1/s, burst 1), off, max_id_len 4
+ *   header byte 0 (ctl) bits 0-2: the sender, among 8 loopback sources
+ *                       bits 3-5: advance the clock by 0 ms .. 60001 ms
+ *                       bit 6:    run the expiry tick (as the event loop does) first
+ *   header byte 1 (auth) bits 0-1: 0 send the datagram as it is; 1 sign it (fresh ts, its
+ *                       id's credential); 2 send the previous record's datagram again, byte
+ *                       for byte (a replay); 3 sign it with a stale ts
+ *                       bit 2: sign with another id's credential
+ * A datagram over RNDZ_MAX_MSG bytes is dropped, as the socket reader drops it. Signing uses
+ * rndz_msg_sign with credentials of the fixed fuzz secret (a v1 server skips the field).
  *
  * The sources are loopback only: UDP sockets this program binds once (port 0) on
  * 127.0.0.2-6, so nothing else listens there and every reply the server sends lands here;
@@ -24,7 +33,10 @@
  *   - one request makes the server send at most one datagram; an undecodable one, none;
  *   - a Pong or a not-found Redirect (the replies that go to an unverified sender) is never
  *     larger than the request: no amplification toward a spoofed source;
- *   - the udp_peers statistic never exceeds the number of registering requests.
+ *   - the udp_peers statistic never exceeds the number of registering requests;
+ *   - with a secret, a request that is not freshly signed with its own id's credential
+ *     (unsigned, stale, another id's credential, a replay) makes the server send nothing and
+ *     registers nothing.
  * At the end the server is destroyed (LeakSanitizer checks each input).
  */
 #include "server.h"
@@ -40,6 +52,7 @@ static const uint8_t SEP[4] = {0xff, 0xfe, 0xfd, 0xfc};
 static const uint32_t STEP_MS[8] = {0, 1, 10, 1000, 10000, 30000, 59999, 60001};
 static const uint64_t MAX_PEERS[4] = {1, 1024, 2048, 4096}; /* 1, 1, 2, 4 shards */
 static const uint32_t EXPIRY_MS[4] = {0, 1, 1000, 30000};
+static const uint8_t SECRET[] = "fuzz_server_udp secret, not real"; /* sizeof - 1 used */
 
 #define NSRC 8
 static struct sockaddr_storage src[NSRC];
@@ -139,6 +152,31 @@ static unsigned drain(unsigned want, int from, size_t req_len, const bool *has_s
     return got;
 }
 
+/* Sign `dg` (len bytes, room for RNDZ_MAX_MSG) per the auth byte; returns the new length, or
+ * the old one if it cannot be signed. *authentic: signed fresh with its own credential. */
+static size_t sign(uint8_t *dg, size_t len, uint8_t auth, bool *authentic) {
+    *authentic = false;
+    int mode = auth & 3;
+    rndz_msg m;
+    if ((mode != 1 && mode != 3) || rndz_msg_decode(dg, len, 0, &m)) return len;
+    static const char other[] = "mallory";
+    const char *id = m.id;
+    size_t id_len = m.id_len;
+    if (auth & 4) {
+        bool same = id_len == sizeof other - 1 && memcmp(id, other, id_len) == 0;
+        id = other;
+        id_len = sizeof other - 1 - same; /* "mallory" signs as "mallor" */
+    }
+    uint8_t cred[RNDZ_CREDENTIAL_LEN];
+    FUZZ_CHECK(rndz_credential_derive(SECRET, sizeof SECRET - 1, id, id_len, cred) == 0, "derive");
+    uint64_t ts = mode == 1 ? rndz__auth_next_ts() : rndz__unix_ms() - 600000;
+    static const uint8_t nonce[] = "0123456789abcdef"; /* 16 bytes and a NUL */
+    int n = rndz_msg_sign(cred, ts, nonce, sizeof nonce - 1, dg, len, RNDZ_MAX_MSG);
+    if (n < 0) return len;
+    *authentic = mode == 1 && !(auth & 4);
+    return (size_t)n;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static bool ready;
     if (!ready) setup(), ready = true;
@@ -148,8 +186,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     o.listen_addr = "127.0.0.1:0";
     o.enable_tcp = 0;
     o.workers = 1;
+    o.max_tcp_conns = 16; /* no TCP here; keeps the replay table small */
     o.max_peers = MAX_PEERS[data[0] & 3];
     o.udp_expiry_ms = EXPIRY_MS[(data[0] >> 2) & 3];
+    bool secret = data[0] & 0x10;
+    if (secret) {
+        o.secret = SECRET;
+        o.secret_len = sizeof SECRET - 1;
+    }
+    switch ((data[0] >> 5) & 3) {
+    case 1: o.sync_rate = o.sync_burst = o.fsync_rate = o.fsync_burst = 1; break;
+    case 2: o.sync_rate = o.fsync_rate = UINT32_MAX; break;
+    case 3: o.max_id_len = 4; break;
+    }
     rndz_server *srv;
     int rc = rndz_server_create(&o, &srv);
     FUZZ_CHECK(rc == 0, "rndz_server_create: %s", rndz_strerror(rc));
@@ -157,42 +206,68 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     uint64_t now = rndz__now_ms();
     rndz_server_stats st;
     rndz_server_stats_get(srv, &st);
-    uint64_t tx = st.udp_tx, registering = 0;
+    uint64_t tx = st.udp_tx, peers = st.udp_peers, registering = 0;
     bool has_sent[NSRC] = {false};
+    uint8_t prev[RNDZ_MAX_MSG];
+    size_t prev_len = 0;
 
     const uint8_t *p = data + 1, *end = data + size;
     while (p < end) {
         uint8_t ctl = *p++;
+        uint8_t auth = p < end ? *p++ : 0;
         const uint8_t *q = memmem(p, (size_t)(end - p), SEP, sizeof SEP);
         const uint8_t *dend = q ? q : end;
         size_t len = (size_t)(dend - p);
+        p = q ? q + sizeof SEP : end;
         int from = ctl & 7;
         now += STEP_MS[(ctl >> 3) & 7];
-        if (ctl & 0x40) rndz__server_udp_tick(srv->w[0], now);
-        for (int i = 0; i < NSRC; i++) has_sent[i] = has_sent[i] || same_addr(i, from);
-        rndz_msg req;
-        int dec = len <= RNDZ_MAX_MSG ? rndz_msg_decode(p, len, 0, &req) : RNDZ_E_TOOBIG;
-        if (dec == 0 && (req.cmd == RNDZ_REQ_PING || req.cmd == RNDZ_REQ_ISYNC)) registering++;
-        if (len <= RNDZ_MAX_MSG) {
-            /* Its own heap copy of exactly `len` bytes, so ASan sees any read past it. */
-            uint8_t *dg = malloc(len ? len : 1);
-            FUZZ_CHECK(dg != NULL, "malloc");
-            if (len) memcpy(dg, p, len);
-            rndz__server_udp_handle(srv, dg, len, &src[from], now);
-            free(dg);
+        if (ctl & 0x40) {
+            rndz__server_udp_tick(srv->w[0], now);
+            rndz_server_stats_get(srv, &st);
+            peers = st.udp_peers; /* expiry may have removed some */
         }
+        for (int i = 0; i < NSRC; i++) has_sent[i] = has_sent[i] || same_addr(i, from);
+        if (len > RNDZ_MAX_MSG) continue; /* the socket reader drops it */
+        uint8_t dg[RNDZ_MAX_MSG];
+        bool authentic = false;
+        if ((auth & 3) == 2) {
+            memcpy(dg, prev, prev_len);
+            len = prev_len;
+        } else {
+            memcpy(dg, dend - len, len);
+            len = sign(dg, len, auth, &authentic);
+        }
+        memcpy(prev, dg, len);
+        prev_len = len;
+        rndz_msg req;
+        int dec = rndz_msg_decode(dg, len, 0, &req);
+        if (dec == 0 && (req.cmd == RNDZ_REQ_PING || req.cmd == RNDZ_REQ_ISYNC)) registering++;
+        /* Its own heap copy of exactly `len` bytes, so ASan sees any read past it. */
+        uint8_t *heap = malloc(len ? len : 1);
+        FUZZ_CHECK(heap != NULL, "malloc");
+        if (len) memcpy(heap, dg, len);
+        rndz__server_udp_handle(srv, heap, len, &src[from], now);
+        free(heap);
+
         rndz_server_stats_get(srv, &st);
         uint64_t sent = st.udp_tx - tx;
         FUZZ_CHECK(sent <= 1, "one request, %llu datagrams sent", (unsigned long long)sent);
         FUZZ_CHECK(dec == 0 || sent == 0, "an undecodable datagram (%s) was answered",
                    rndz_err_name(dec));
+        if (secret && !authentic) {
+            FUZZ_CHECK(sent == 0, "a request not signed fresh by its id (auth mode %d%s) was "
+                       "answered", auth & 3, auth & 4 ? ", other id" : "");
+            FUZZ_CHECK(st.udp_peers == peers, "a request not signed fresh by its id changed "
+                       "the registrations (%llu -> %llu)", (unsigned long long)peers,
+                       (unsigned long long)st.udp_peers);
+        }
         unsigned got = sent ? drain((unsigned)sent, from, len, has_sent) : 0;
         FUZZ_CHECK(got == sent, "udp_tx grew by %llu, %u datagrams arrived",
                    (unsigned long long)sent, got);
         tx = st.udp_tx;
+        peers = st.udp_peers;
         FUZZ_CHECK(st.udp_peers <= registering, "udp_peers %llu after %llu registrations",
                    (unsigned long long)st.udp_peers, (unsigned long long)registering);
-        p = q ? q + sizeof SEP : end;
     }
     rndz_server_destroy(srv);
     return 0;

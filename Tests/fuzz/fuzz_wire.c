@@ -1,4 +1,6 @@
-/* fuzz_wire.c: the v1 codec (rndz_msg_decode / rndz_msg_encode / rndz_frame_encode).
+/* fuzz_wire.c: the v1 codec (rndz_msg_decode / rndz_msg_encode / rndz_frame_encode) and the
+ * fields v1 skips: the extensions (ext.h: 17 candidates, 18 session nonce), the Auth field
+ * (auth.h: 16), and peer probes. Built with the static library (internal functions).
  *
  * Each input is decoded as a Request and as a Response. Properties:
  *   - decode returns 0 or one of its documented errors, and never reads outside the input
@@ -8,13 +10,26 @@
  *     here), the encoding decodes to the same fields, and encoding that again gives the same
  *     bytes;
  *   - encode into a buffer one byte short says NOSPACE and writes nothing outside it;
- *   - rndz_frame_encode writes the same body behind a big-endian length.
+ *   - rndz_frame_encode writes the same body behind a big-endian length;
+ *   - extensions: rndz__ext_decode of a decoded message succeeds or fails cleanly, keeps at
+ *     most RNDZ_MAX_CANDS NUL-terminated candidates; the canonical message with those
+ *     extensions appended decodes to the same fields and the same extensions;
+ *   - Auth: rndz__auth_find reports a field lying inside the input with a nonce of 8..32 bytes
+ *     and a 32-byte mac; a decoded request without one, signed with rndz_msg_sign (ts and
+ *     nonce from the input), still decodes to the same fields, verifies under the secret's
+ *     key, and no single-byte change of the signed message (position and value from the input)
+ *     verifies while meaning anything else;
+ *   - probes: a 24-byte probe re-encodes to the same bytes.
  */
 #include <rndz.h>
 
+#include "auth.h"
+#include "ext.h"
 #include "fuzz.h"
 
 #include <string.h>
+
+static const uint8_t SECRET[] = "fuzz_wire secret: not a real one"; /* sizeof - 1 used */
 
 static int decode_rc_ok(int rc) {
     return rc == 0 || rc == RNDZ_E_TRUNCATED || rc == RNDZ_E_VARINT || rc == RNDZ_E_WIRETYPE ||
@@ -85,8 +100,118 @@ static void check_kind(const uint8_t *data, size_t size, int is_response) {
     FUZZ_CHECK(rc == RNDZ_E_NOSPACE, "frame_encode into %d bytes returned %d", n + 1, rc);
 }
 
+/* The candidates as ext_append writes them: each up to its first NUL; empty ones vanish. */
+static int same_ext(const rndz__ext *sent, const rndz__ext *got) {
+    size_t k = 0;
+    for (size_t i = 0; i < sent->ncands; i++) {
+        if (!sent->cands[i][0]) continue;
+        if (k >= got->ncands || strcmp(sent->cands[i], got->cands[k]) != 0) return 0;
+        k++;
+    }
+    return k == got->ncands && sent->has_nonce == got->has_nonce &&
+           (!sent->has_nonce || sent->nonce == got->nonce);
+}
+
+static void check_ext(const uint8_t *data, size_t size, int is_response, const rndz_msg *m) {
+    rndz__ext e;
+    int rc = rndz__ext_decode(data, size, &e);
+    FUZZ_CHECK(rc == 0 || rc == RNDZ_E_TRUNCATED || rc == RNDZ_E_WIRETYPE, "ext_decode %d", rc);
+    if (rc) return;
+    FUZZ_CHECK(e.ncands <= RNDZ_MAX_CANDS, "%zu candidates", e.ncands);
+    for (size_t i = 0; i < e.ncands; i++)
+        FUZZ_CHECK(memchr(e.cands[i], 0, RNDZ_ADDRSTRLEN) != NULL, "candidate %zu unterminated", i);
+    uint8_t out[RNDZ_MAX_MSG];
+    int n = rndz_msg_encode(m, out, sizeof out);
+    if (n < 0) return;
+    int n2 = rndz__ext_append(&e, out, (size_t)n, sizeof out);
+    FUZZ_CHECK(n2 >= n || n2 == RNDZ_E_TOOBIG, "ext_append returned %d", n2);
+    if (n2 < 0) return;
+    rndz_msg back;
+    rc = rndz_msg_decode(out, (size_t)n2, is_response, &back);
+    FUZZ_CHECK(rc == 0 && same_msg(m, &back), "extensions change the v1 fields (%d)", rc);
+    rndz__ext e2;
+    FUZZ_CHECK(rndz__ext_decode(out, (size_t)n2, &e2) == 0 && same_ext(&e, &e2),
+               "extensions do not survive append + decode");
+}
+
+static void check_auth_field(const uint8_t *data, size_t size) {
+    rndz__auth_field f;
+    int rc = rndz__auth_find(data, size, &f);
+    FUZZ_CHECK(rc == 0 || rc == 1 || rc == RNDZ__AUTH_MALFORMED, "auth_find %d", rc);
+    if (rc != 1) return;
+    FUZZ_CHECK(f.start < f.end && f.end <= size, "field [%zu, %zu) of %zu", f.start, f.end, size);
+    FUZZ_CHECK(f.nonce_len >= RNDZ_AUTH_NONCE_MIN && f.nonce_len <= RNDZ_AUTH_NONCE_MAX,
+               "nonce of %zu bytes", f.nonce_len);
+    FUZZ_CHECK(f.nonce >= data + f.start && f.nonce + f.nonce_len <= data + f.end, "nonce");
+    FUZZ_CHECK(f.mac >= data + f.start && f.mac + RNDZ_SHA256_LEN <= data + f.end, "mac");
+}
+
+/* A decoded request without an Auth field: sign it, verify it, tamper with it. */
+static void check_signing(const uint8_t *data, size_t size, const rndz_msg *m) {
+    rndz__auth_field f;
+    if (rndz__auth_find(data, size, &f) != 0 || size < 1) return;
+    /* ts and nonce from the input's last bytes; the tampering from its first two */
+    uint64_t ts = 1;
+    for (size_t i = 0; i < 8 && i < size; i++) ts = ts << 8 ^ data[size - 1 - i];
+    ts = ts % (1ull << 50) + 1; /* a plausible unix ms, never 0 ("now") */
+    uint8_t nonce[RNDZ_AUTH_NONCE_MAX] = {0};
+    size_t nonce_len = RNDZ_AUTH_NONCE_MIN + data[size - 1] % 25;
+    memcpy(nonce, data, size < nonce_len ? size : nonce_len);
+
+    uint8_t cred[RNDZ_CREDENTIAL_LEN];
+    FUZZ_CHECK(rndz_credential_derive(SECRET, sizeof SECRET - 1, m->id, m->id_len, cred) == 0,
+               "credential_derive");
+    uint8_t buf[RNDZ_MAX_MSG];
+    memcpy(buf, data, size);
+    int n = rndz_msg_sign(cred, ts, nonce, nonce_len, buf, size, sizeof buf);
+    FUZZ_CHECK(n > (int)size || n == RNDZ_E_TOOBIG, "msg_sign returned %d", n);
+    if (n < 0) return;
+    rndz_msg back;
+    FUZZ_CHECK(rndz_msg_decode(buf, (size_t)n, 0, &back) == 0 && same_msg(m, &back),
+               "signing changes the v1 fields");
+    rndz__auth_key key;
+    rndz__auth_key_init(&key, SECRET, sizeof SECRET - 1, 1000, 0);
+    uint64_t got_ts = 0;
+    int rc = rndz__auth_verify(&key, buf, (size_t)n, back.id, back.id_len, ts, &got_ts);
+    FUZZ_CHECK(rc == RNDZ__AUTH_OK && got_ts == ts, "a signed message does not verify: %d", rc);
+    rc = rndz__auth_verify(&key, buf, (size_t)n, back.id, back.id_len, ts + 1001, &got_ts);
+    FUZZ_CHECK(rc == RNDZ__AUTH_STALE, "outside the window: %d", rc);
+
+    /* One byte changed: it must not verify, unless it still means exactly the same. */
+    size_t pos = ((size_t)data[0] << 8 | (size > 1 ? data[1] : 0)) % (size_t)n;
+    uint8_t was = buf[pos];
+    buf[pos] ^= (uint8_t)(size > 2 && data[2] ? data[2] : 0x01);
+    rndz_msg t;
+    if (rndz_msg_decode(buf, (size_t)n, 0, &t) == 0 &&
+        rndz__auth_verify(&key, buf, (size_t)n, t.id, t.id_len, ts, &got_ts) == RNDZ__AUTH_OK) {
+        rndz__ext e1, e2;
+        int r1 = rndz__ext_decode(data, size, &e1), r2 = rndz__ext_decode(buf, (size_t)n, &e2);
+        FUZZ_CHECK(same_msg(m, &t) && got_ts == ts && r1 == r2 && (r1 || same_ext(&e1, &e2)),
+                   "byte %zu changed 0x%02x -> 0x%02x and the message still verifies", pos,
+                   was, buf[pos]);
+    }
+}
+
+static void check_probe(const uint8_t *data, size_t size) {
+    int type;
+    uint32_t seq;
+    uint64_t nonce;
+    if (!rndz__probe_decode(data, size, &type, &seq, &nonce)) return;
+    uint8_t again[RNDZ_PROBE_LEN];
+    rndz__probe_encode(again, type, seq, nonce);
+    FUZZ_CHECK(size == RNDZ_PROBE_LEN && memcmp(again, data, size) == 0, "probe re-encodes differently");
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    check_kind(data, size, 0);
-    check_kind(data, size, 1);
+    rndz_msg m;
+    for (int kind = 0; kind < 2; kind++) {
+        check_kind(data, size, kind);
+        if (rndz_msg_decode(data, size, kind, &m) == 0) {
+            check_ext(data, size, kind, &m);
+            if (kind == 0) check_signing(data, size, &m);
+        }
+    }
+    check_auth_field(data, size);
+    check_probe(data, size);
     return 0;
 }

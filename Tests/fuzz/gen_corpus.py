@@ -63,14 +63,20 @@ def request(cmd, id, peer="", addr=""):
     return _string(1, id) + bytes([REQ_FIELD[cmd] << 3 | 2]) + _varint(len(sub)) + sub
 
 
-def ctl(source, step_ms=0, tick=False):
-    return bytes([source | STEP_MS.index(step_ms) << 3 | (0x40 if tick else 0)])
+def rec(source, data, step_ms=0, tick=False, auth=0):
+    """One record: ctl (source, clock step, expiry tick), auth (0 as is, 1 signed, 2 the
+    previous datagram again, 3 signed stale; +4 another id's credential), the datagram."""
+    ctl = source | STEP_MS.index(step_ms) << 3 | (0x40 if tick else 0)
+    return bytes([ctl, auth]) + data
+
+
+SECRET, TIGHT, NO_LIMITS, SHORT_IDS = 0x10, 1 << 5, 2 << 5, 3 << 5
 
 
 def server_input(records, config=0):
     """config: bits 0-1 max_peers (1, 1024, 2048, 4096), bits 2-3 udp_expiry_ms (default, 1,
-    1000, 30000)."""
-    return bytes([config]) + SEP.join(ctl(*r[:-1]) + r[-1] for r in records)
+    1000, 30000), bit 4 a secret, bits 5-6 limits (default, tight, off, max_id_len 4)."""
+    return bytes([config]) + SEP.join(records)
 
 
 def write_dir(out, target, seeds):
@@ -145,37 +151,54 @@ def main():
     # (0,1,2,3,6,7: IPv4 loopback sinks; 4: source 0 IPv4-mapped; 5: [::1]).
     req = {n: d for n, (t, direction, d) in vectors.items()
            if t == "udp" and direction.endswith("-> srv")}
-    server_seeds = [(n, server_input([(0, d)])) for n, d in req.items()]
-    server_seeds += [(n, server_input([(0, d)])) for n, d in probes]
+    server_seeds = [(n, server_input([rec(0, d)])) for n, d in req.items()]
+    server_seeds += [(n, server_input([rec(0, d)])) for n, d in probes]
     P = request
+    V = lambda name: vectors[name][2]  # noqa: E731
+    pair = [rec(0, V("udp.ping")),                 # c1 registers
+            rec(1, V("udp.isync"), 10),            # c2 asks for c1: Fsync to c1
+            rec(0, V("udp.rsync"), 1),             # c1 answers: Redirect to c2
+            rec(1, P("ping", "c2"), 1000),
+            rec(0, P("bye", "c1")), rec(1, P("bye", "c2"))]
     server_seeds += [
-        ("pair", server_input([
-            (0, vectors["udp.ping"][2]),                   # c1 registers
-            (1, 10, vectors["udp.isync"][2]),              # c2 asks for c1: Fsync to c1
-            (0, 1, vectors["udp.rsync"][2]),               # c1 answers: Redirect to c2
-            (1, 1000, P("ping", "c2")),
-            (0, P("bye", "c1")), (1, P("bye", "c2"))])),
+        ("pair", server_input(pair)),
         ("foreign-bye", server_input([
-            (0, P("ping", "c1")), (1, P("bye", "c1")), (4, P("bye", "c1")),
-            (2, P("isync", "c9", "c1"))])),
+            rec(0, P("ping", "c1")), rec(1, P("bye", "c1")), rec(4, P("bye", "c1")),
+            rec(2, P("isync", "c9", "c1"))])),
         ("expiry", server_input([
-            (0, P("ping", "c1")), (1, 30000, True, P("ping", "c2")),
-            (2, 60001, True, P("isync", "c3", "c1")), (3, 59999, True, P("rsync", "c3", "c2"))])),
+            rec(0, P("ping", "c1")), rec(1, P("ping", "c2"), 30000, True),
+            rec(2, P("isync", "c3", "c1"), 60001, True),
+            rec(3, P("rsync", "c3", "c2"), 59999, True)])),
         ("move", server_input([
-            (0, P("ping", "c1")), (2, 1000, P("ping", "c1")), (3, P("isync", "c2", "c1")),
-            (6, P("isync", "c1", "nobody"))])),
+            rec(0, P("ping", "c1")), rec(2, P("ping", "c1"), 1000), rec(3, P("isync", "c2", "c1")),
+            rec(6, P("isync", "c1", "nobody"))])),
         ("ipv6", server_input([
-            (5, P("ping", "v1")), (7, P("isync", "v2", "v1")), (1, P("ping", "v3")),
-            (5, P("rsync", "v1", "v3")), (5, P("bye", "v1"))])),
+            rec(5, P("ping", "v1")), rec(7, P("isync", "v2", "v1")), rec(1, P("ping", "v3")),
+            rec(5, P("rsync", "v1", "v3")), rec(5, P("bye", "v1"))])),
         ("fsync-to-server", server_input([
-            (0, P("fsync", "c1", "c2", "127.0.0.1:1")), (0, b"\x12\x00"), (0, b"")])),
+            rec(0, P("fsync", "c1", "c2", "127.0.0.1:1")), rec(0, b"\x12\x00"), rec(0, b"")])),
         # max_peers 1 still holds a shard's slack (64 and more): fill it past that.
         ("table-full", server_input(
-            [(i % 4, P("ping", f"p{i}")) for i in range(80)] +
-            [(6, P("isync", "late", "p0")), (7, P("isync", "p79", "late"))], config=0)),
+            [rec(i % 4, P("ping", f"p{i}")) for i in range(80)] +
+            [rec(6, P("isync", "late", "p0")), rec(7, P("isync", "p79", "late"))])),
         ("short-expiry", server_input([
-            (0, P("ping", "c1")), (1, 1000, True, P("isync", "c2", "c1")),
-            (2, 10, True, P("rsync", "c3", "c2"))], config=2 << 2)),
+            rec(0, P("ping", "c1")), rec(1, P("isync", "c2", "c1"), 1000, True),
+            rec(2, P("rsync", "c3", "c2"), 10, True)], config=2 << 2)),
+        # With a secret: signed, then a replay, a stale one, another id's credential, none.
+        ("auth-pair", server_input(
+            [r[:1] + b"\x01" + r[2:] for r in pair[:4]] +
+            [rec(1, b"", auth=2), rec(0, P("ping", "c1"), auth=3), rec(2, P("ping", "c1"), auth=5),
+             rec(3, P("ping", "c1")), rec(0, P("bye", "c1"), auth=1)], config=SECRET)),
+        ("v1-server-signed", server_input([r[:1] + b"\x01" + r[2:] for r in pair])),
+        ("limits-tight", server_input(
+            [rec(0, P("ping", "t"))] + [rec(1, P("isync", f"s{i}", "t")) for i in range(4)] +
+            [rec(2, P("rsync", "x", "t"), 1000), rec(2, P("rsync", "x", "t"))], config=TIGHT)),
+        ("limits-off", server_input(
+            [rec(0, P("ping", "t"))] + [rec(1, P("isync", f"s{i}", "t")) for i in range(4)],
+            config=NO_LIMITS | 1)),
+        ("short-ids", server_input([
+            rec(0, P("ping", "four")), rec(1, P("ping", "fives")), rec(2, P("isync", "ab", "fives")),
+            rec(3, P("isync", "ab", "four"))], config=SHORT_IDS | 3)),
     ]
     counts["fuzz_server_udp"] = write_dir(a.out, "fuzz_server_udp", server_seeds)
 

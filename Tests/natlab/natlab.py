@@ -657,10 +657,7 @@ def scenarios():
                  nat=("random", "random"), impls=("cli",), expect="xfail", repeats="xfail",
                  concurrent=True),
         Scenario("same-nat", "a<->a2 behind the same NAT: no hairpinning on Linux, the LAN "
-                 "candidates connect them", "pair", listener="a2", transports=("udp",)),
-        Scenario("same-nat-tcp", "a<->a2 behind the same NAT over TCP (no LAN candidates for "
-                 "TCP yet)", "pair", listener="a2", transports=("tcp",), impls=("cli",),
-                 expect="xfail", repeats="xfail", concurrent=True),
+                 "candidates connect them", "pair", listener="a2"),
     ]
 
 

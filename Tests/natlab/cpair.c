@@ -12,7 +12,7 @@
  *          reads what the peer sends and answers "hello". Runs until SIGTERM/SIGINT, then
  *          destroys the handle (which says Bye) and exits 0.
  * connect: asks for TARGET, sends "hello" over the returned socket and waits for the reply.
- *          UDP: like any UDP application it resends "hello" (5 times, 400 ms apart) while no
+ *          UDP: like any UDP application it resends "hello" (20 times, 500 ms apart) while no
  *          reply came, and skips datagrams that are not the echo, counting them ("stray: N"
  *          on stdout: e.g. the listener's v1 punch packet reaching the application). Prints "reply: <text> from <peer>" and exits 0; on failure prints the
  *          error (rndz_err_name + rndz_strerror) on stderr and exits 1. Usage errors exit 2.
@@ -88,11 +88,13 @@ static int udp_connect(const rndz_client_options *o, const char *target)
     /* Anything but the echo is counted and skipped (a v1 listener's punch packet, an Rsync
      * request, can reach the connected socket): the harness reports it. */
     int stray = 0;
-    for (int i = 0; i < 5; i++) {
+    /* 20 times, 500 ms apart: the data path is as lossy as the connect was (a round trip
+     * through two links with 20% loss each survives 41% of the time). */
+    for (int i = 0; i < 20; i++) {
         if (send(fd, "hello", 5, 0) < 0) fprintf(stderr, "cpair: send: %s\n", strerror(errno));
         for (;;) {
             struct pollfd p = {.fd = fd, .events = POLLIN};
-            if (poll(&p, 1, 400) <= 0) break;
+            if (poll(&p, 1, 500) <= 0) break;
             char buf[2048];
             ssize_t n = recv(fd, buf, sizeof buf - 1, 0);
             if (n < 0) {

@@ -600,8 +600,11 @@ static int connect_any(rndz__client *c, const struct sockaddr_storage *to, size_
                 if (connect(fd, (const struct sockaddr *)&to[i],
                             rndz__addr_len((const struct sockaddr *)&to[i])) < 0 &&
                     errno != EINPROGRESS) {
+                    /* no route to it from here: this candidate is out for good */
+                    bool hopeless = errno == ENETUNREACH || errno == EHOSTUNREACH ||
+                                    errno == EAFNOSUPPORT;
                     close(fd);
-                    retry_at[i] = now + PEER_RETRY_MS;
+                    retry_at[i] = hopeless ? UINT64_MAX : now + PEER_RETRY_MS;
                 } else {
                     fds[i] = fd;
                 }

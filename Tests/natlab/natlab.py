@@ -20,6 +20,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 BUILD = ROOT / "build"
 PROBE = HERE / "probe.py"
+V1PEER = HERE / "v1peer.py"    # a raw rndz 0.1.5 peer and UDP server (the captured bytes)
 
 # ---- addresses: TEST-NET and 10.x, only ever inside the lab's own namespaces -----------------
 SRV4, SRV6 = "203.0.113.1", "2001:db8::1"
@@ -61,7 +62,7 @@ CFG = {
     "xfail_repeats": env_int("RNDZ_NATLAB_XFAIL_REPEATS", 1),
     "loss": env_int("RNDZ_NATLAB_LOSS", 10),
     "loss_min": env_int("RNDZ_NATLAB_LOSS_MIN", 0),
-    "timeout": env_int("RNDZ_NATLAB_TIMEOUT", 12),
+    "timeout": env_int("RNDZ_NATLAB_TIMEOUT", 20),
     "tcp": truthy(os.environ.get("RNDZ_NATLAB_TCP", "1")),
     "keep_logs": truthy(os.environ.get("RNDZ_NATLAB_KEEP_LOGS")),
     "verbose": truthy(os.environ.get("RNDZ_NATLAB_VERBOSE")),
@@ -187,11 +188,12 @@ class Lab:
     `inet` switch, on the frames to and from r1 and r2 (the WAN links), each direction.
     """
 
-    def __init__(self, tag, nat=("eim", "eim"), loss=0):
+    def __init__(self, tag, nat=("eim", "eim"), loss=0, liberal=()):
         self.tag = tag
         self.pfx = f"{RUN.prefix}{tag}-"
         self.nat = {"r1": nat[0], "r2": nat[1]}
         self.loss = loss
+        self.liberal = set(liberal)   # routers with nf_conntrack_tcp_be_liberal=1
         self.procs = []
         self.namespaces = []
 
@@ -214,6 +216,10 @@ class Lab:
                       "net/ipv6/conf/all/accept_ra=0", "net/ipv6/conf/default/accept_ra=0"]
             if n in ROUTERS:
                 sysctl += ["net/ipv4/ip_forward=1", "net/ipv6/conf/all/forwarding=1"]
+                if n in self.liberal:
+                    # Conntrack does not judge TCP windows: out-of-window segments are not
+                    # "invalid" (many routers and firewalls run like this).
+                    sysctl += ["net/netfilter/nf_conntrack_tcp_be_liberal=1"]
             if n in SWITCHES:
                 sysctl += ["net/ipv6/conf/all/disable_ipv6=1",
                            "net/ipv6/conf/default/disable_ipv6=1",
@@ -275,7 +281,7 @@ class Lab:
         for h in hosts:
             _, a4, a6 = HOSTS[h]
             counters += [f"counter reg_{h}_udp {{}}", f"counter reg_{h}_tcp {{}}",
-                         f"counter peer_in_{h} {{}}"]
+                         f"counter peer_in_{h} {{}}", f"counter peer6_in_{h} {{}}"]
             for fam, s, d in (("ip", SRV4, a4), ("ip6", SRV6, a6)):
                 marks.append(f'iifname "wan" {fam} saddr {s} {fam} daddr {d} udp sport {PORT} '
                              f"counter name reg_{h}_udp")
@@ -284,6 +290,8 @@ class Lab:
             marks.append(f'iifname "wan" ip saddr {WAN4[o]} ip daddr {a4} counter name peer_in_{h}')
             marks.append(f'iifname "wan" ip6 saddr {LAN[o][2]} ip6 daddr {a6} '
                          f"counter name peer_in_{h}")
+            marks.append(f'iifname "wan" ip6 saddr {LAN[o][2]} ip6 daddr {a6} '
+                         f"counter name peer6_in_{h}")
         masq = "masquerade random" if self.nat[r] == "random" else "masquerade"
         nl = "\n        "
         return f"""
@@ -455,6 +463,7 @@ class Row:
         self.error = None        # the row could not run at all: reason
         self.skipped = None      # reason (development gates only)
         self.notes = []
+        self.paths = []          # dual-stack rows: (family, address, how) of each winner
 
     def add(self, ok, secs, note=""):
         self.attempts.append((ok, secs, note))
@@ -584,22 +593,35 @@ class Tools:
                         "rndz_tcp_listener_create / rndz_tcp_listener_accept")
         return None
 
-    def server_argv(self, impl, listen):
+    # `sc.v1` puts a raw rndz 0.1.5 peer (v1peer.py, the captured bytes) in roles:
+    # "listener", "connector", "server" (joined by "+"); `sc.local` is the clients'
+    # --local-addr.
+    def server_argv(self, impl, listen, sc=None):
+        if sc is not None and sc.raw_v1("server"):
+            return [sys.executable, str(V1PEER), "udp-server", "--listen", listen]
         if impl == "cli":
             return [self.cli, "server", "--listen-addr", listen]
         return [self.cpair, "server", "--listen", listen]
 
-    def listener_argv(self, impl, transport, pid, server):
+    def listener_argv(self, impl, transport, pid, server, sc=None):
+        if sc is not None and sc.raw_v1("listener"):
+            return [sys.executable, str(V1PEER), f"{transport}-listen", "--id", pid,
+                    "--server", server]
+        local = ["--local-addr", sc.local] if sc is not None and sc.local else []
         if impl == "cli":
-            return [self.cli, "client", "--id", pid, "--server-addr", server] + \
+            return [self.cli, "client", "--id", pid, "--server-addr", server] + local + \
                 (["--tcp"] if transport == "tcp" else [])
         return [self.cpair, "listen", "--id", pid, "--server", server] + \
             (["--tcp"] if transport == "tcp" else [])
 
-    def connector_argv(self, impl, transport, cid, server, target):
+    def connector_argv(self, impl, transport, cid, server, target, sc=None):
+        if sc is not None and sc.raw_v1("connector"):
+            return [sys.executable, str(V1PEER), f"{transport}-connect", "--id", cid,
+                    "--server", server, "--target", target, "--timeout", str(CFG["timeout"])]
+        local = ["--local-addr", sc.local] if sc is not None and sc.local else []
         if impl == "cli":
             return [self.cli, "client", "--id", cid, "--server-addr", server,
-                    "--remote-peer", target] + (["--tcp"] if transport == "tcp" else [])
+                    "--remote-peer", target] + local + (["--tcp"] if transport == "tcp" else [])
         return [self.cpair, "connect", "--id", cid, "--server", server, "--target", target,
                 "--timeout", str(CFG["timeout"] * 1000)] + \
             (["--tcp"] if transport == "tcp" else [])
@@ -618,7 +640,8 @@ def child_env():
 class Scenario:
     def __init__(self, name, what, kind, nat=("eim", "eim"), loss=0, family=4, listen=None,
                  server_host="srv", listener="b", connector="a", transports=("udp", "tcp"),
-                 impls=("cli", "capi"), expect="pass", repeats="clean", concurrent=False):
+                 impls=("cli", "capi"), expect="pass", repeats="clean", concurrent=False,
+                 v1=None, local=None, record_path=False, expects=None, liberal=()):
         self.__dict__.update(locals())
         del self.__dict__["self"]
         self.rows = []
@@ -627,9 +650,15 @@ class Scenario:
         else:
             for t in transports:
                 for i in impls:
-                    self.rows.append(Row(name, t, i, expect, what))
+                    self.rows.append(Row(name, t, i, (expects or {}).get(t, expect), what))
 
-    def n_repeats(self):
+    def raw_v1(self, role):
+        """Is `role` ("listener", "connector", "server") played by the raw v1 peer?"""
+        return role in (self.v1 or "").split("+")
+
+    def n_repeats(self, row=None):
+        if row is not None and row.expect == "xfail":
+            return CFG["xfail_repeats"]
         return CFG[{"clean": "clean_repeats", "loss": "loss_repeats",
                     "xfail": "xfail_repeats"}[self.repeats]]
 
@@ -658,6 +687,21 @@ def scenarios():
                  concurrent=True),
         Scenario("same-nat", "a<->a2 behind the same NAT: no hairpinning on Linux, the LAN "
                  "candidates connect them", "pair", listener="a2"),
+        Scenario("v1-listener", "a raw v1 listener in b (the captured bytes) and our connector "
+                 "in a, our server: falls back to v1 (TCP: rndz 0.1.5's listener design fails "
+                 "behind a router that drops conntrack-invalid packets, whoever connects)",
+                 "pair", impls=("cli",), v1="listener", expects={"tcp": "xfail"}),
+        Scenario("v1-listener-lib", "the v1 TCP listener again, b's router not judging TCP "
+                 "windows (nf_conntrack_tcp_be_liberal=1)", "pair", impls=("cli",),
+                 v1="listener", transports=("tcp",), liberal=("r2",)),
+        Scenario("v1-connector", "our listener in b and a raw v1 connector in a, our server: "
+                 "falls back to v1", "pair", impls=("cli",), v1="connector"),
+        Scenario("v1-server", "our listener and connector through a raw v1 UDP server: "
+                 "falls back to v1", "pair", impls=("cli",), v1="server",
+                 transports=("udp",)),
+        Scenario("dual-stack", "server over IPv4 only, clients on [::]:0 also advertise IPv6 "
+                 "candidates: which family wins", "pair", impls=("cli",), local="[::]:0",
+                 record_path=True),
     ]
 
 
@@ -769,7 +813,7 @@ def run_pair(sc):
     """Each row on its own server (rndz-cli rows: `rndz-cli server`; C API rows: `cpair
     server`, i.e. rndz_server from librndz.so), listener and connectors; one lab per
     scenario."""
-    lab = Lab(sc.name, nat=sc.nat, loss=sc.loss)
+    lab = Lab(sc.name, nat=sc.nat, loss=sc.loss, liberal=sc.liberal)
     runnable = []
     for row in sc.rows:
         if row.transport == "tcp" and not CFG["tcp"]:
@@ -778,6 +822,14 @@ def run_pair(sc):
             row.error = TOOLS.problem(row.impl, row.transport)
         else:
             runnable.append(row)
+    if runnable and sc.v1:
+        # The raw v1 peer must speak exactly the captured bytes: check it against every vector.
+        r = sh([sys.executable, str(V1PEER), "selftest"], check=False)
+        if r.returncode != 0:
+            for row in runnable:
+                row.error = "v1peer.py does not match the captured v1 vectors: " + \
+                    " | ".join((r.stdout + r.stderr).strip().splitlines()[-3:])
+            return
     if not runnable:
         return
     try:
@@ -792,9 +844,10 @@ def run_pair(sc):
         srv_addr = f"[{SRV6}]:{PORT}" if sc.family == 6 else f"{SRV4}:{PORT}"
         listen = sc.listen or srv_addr
         for row in runnable:
-            server = lab.spawn("srv", TOOLS.server_argv(row.impl, listen),
+            server = lab.spawn("srv", TOOLS.server_argv(row.impl, listen, sc),
                                f"{row.transport}-{row.impl}.server", env=child_env())
-            who = "rndz-cli server" if row.impl == "cli" else "cpair server (rndz_server)"
+            who = ("v1peer.py udp-server (raw v1)" if sc.raw_v1("server") else
+                   "rndz-cli server" if row.impl == "cli" else "cpair server (rndz_server)")
             # Both transports are served from one start: once UDP is up, TCP gets 1.5 s more.
             ok = wait_until(lambda: lab.listening("srv", "udp", PORT), 5, alive=server)
             if ok and row.transport == "tcp":
@@ -819,7 +872,7 @@ def start_listener(sc, lab, row, srv_addr, pid, gen):
     host_router = HOSTS[sc.listener][0]
     cname = f"reg_{sc.listener}_{row.transport}"
     before = lab.counter(host_router, cname)
-    p = lab.spawn(sc.listener, TOOLS.listener_argv(row.impl, row.transport, pid, srv_addr),
+    p = lab.spawn(sc.listener, TOOLS.listener_argv(row.impl, row.transport, pid, srv_addr, sc),
                   f"{row.transport}-{row.impl}.listener{gen}", env=child_env())
     # Registered = the router forwarded an answer from the server to the listener (a Pong).
     limit = 25 if sc.loss else 10
@@ -833,7 +886,7 @@ def start_listener(sc, lab, row, srv_addr, pid, gen):
 
 
 def run_row(sc, lab, row, srv_addr):
-    n = sc.n_repeats()
+    n = sc.n_repeats(row)
     pid = f"{sc.listener}-{row.transport}-{row.impl}"
     t_row = time.monotonic()
     gen = 0
@@ -844,6 +897,9 @@ def run_row(sc, lab, row, srv_addr):
         return
     lrouter = HOSTS[sc.listener][0]
     peer_counter = f"peer_in_{sc.listener}"
+    if sc.record_path:  # IPv6 packets each router forwarded from the other side
+        v6_0 = {h: lab.counter(HOSTS[h][0], f"peer6_in_{h}")
+                for h in (sc.listener, sc.connector)}
     if sc.loss:
         loss0 = (lab.counter("inet", "dropped", "bridge", "loss"),
                  lab.counter("inet", "frames", "bridge", "loss"))
@@ -856,14 +912,15 @@ def run_row(sc, lab, row, srv_addr):
             if problem:
                 row.add(False, None, f"restarted {problem}")
                 break
-        cid = f"{sc.connector}{i + 1}-{row.transport}-{row.impl}"
+        cid = f"{sc.connector}-try{i + 1}-{row.transport}-{row.impl}"  # never a listener's id (a2-...)
         peer0 = lab.counter(lrouter, peer_counter)
         drops0 = lab.drop_counters()
         wire0 = lab.wire_counters()
         name = f"{row.transport}-{row.impl}.connect{i + 1}"
         t0 = time.monotonic()
         cp = lab.spawn(sc.connector, TOOLS.connector_argv(row.impl, row.transport, cid,
-                                                          srv_addr, pid), name, env=child_env())
+                                                          srv_addr, pid, sc),
+                       name, env=child_env())
         rc = None
         try:
             # An attempt still running after 2.5 s is probably failing: snapshot both ends'
@@ -925,9 +982,16 @@ def run_row(sc, lab, row, srv_addr):
             m = re.search(r"^stray: (\d+)", out, re.M)
             if m:
                 row.stray = getattr(row, "stray", 0) + int(m.group(1))
+            if sc.record_path and row.attempts[-1][0]:
+                record_path(row, out, Path(cp.natlab_err).read_text(errors="replace"), pid)
         vlog(f"{sc.name} {row.transport} {row.impl} #{i + 1}: "
              f"{'ok' if row.attempts[-1][0] else row.attempts[-1][2]} ({secs:.2f}s)")
     lab.stop([lp])
+    if sc.record_path:
+        summarize_paths(row)
+        v6 = {h: lab.counter(HOSTS[h][0], f"peer6_in_{h}") - v6_0[h] for h in v6_0}
+        row.notes.append("IPv6 packets forwarded from the other side during the row: "
+                         + ", ".join(f"to {h} {v6[h]}" for h in v6))
     if sc.loss and TOOLS:
         try:
             row.loss_seen = (lab.counter("inet", "dropped", "bridge", "loss") - loss0[0],
@@ -935,6 +999,34 @@ def run_row(sc, lab, row, srv_addr):
         except LabError:
             pass
     row.elapsed = time.monotonic() - t_row
+
+
+def record_path(row, out, err, pid):
+    """Which of the listener's addresses won: the CLI connector prints "path to ID: ADDR
+    (...)" for UDP; for TCP the library logs "tcp connect: ID is at ADDR" (RNDZ_LOG=debug)."""
+    m = re.search(rf"^path to {re.escape(pid)}: (\S+) \(([^,)]*)", out, re.M)
+    if m:
+        addr, via = m.group(1), m.group(2)
+    else:
+        m = re.search(rf"tcp connect: {re.escape(pid)} is at (\S+?)(,| \(|$)", err, re.M)
+        if not m:
+            row.paths.append(("?", "?", "no path line on stdout nor tcp connect line in the log"))
+            return
+        addr = m.group(1)
+        via = "an address it advertised" if m.group(2) == "," else "the address the server saw"
+    host = addr.rsplit(":", 1)[0].strip("[]")
+    fam = "IPv4" if ":" not in host or host.lower().startswith("::ffff:") else "IPv6"
+    row.paths.append((fam, addr, via))
+
+
+def summarize_paths(row):
+    if not row.paths:
+        return
+    fams = {}
+    for fam, addr, via in row.paths:
+        fams.setdefault(fam, []).append(f"{addr} ({via})")
+    row.notes.append("winner: " + "; ".join(
+        f"{fam} {len(v)}/{len(row.paths)}, e.g. {v[0]}" for fam, v in sorted(fams.items())))
 
 
 def run_scenario(sc):

@@ -386,7 +386,7 @@ int rndz_tcp_listener_create(const rndz_client_options *o, rndz_tcp_listener **o
         rc = -errno;
         goto fail;
     }
-    rndz__local_cands(&l->c.local, false, &l->my_cands);
+    rndz__local_cands(&l->c.local, l->c.local.ss_family == AF_INET6, &l->my_cands);
     l->listen_io = (rndz__io){l->listen_fd, on_accept, l};
     if ((rc = rndz__loop_add(&l->loop, &l->listen_io, EPOLLIN))) goto fail;
     for (size_t i = 0; i < l->c.n_servers; i++) {
@@ -660,7 +660,7 @@ int rndz_tcp_connect(const rndz_client_options *o, const char *target,
     int first = rndz__client_bind(&c, SOCK_STREAM);
     if (first < 0) return first;
     close(first);
-    rndz__local_cands(&c.local, false, &mine);
+    rndz__local_cands(&c.local, c.local.ss_family == AF_INET6, &mine);
     int srv_fd = -1, found = 0;
     size_t not_found = 0;
     rc = RNDZ_E_TIMEDOUT;

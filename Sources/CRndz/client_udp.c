@@ -385,7 +385,7 @@ static int setup_probes(rndz_udp_listener *l) {
     l->probe_fd = fd;
     l->probe_io = (rndz__io){fd, probe_readable, l};
     if ((rc = rndz__loop_add(&l->loop, &l->probe_io, EPOLLIN))) return rc;
-    rndz__local_cands(&l->c.local, false, &l->my_cands);
+    rndz__local_cands(&l->c.local, l->c.local.ss_family == AF_INET6, &l->my_cands);
     return 0;
 }
 
@@ -585,7 +585,7 @@ int rndz_udp_connect_info(const rndz_client_options *o, const char *target,
      * them). */
     rndz__ext mine;
     memset(&mine, 0, sizeof mine);
-    rndz__local_cands(&c.local, false, &mine);
+    rndz__local_cands(&c.local, c.local.ss_family == AF_INET6, &mine);
     mine.has_nonce = true;
     mine.nonce = (uint64_t)rndz__random() << 32 | rndz__random();
     bool not_found[RNDZ_MAX_SERVERS] = {0};

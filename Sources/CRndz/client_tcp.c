@@ -13,6 +13,7 @@
  * port to the address given, retrying until the deadline. */
 #include "client.h"
 #include "ext.h"
+#include "punch.h"
 #include "loop.h"
 
 #include <poll.h>
@@ -687,9 +688,13 @@ int rndz_tcp_connect(const rndz_client_options *o, const char *target,
     }
     /* The address the server saw, then the listener's own (LAN, IPv6) when it sent them. */
     size_t n = 1;
+    /* TCP has no probes to prove a path before use, so a private address is tried only when
+     * it is on one of our own subnets (a peer behind the same NAT): elsewhere a connect to it
+     * can reach something else entirely. */
     for (size_t k = 0; k < theirs.ncands && n < RNDZ_ARRAY_LEN(to); k++)
         if (rndz__client_peer_addr(&c, theirs.cands[k], strlen(theirs.cands[k]), &to[n]) == 0 &&
-            !rndz__addr_equal((struct sockaddr *)&to[n], (struct sockaddr *)&to[0]))
+            !rndz__addr_equal((struct sockaddr *)&to[n], (struct sockaddr *)&to[0]) &&
+            (!rndz__addr_is_private(&to[n]) || rndz__addr_on_local_subnet(&to[n])))
             n++;
     size_t winner = 0;
     int attempts = 0;

@@ -193,3 +193,32 @@ size_t rndz__local_cands(const struct sockaddr_storage *local, bool dual, rndz__
     freeifaddrs(ifs);
     return e->ncands;
 }
+
+bool rndz__addr_on_local_subnet(const struct sockaddr_storage *a) {
+    struct sockaddr_storage x = *a;
+    rndz__addr_unmap(&x);
+    struct ifaddrs *ifs = NULL;
+    if (getifaddrs(&ifs) < 0) return false;
+    bool on = false;
+    for (struct ifaddrs *i = ifs; i && !on; i = i->ifa_next) {
+        if (!i->ifa_addr || !i->ifa_netmask || i->ifa_addr->sa_family != x.ss_family) continue;
+        const uint8_t *ip, *mine, *mask;
+        size_t len;
+        if (x.ss_family == AF_INET) {
+            ip = (const uint8_t *)&((const struct sockaddr_in *)&x)->sin_addr;
+            mine = (const uint8_t *)&((const struct sockaddr_in *)i->ifa_addr)->sin_addr;
+            mask = (const uint8_t *)&((const struct sockaddr_in *)i->ifa_netmask)->sin_addr;
+            len = 4;
+        } else {
+            ip = ((const struct sockaddr_in6 *)&x)->sin6_addr.s6_addr;
+            mine = ((const struct sockaddr_in6 *)i->ifa_addr)->sin6_addr.s6_addr;
+            mask = ((const struct sockaddr_in6 *)i->ifa_netmask)->sin6_addr.s6_addr;
+            len = 16;
+        }
+        bool same = true;
+        for (size_t k = 0; k < len && same; k++) same = ((ip[k] ^ mine[k]) & mask[k]) == 0;
+        on = same;
+    }
+    freeifaddrs(ifs);
+    return on;
+}

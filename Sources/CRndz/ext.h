@@ -58,4 +58,7 @@ RNDZ_INTERNAL int rndz__probe_steer(int fd, unsigned probe_idx, unsigned other_i
 RNDZ_INTERNAL size_t rndz__local_cands(const struct sockaddr_storage *local, bool dual,
                                        rndz__ext *e);
 
+/* True if `a` lies in the subnet of one of this host's interfaces (a peer on our own LAN). */
+RNDZ_INTERNAL bool rndz__addr_on_local_subnet(const struct sockaddr_storage *a);
+
 #endif

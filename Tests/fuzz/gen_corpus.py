@@ -7,6 +7,8 @@ The output is committed; run this again when the vectors change (it rewrites the
 it is deterministic). Seeds are named after the vectors they come from.
 """
 import argparse
+import hashlib
+import hmac
 import os
 import re
 import shutil
@@ -61,6 +63,27 @@ REQ_FIELD = {"ping": 2, "isync": 3, "fsync": 4, "rsync": 5, "bye": 6}
 def request(cmd, id, peer="", addr=""):
     sub = _string(1, peer) + _string(2, addr)
     return _string(1, id) + bytes([REQ_FIELD[cmd] << 3 | 2]) + _varint(len(sub)) + sub
+
+
+# The fields v1 skips (Sources/CRndz/ext.h, auth.h), for seeds that reach their parsers.
+def ext_fields(cands=(), nonce=None):
+    out = b"".join(b"\x8a\x01" + _varint(len(c)) + c.encode() for c in cands)  # 17: cand
+    if nonce is not None:
+        out += b"\x91\x01" + nonce.to_bytes(8, "little")  # 18: nonce, fixed64
+    return out
+
+
+def signed(msg, secret, id, ts, nonce):
+    """msg with an Auth field (16) signed as auth.h says."""
+    cred = hmac.new(secret, b"rndz id credential v1" + id.encode(), hashlib.sha256).digest()
+    mac = hmac.new(cred, ts.to_bytes(8, "big") + bytes([len(nonce)]) + nonce + msg,
+                   hashlib.sha256).digest()
+    sub = b"\x08" + _varint(ts) + b"\x12" + bytes([len(nonce)]) + nonce + b"\x1a\x20" + mac
+    return msg + b"\x82\x01" + _varint(len(sub)) + sub
+
+
+def probe(kind, seq, nonce):
+    return b"\xd5rndzPRB" + bytes([kind, 0, 0, 0]) + seq.to_bytes(4, "big") + nonce.to_bytes(8, "big")
 
 
 def rec(source, data, step_ms=0, tick=False, auth=0):
@@ -118,8 +141,20 @@ def main():
         bodies.append((name, data))
     bodies += probes
 
-    # fuzz_wire: every message body.
-    counts = {"fuzz_wire": write_dir(a.out, "fuzz_wire", bodies)}
+    # fuzz_wire: every message body, and some with the fields v1 skips.
+    cands = ["192.0.2.1:4000", "[2001:db8::1]:4000"]
+    key = b"fuzz_wire secret: not a real one"
+    ext_isync = request("isync", "c2", "c1") + ext_fields(cands, 0x0123456789ABCDEF)
+    ext_seeds = [
+        ("ext.isync", ext_isync),
+        ("ext.fsync", vectors["udp.fsync"][2] + ext_fields(cands, 0x0123456789ABCDEF)),
+        ("ext.nonce-only", request("rsync", "c1", "c2") + ext_fields((), 1)),
+        ("auth.ping", signed(request("ping", "c1"), key, "c1", 1764000000000, b"0123456789abcdef")),
+        ("auth.isync.ext", signed(ext_isync, key, "c2", 1764000000001, b"nonce-8b")),
+        ("probe.probe", probe(1, 7, 0x0123456789ABCDEF)),
+        ("probe.ack", probe(2, 7, 0x0123456789ABCDEF)),
+    ]
+    counts = {"fuzz_wire": write_dir(a.out, "fuzz_wire", bodies + ext_seeds)}
 
     # fuzz_frame: byte 0 = number of cuts k, k chunk lengths, then the stream.
     frames = [(n, d) for n, (t, _, d) in vectors.items() if t == "tcp"]
@@ -190,6 +225,11 @@ def main():
             [rec(1, b"", auth=2), rec(0, P("ping", "c1"), auth=3), rec(2, P("ping", "c1"), auth=5),
              rec(3, P("ping", "c1")), rec(0, P("bye", "c1"), auth=1)], config=SECRET)),
         ("v1-server-signed", server_input([r[:1] + b"\x01" + r[2:] for r in pair])),
+        # Extension fields the server copies from Isync into Fsync, from Rsync into Redirect.
+        ("ext-forward", server_input([
+            rec(0, P("ping", "c1")),
+            rec(1, P("isync", "c2", "c1") + ext_fields(["192.0.2.7:4000", "[2001:db8::7]:4000"], 7)),
+            rec(0, P("rsync", "c1", "c2") + ext_fields(["198.51.100.1:5000"], 7))])),
         ("limits-tight", server_input(
             [rec(0, P("ping", "t"))] + [rec(1, P("isync", f"s{i}", "t")) for i in range(4)] +
             [rec(2, P("rsync", "x", "t"), 1000), rec(2, P("rsync", "x", "t"))], config=TIGHT)),

@@ -159,3 +159,19 @@ int rndz__client_sign_frame(const rndz__client *c, uint8_t *buf, int n, size_t c
     buf[1] = (uint8_t)m;
     return m + 2;
 }
+
+void rndz__client_sync_init(pthread_mutex_t *mu, pthread_cond_t *cv) {
+    pthread_mutex_init(mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(cv, &ca);
+    pthread_condattr_destroy(&ca);
+}
+
+void rndz__deadline_in(struct timespec *ts, uint32_t ms) {
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    ts->tv_sec += ms / 1000;
+    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) ts->tv_sec++, ts->tv_nsec -= 1000000000L;
+}

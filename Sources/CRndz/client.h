@@ -5,6 +5,9 @@
 
 #include "internal.h"
 
+#include <pthread.h>
+#include <time.h>
+
 #define RNDZ_MAX_SERVERS 16
 
 typedef struct rndz__client {
@@ -30,6 +33,12 @@ RNDZ_INTERNAL int rndz__client_peer_addr(const rndz__client *c, const char *text
 /* Which server (index) an address is, or -1. */
 RNDZ_INTERNAL int rndz__client_server_index(const rndz__client *c,
                                             const struct sockaddr_storage *from);
+/* The listeners' background thread and their callers meet on a mutex and a condition
+ * variable on the monotonic clock. */
+RNDZ_INTERNAL void rndz__client_sync_init(pthread_mutex_t *mu, pthread_cond_t *cv);
+/* The monotonic-clock time `ms` from now, for pthread_cond_timedwait. */
+RNDZ_INTERNAL void rndz__deadline_in(struct timespec *ts, uint32_t ms);
+
 /* A keepalive interval with +-20% jitter, never above 25 s (conntrack forgets one-way UDP
  * flows after 30 s, and the jitter must not push us past it). */
 RNDZ_INTERNAL uint32_t rndz__client_jitter(uint32_t base_ms);

@@ -372,12 +372,7 @@ int rndz_tcp_listener_create(const rndz_client_options *o, rndz_tcp_listener **o
     l->loop.epfd = l->loop.wakefd = -1;
     for (size_t i = 0; i < RNDZ_MAX_SERVERS; i++) l->srv[i].fd = -1;
     for (size_t i = 0; i < MAX_PUNCH; i++) l->punches[i].fd = -1;
-    pthread_mutex_init(&l->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&l->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    rndz__client_sync_init(&l->mu, &l->cv);
     int rc = rndz__client_init(&l->c, o);
     if (rc) goto fail;
     if ((rc = rndz__loop_init(&l->loop))) goto fail;
@@ -415,17 +410,10 @@ int rndz_tcp_listener_local_addr(rndz_tcp_listener *l, struct sockaddr_storage *
     return rndz__sock_local(l->listen_fd, out, len);
 }
 
-static void deadline_in(struct timespec *ts, uint32_t ms) {
-    clock_gettime(CLOCK_MONOTONIC, ts);
-    ts->tv_sec += ms / 1000;
-    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L) ts->tv_sec++, ts->tv_nsec -= 1000000000L;
-}
-
 int rndz_tcp_listener_wait_registered(rndz_tcp_listener *l, uint32_t timeout_ms) {
     if (!l) return -EINVAL;
     struct timespec until;
-    deadline_in(&until, timeout_ms);
+    rndz__deadline_in(&until, timeout_ms);
     int rc = 0;
     pthread_mutex_lock(&l->mu);
     while (!l->registered && !l->closed && rc == 0)
@@ -439,7 +427,7 @@ int rndz_tcp_listener_accept(rndz_tcp_listener *l, uint32_t timeout_ms,
                              struct sockaddr_storage *peer, socklen_t *peer_len) {
     if (!l) return -EINVAL;
     struct timespec until;
-    deadline_in(&until, timeout_ms == UINT32_MAX ? 0 : timeout_ms);
+    rndz__deadline_in(&until, timeout_ms == UINT32_MAX ? 0 : timeout_ms);
     int rc = 0;
     pthread_mutex_lock(&l->mu);
     while (!l->qlen && !l->closed && rc == 0)

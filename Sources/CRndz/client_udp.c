@@ -397,12 +397,7 @@ int rndz_udp_listener_create(const rndz_client_options *o, rndz_udp_listener **o
     l->peer_fd = l->probe_fd = -1;
     l->loop.epfd = l->loop.wakefd = -1;
     for (size_t i = 0; i < RNDZ_MAX_SERVERS; i++) l->srv[i].fd = -1;
-    pthread_mutex_init(&l->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&l->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    rndz__client_sync_init(&l->mu, &l->cv);
     int rc = rndz__client_init(&l->c, o);
     if (rc) goto fail;
     if ((rc = rndz__loop_init(&l->loop))) goto fail;
@@ -443,11 +438,7 @@ int rndz_udp_listener_next_peer(rndz_udp_listener *l, uint32_t timeout_ms,
                                 rndz_peer_info *info) {
     if (!l) return -EINVAL;
     struct timespec until;
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    uint32_t ms = timeout_ms == UINT32_MAX ? 0 : timeout_ms;
-    until.tv_sec += ms / 1000;
-    until.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) until.tv_sec++, until.tv_nsec -= 1000000000L;
+    rndz__deadline_in(&until, timeout_ms == UINT32_MAX ? 0 : timeout_ms);
     int rc = 0;
     pthread_mutex_lock(&l->mu);
     while (!l->qlen && !l->closed && rc == 0)
@@ -476,10 +467,7 @@ int rndz_udp_listener_local_addr(rndz_udp_listener *l, struct sockaddr_storage *
 int rndz_udp_listener_wait_registered(rndz_udp_listener *l, uint32_t timeout_ms) {
     if (!l) return -EINVAL;
     struct timespec until;
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += timeout_ms / 1000;
-    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) until.tv_sec++, until.tv_nsec -= 1000000000L;
+    rndz__deadline_in(&until, timeout_ms);
     int rc = 0;
     pthread_mutex_lock(&l->mu);
     while (!l->registered && rc == 0) rc = pthread_cond_timedwait(&l->cv, &l->mu, &until);

@@ -361,6 +361,17 @@ typedef struct rndz_client_options {
                                        request sent to a server with this id's credential, for
                                        servers started with a secret (v1 servers skip the
                                        proof). Punch packets to peers are not signed. */
+    uint32_t tcp_rto_max_ms;        /* TCP: cap on the retransmission timeout of the
+                                       connections handed over (TCP_RTO_MAX_MS, Linux >= 6.15;
+                                       ignored where the kernel lacks it). While connecting,
+                                       rndz always caps it at 1000 ms, so lost SYNs and
+                                       SYN-ACKs are sent again each second, not at 1, 3, 7,
+                                       15 s. 0 (default): the handed-over connection gets the
+                                       kernel's default back (net.ipv4.tcp_rto_max_ms, 120 s).
+                                       1000..120000: the connection keeps this cap, so data
+                                       lost early is resent within it; note that a connection
+                                       whose path is dead then also gives up sooner
+                                       (tcp_retries2 resends, each at most this far apart). */
 } rndz_client_options;
 
 RNDZ_API void rndz_client_options_init(rndz_client_options *o);
@@ -462,6 +473,13 @@ RNDZ_API void rndz_tcp_listener_destroy(rndz_tcp_listener *l);
  * not cancellable. */
 RNDZ_API int rndz_tcp_connect(const rndz_client_options *o, const char *target,
                               struct sockaddr_storage *peer, socklen_t *peer_len);
+/* rndz_tcp_connect, telling what it found: the address that carried the connection (the one
+ * the server saw, or one the listener advertised: its LAN address when both peers are behind
+ * one NAT, its IPv6 address), the RTT the kernel measured on the handshake, and the time from
+ * the call to the connection. verified is 1: the handshake itself proved the path both ways.
+ * `info` may be NULL. */
+RNDZ_API int rndz_tcp_connect_info(const rndz_client_options *o, const char *target,
+                                   rndz_peer_info *info);
 
 #ifdef __cplusplus
 }

@@ -43,6 +43,10 @@ int rndz__client_init(rndz__client *c, const rndz_client_options *o) {
     c->keepalive_ms = o->keepalive_ms ? o->keepalive_ms : 10000;
     c->round_ms = o->round_ms ? o->round_ms : 1000;
     c->timeout_ms = o->timeout_ms ? o->timeout_ms : 10000;
+    /* The kernel refuses caps outside 1..120 s; say so now rather than at the first connect. */
+    if (o->tcp_rto_max_ms && (o->tcp_rto_max_ms < 1000 || o->tcp_rto_max_ms > 120000))
+        return -EINVAL;
+    c->tcp_rto_max_ms = o->tcp_rto_max_ms;
     bool any6 = false;
     for (size_t i = 0; i < o->n_servers; i++) {
         if (!o->servers[i]) return RNDZ_E_BADADDR;
@@ -101,6 +105,9 @@ int rndz__client_bind(rndz__client *c, int socktype) {
     }
     int fd = rndz__sock_bind(socktype, (struct sockaddr *)&c->local, &c->so);
     if (fd < 0) return fd;
+    /* Every TCP socket connects under the 1 s cap (client.h, RNDZ__CONNECT_RTO_MAX_MS);
+     * rndz__client_handover sets what the application asked for. */
+    if (socktype == SOCK_STREAM) rndz__sock_tcp_rto_max(fd, RNDZ__CONNECT_RTO_MAX_MS);
     /* The first socket fixes the port; the following ones share it. */
     struct sockaddr_storage b;
     socklen_t bl = sizeof b;
@@ -174,4 +181,8 @@ void rndz__deadline_in(struct timespec *ts, uint32_t ms) {
     ts->tv_sec += ms / 1000;
     ts->tv_nsec += (long)(ms % 1000) * 1000000L;
     if (ts->tv_nsec >= 1000000000L) ts->tv_sec++, ts->tv_nsec -= 1000000000L;
+}
+
+void rndz__client_handover(const rndz__client *c, int fd) {
+    rndz__sock_tcp_rto_max(fd, c->tcp_rto_max_ms);
 }

@@ -19,14 +19,25 @@ typedef struct rndz__client {
     struct sockaddr_storage local; /* port filled in once the first socket is bound */
     rndz__sockopts so;
     uint32_t keepalive_ms, round_ms, timeout_ms;
+    uint32_t tcp_rto_max_ms; /* for connections handed over; 0: the kernel's default */
     bool signing; /* a credential was given: requests to servers carry an Auth field */
     uint8_t credential[RNDZ_CREDENTIAL_LEN];
 } rndz__client;
+
+/* While rndz connects, TCP retransmits at least this often (TCP_RTO_MAX_MS; the kernel's
+ * floor for the cap). Without it a lost SYN or SYN-ACK is sent again after 1, 3, 7, 15 s,
+ * and a handshake that needed a retransmission starts with an RTO of 2-8 s (Linux measures
+ * the RTT from the first SYN's timestamp, or falls back to 3 s): under 20% loss per link
+ * (36% per crossing) that alone failed one TCP connect in eight in the NAT lab. */
+#define RNDZ__CONNECT_RTO_MAX_MS 1000
 
 /* Validate options, resolve every server, pick the local address. */
 RNDZ_INTERNAL int rndz__client_init(rndz__client *c, const rndz_client_options *o);
 /* Bind one more socket to the client's local address (the first one fixes the port). */
 RNDZ_INTERNAL int rndz__client_bind(rndz__client *c, int socktype);
+/* A connection leaves rndz for the application: give it the retransmission cap the options
+ * ask for (default: the kernel's). */
+RNDZ_INTERNAL void rndz__client_handover(const rndz__client *c, int fd);
 /* Parse a peer address from the wire into the local socket's family. */
 RNDZ_INTERNAL int rndz__client_peer_addr(const rndz__client *c, const char *text, size_t len,
                                          struct sockaddr_storage *out);

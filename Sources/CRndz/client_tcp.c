@@ -16,6 +16,8 @@
 #include "punch.h"
 #include "loop.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -112,6 +114,7 @@ static int send_frame(int fd, const rndz__client *c, rndz_cmd cmd, const char *p
 
 static void enqueue(rndz_tcp_listener *l, int fd, const struct sockaddr_storage *peer) {
     rndz__sock_set_nonblock(fd, false);
+    rndz__client_handover(&l->c, fd);
     pthread_mutex_lock(&l->mu);
     if (l->qlen == ACCEPT_QUEUE || l->closed) {
         pthread_mutex_unlock(&l->mu);
@@ -633,6 +636,18 @@ static int connect_any(rndz__client *c, const struct sockaddr_storage *to, size_
 
 int rndz_tcp_connect(const rndz_client_options *o, const char *target,
                      struct sockaddr_storage *peer_out, socklen_t *peer_len) {
+    rndz_peer_info info;
+    int fd = rndz_tcp_connect_info(o, target, &info);
+    if (fd >= 0 && peer_out) {
+        *peer_out = info.addr;
+        if (peer_len) *peer_len = rndz__addr_len((struct sockaddr *)peer_out);
+    }
+    return fd;
+}
+
+int rndz_tcp_connect_info(const rndz_client_options *o, const char *target,
+                          rndz_peer_info *info) {
+    if (info) memset(info, 0, sizeof *info);
     rndz__client c;
     int rc = rndz__client_init(&c, o);
     if (rc) return rc;
@@ -690,15 +705,27 @@ int rndz_tcp_connect(const rndz_client_options *o, const char *target,
     close(srv_fd);
     if (fd < 0) return fd == RNDZ_E_PEERFAIL || fd == -ETIMEDOUT ? RNDZ_E_PEERFAIL : fd;
     rndz__sock_set_nonblock(fd, false);
-    if (peer_out) {
-        *peer_out = to[winner];
-        rndz__addr_unmap(peer_out);
-        if (peer_len) *peer_len = rndz__addr_len((struct sockaddr *)peer_out);
+    rndz__client_handover(&c, fd);
+    uint64_t elapsed = rndz__now_ms() - start;
+    /* The kernel's smoothed RTT after the handshake, rounded up to whole ms. */
+    struct tcp_info ti;
+    socklen_t tl = sizeof ti;
+    uint32_t rtt_ms = 0;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &tl) == 0 && tl >= sizeof ti)
+        rtt_ms = (ti.tcpi_rtt + 999) / 1000;
+    if (info) {
+        info->addr = to[winner];
+        rndz__addr_unmap(&info->addr);
+        info->rtt_ms = rtt_ms;
+        info->elapsed_ms = elapsed > UINT32_MAX ? UINT32_MAX : (uint32_t)elapsed;
+        info->verified = 1;
+        info->lan = rndz__addr_is_private(&info->addr);
+        info->advertised = winner > 0;
     }
     char text[RNDZ_ADDRSTRLEN];
     rndz_addr_format((struct sockaddr *)&to[winner], text, sizeof text);
-    RNDZ_LOG(RNDZ_LOG_INFO, "tcp connect: %s is at %s%s (after %llu ms, %d attempt%s)", target,
-             text, winner ? ", an address it advertised" : "",
-             (unsigned long long)(rndz__now_ms() - start), attempts, attempts == 1 ? "" : "s");
+    RNDZ_LOG(RNDZ_LOG_INFO, "tcp connect: %s is at %s%s (after %llu ms, rtt %u ms, %d attempt%s)",
+             target, text, winner ? ", an address it advertised" : "", (unsigned long long)elapsed,
+             rtt_ms, attempts, attempts == 1 ? "" : "s");
     return fd;
 }

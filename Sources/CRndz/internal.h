@@ -52,6 +52,9 @@ RNDZ_INTERNAL int rndz__sock_bind(int socktype, const struct sockaddr *local,
                                   const rndz__sockopts *o);
 RNDZ_INTERNAL int rndz__sock_set_nonblock(int fd, bool on);
 RNDZ_INTERNAL int rndz__sock_local(int fd, struct sockaddr_storage *out, socklen_t *len);
+/* Cap a TCP socket's retransmission timeout (TCP_RTO_MAX_MS); ms 0: the kernel's default.
+ * 0, or -ENOPROTOOPT where the kernel has no such option (before Linux 6.15). */
+RNDZ_INTERNAL int rndz__sock_tcp_rto_max(int fd, uint32_t ms);
 
 /* wire.c helpers used by clients and server: fill a message and encode it. */
 RNDZ_INTERNAL int rndz__encode(rndz_cmd cmd, const char *id, size_t id_len, const char *peer,

@@ -3,6 +3,8 @@
 
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -61,4 +63,31 @@ int rndz__sock_bind(int socktype, const struct sockaddr *local, const rndz__sock
 fail:
     close(fd);
     return rc;
+}
+
+/* Linux 6.15 added TCP_RTO_MAX_MS; older C libraries do not name it. */
+#ifndef TCP_RTO_MAX_MS
+#define TCP_RTO_MAX_MS 44
+#endif
+
+/* The kernel's default cap, read once: the value a connection gets back after rndz's own. */
+static int default_rto_max_ms(void) {
+    static int cached; /* 0: not read yet; racing readers read the same value */
+    int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (v) return v;
+    v = 120000; /* TCP_RTO_MAX */
+    FILE *f = fopen("/proc/sys/net/ipv4/tcp_rto_max_ms", "re");
+    if (f) {
+        int got;
+        if (fscanf(f, "%d", &got) == 1 && got >= 1000) v = got;
+        fclose(f);
+    }
+    __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
+    return v;
+}
+
+int rndz__sock_tcp_rto_max(int fd, uint32_t ms) {
+    int v = ms ? (int)(ms > 120000 ? 120000 : ms < 1000 ? 1000 : ms) : default_rto_max_ms();
+    if (setsockopt(fd, IPPROTO_TCP, TCP_RTO_MAX_MS, &v, sizeof v) < 0) return -errno;
+    return 0;
 }

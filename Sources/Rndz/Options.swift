@@ -154,6 +154,12 @@ public struct ClientOptions: Sendable {
     /// Our id's credential, for servers started with a secret: every request to the servers
     /// then carries a proof (v1 servers skip it). nil (the default): unsigned.
     public var credential: Credential?
+    /// TCP: the cap on the retransmission timeout that connections keep once rndz hands them
+    /// over (`TCP_RTO_MAX_MS`, Linux 6.15 and later; ignored before). While connecting rndz
+    /// always caps it at 1 s. nil (the default): the kernel's default cap (120 s). 1 to
+    /// 120 s: data lost early is resent at least this often, and a connection whose path
+    /// died gives up sooner too.
+    public var tcpRetransmitCap: Duration?
 
     /// Options for `id`, talking to `servers`, with the library's defaults otherwise.
     public init(id: String, servers: [String]) {
@@ -167,6 +173,7 @@ public struct ClientOptions: Sendable {
         self.timeout = .milliseconds(o.timeout_ms)
         self.socketConfigure = nil
         self.credential = nil
+        self.tcpRetransmitCap = nil
     }
 
     /// Calls `body` with the C form. Strings live until `body` returns.
@@ -182,6 +189,7 @@ public struct ClientOptions: Sendable {
         o.keepalive_ms = cMilliseconds(keepalive)
         o.round_ms = cMilliseconds(round)
         o.timeout_ms = cMilliseconds(timeout)
+        if let cap = tcpRetransmitCap { o.tcp_rto_max_ms = cMilliseconds(cap) }
         if let box {
             o.sock_config = SocketConfigBox.trampoline
             o.sock_config_user = box.user

@@ -228,6 +228,9 @@ public final class TCPStream: @unchecked Sendable {
     public let peer: SocketAddress
     /// The local address (the same port the rendezvous server saw).
     public let localAddress: SocketAddress
+    /// What the connect found out (connector side): which address carried the connection,
+    /// the handshake's RTT and the time to connect. Empty on accepted streams.
+    public let path: PathInfo
 
     private struct State {
         var closed = false  // close() was called: no new calls
@@ -237,7 +240,7 @@ public final class TCPStream: @unchecked Sendable {
     private let state = Mutex(State())
 
     /// Takes ownership of a connected TCP socket. On error the fd is closed.
-    init(owning fd: Int32, peer: SocketAddress) throws(RndzError) {
+    init(owning fd: Int32, peer: SocketAddress, path: PathInfo = PathInfo()) throws(RndzError) {
         do throws(RndzError) {
             self.localAddress = try socketLocalAddress(fd)
         } catch {
@@ -246,6 +249,7 @@ public final class TCPStream: @unchecked Sendable {
         }
         self.fileDescriptor = fd
         self.peer = peer
+        self.path = path
     }
 
     deinit {
@@ -399,19 +403,19 @@ public struct TCPConnector: Sendable {
     public func connect(to target: String) throws(RndzError) -> TCPStream {
         if target.utf8.contains(0) { throw .badID }
         let box = options.socketConfigure.map(SocketConfigBox.init)
-        var ss = sockaddr_storage()
+        var info = rndz_peer_info()
         let fd = try options.withC(box) { (o) throws(RndzError) in
-            withExtendedLifetime(box) { rndz_tcp_connect(o, target, &ss, nil) }
+            withExtendedLifetime(box) { rndz_tcp_connect_info(o, target, &info) }
         }
         _ = try check(fd)
         let peer: SocketAddress
         do throws(RndzError) {
-            peer = try SocketAddress(ss)
+            peer = try SocketAddress(info.addr)
         } catch {
             close(fd)
             throw error
         }
-        return try TCPStream(owning: fd, peer: peer)
+        return try TCPStream(owning: fd, peer: peer, path: PathInfo(info))
     }
 
     /// Connects like ``connect(to:)`` on a dedicated thread, so the cooperative thread pool

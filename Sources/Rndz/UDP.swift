@@ -90,12 +90,7 @@ public final class UDPListener: @unchecked Sendable {
         let id = withUnsafeBytes(of: info.id) { raw in
             String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
         }
-        var path = PathInfo()
-        path.verified = info.verified != 0
-        path.rtt = info.rtt_ms > 0 ? .milliseconds(Int(info.rtt_ms)) : nil
-        path.elapsed = .milliseconds(Int(info.elapsed_ms))
-        path.lan = info.lan != 0
-        return Peer(id: id, address: try SocketAddress(info.addr), path: path)
+        return Peer(id: id, address: try SocketAddress(info.addr), path: PathInfo(info))
     }
 
     /// Waits like ``waitRegistered(timeout:)`` on a dedicated thread.
@@ -281,6 +276,14 @@ public struct PathInfo: Sendable, Hashable {
     public var advertised = false
 
     public init() {}
+
+    init(_ info: rndz_peer_info) {
+        verified = info.verified != 0
+        rtt = info.rtt_ms > 0 ? .milliseconds(Int(info.rtt_ms)) : nil
+        elapsed = .milliseconds(Int(info.elapsed_ms))
+        lan = info.lan != 0
+        advertised = info.advertised != 0
+    }
 }
 
 public struct UDPConnector: Sendable {
@@ -312,11 +315,7 @@ public struct UDPConnector: Sendable {
             throw error
         }
         let socket = try UDPSocket(owning: fd, peer: peer, ourID: options.id, peerID: target)
-        socket.path.verified = info.verified != 0
-        socket.path.rtt = info.rtt_ms > 0 ? .milliseconds(Int(info.rtt_ms)) : nil
-        socket.path.elapsed = .milliseconds(Int(info.elapsed_ms))
-        socket.path.lan = info.lan != 0
-        socket.path.advertised = info.advertised != 0
+        socket.path = PathInfo(info)
         return socket
     }
 

@@ -220,8 +220,22 @@ final class AtomicFlag: Sendable {
     func set() { value.store(true, ordering: .releasing) }
 }
 
+/// SIGINT and SIGTERM stay blocked in every thread from the start of `main`, before any
+/// thread exists (threads inherit the mask), so one that arrives at any moment waits as
+/// pending until a `StopSignal` collects it, never lost and never killing the process
+/// half-way. (Setting SIG_IGN and then creating a dispatch source lost a signal that came
+/// in between: libdispatch sets up its signalfd asynchronously.)
+func blockStopSignals(_ block: Bool = true) {
+    var set = sigset_t()
+    sigemptyset(&set)
+    sigaddset(&set, SIGINT)
+    sigaddset(&set, SIGTERM)
+    pthread_sigmask(block ? SIG_BLOCK : SIG_UNBLOCK, &set, nil)
+}
+
 /// Set by SIGINT / SIGTERM; `then` runs on a dispatch queue when one arrives. Keep it alive
-/// while the signals should be handled.
+/// while the signals should be handled. The signals are blocked (`blockStopSignals`): the
+/// dispatch sources read them from a signalfd, including one already pending.
 final class StopSignal {
     private let flag = AtomicFlag()
     private var sources: [any DispatchSourceSignal] = []
@@ -230,7 +244,6 @@ final class StopSignal {
 
     init(then action: @escaping @Sendable () -> Void = {}) {
         for sig in [SIGINT, SIGTERM] {
-            signal(sig, SIG_IGN)  // delivered through the dispatch source instead
             let src = DispatchSource.makeSignalSource(signal: sig, queue: .global())
             src.setEventHandler { [flag] in
                 flag.set()
@@ -318,7 +331,7 @@ let clientCommand = Command(
     name: "client",
     summary: "register and answer peers, or --remote-peer: say hello to a peer",
     usage:
-        "rndz-cli client --id ID --server-addr ADDR [--server-addr ADDR ...] [--remote-peer ID] [--tcp] [--local-addr ADDR] [--timeout MS] [--credential-file FILE]",
+        "rndz-cli client --id ID --server-addr ADDR [--server-addr ADDR ...] [--remote-peer ID] [--tcp] [--local-addr ADDR] [--timeout MS] [--tcp-rto-max MS] [--credential-file FILE]",
     details: """
         Without --remote-peer (listener): registers as ID with every server, prints
         "registered as ID on ADDR" on stdout, and answers peers until SIGINT or
@@ -337,6 +350,7 @@ let clientCommand = Command(
         Flag("tcp", "use TCP instead of UDP"),
         Flag("local-addr", value: "ADDR", "local address to bind (default: any, port chosen)"),
         Flag("timeout", value: "MS", "connector: give up finding the peer, and waiting for its reply, after MS ms"),
+        Flag("tcp-rto-max", value: "MS", "with --tcp: the peer connection keeps TCP's retransmission timeout at most MS ms (1000..120000; Linux 6.15+)"),
         Flag("credential-file", value: "FILE", "sign requests with ID's credential (hex, from 'rndz-cli credential')"),
     ],
     run: runClient)
@@ -384,8 +398,17 @@ let clientCommand = Command(
         opts.timeout = .milliseconds(ms)
         replyTimeout = .milliseconds(ms)
     }
+    if let text = f.last("tcp-rto-max") {
+        guard let ms = Int64(text), (1000...120_000).contains(ms) else {
+            v.error("bad --tcp-rto-max '\(text)': milliseconds from 1000 to 120000")
+            return ExitCode.usage
+        }
+        opts.tcpRetransmitCap = .milliseconds(ms)
+    }
     let tcp = f.has("tcp")
     if let peer = f.last("remote-peer") {
+        // A connector has nothing to clean up: SIGINT and SIGTERM end it at once, as usual.
+        blockStopSignals(false)
         return tcp
             ? runTCPConnector(opts, peer: peer, replyTimeout: replyTimeout, v)
             : runConnector(opts, peer: peer, replyTimeout: replyTimeout, v)
@@ -484,13 +507,7 @@ func runConnector(_ opts: ClientOptions, peer: String, replyTimeout: Duration, _
         return ExitCode.failure
     }
     v.info("peer '\(peer)' is at \(socket.peer); talking from \(socket.localAddress)")
-    let p = socket.path
-    let rtt = p.rtt.map { "\($0.components.attoseconds / 1_000_000_000_000_000 + $0.components.seconds * 1000) ms" } ?? "not measured"
-    let via = p.advertised ? (p.lan ? "its LAN address" : "an address it advertised")
-        : "the address the server saw"
-    printOut("path to \(peer): \(socket.peer) (\(via), "
-        + "\(p.verified ? "verified both ways" : "unverified: v1 peer or server")), rtt \(rtt), "
-        + "connected in \(p.elapsed.components.seconds * 1000 + p.elapsed.components.attoseconds / 1_000_000_000_000_000) ms")
+    printPath(to: peer, at: socket.peer, socket.path, proof: "verified both ways")
     let hello = Array("hello".utf8)
     let deadline = ContinuousClock.now + replyTimeout
     // Send "hello" again every second until the peer answers: the first one may arrive before
@@ -583,6 +600,22 @@ func answerTCPPeer(_ stream: TCPStream, _ v: Verbosity) async {
     }
 }
 
+/// Whole milliseconds of a duration.
+func milliseconds(_ d: Duration) -> Int64 {
+    d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000
+}
+
+/// The connector's "path to ID: ADDR (which candidate, verified or not), rtt, connected in"
+/// line on stdout.
+func printPath(to peer: String, at addr: SocketAddress, _ p: PathInfo, proof: String) {
+    let rtt = p.rtt.map { "\(milliseconds($0)) ms" } ?? "not measured"
+    let via = p.advertised ? (p.lan ? "its LAN address" : "an address it advertised")
+        : "the address the server saw"
+    printOut("path to \(peer): \(addr) (\(via), "
+        + "\(p.verified ? proof : "unverified: v1 peer or server")), rtt \(rtt), "
+        + "connected in \(milliseconds(p.elapsed)) ms")
+}
+
 func runTCPConnector(_ opts: ClientOptions, peer: String, replyTimeout: Duration, _ v: Verbosity)
     -> Int32
 {
@@ -603,6 +636,7 @@ func runTCPConnector(_ opts: ClientOptions, peer: String, replyTimeout: Duration
         return ExitCode.failure
     }
     v.info("connected to peer '\(peer)' at \(stream.peer) from \(stream.localAddress)")
+    printPath(to: peer, at: stream.peer, stream.path, proof: "TCP handshake both ways")
     let hello = Array("hello".utf8)
     do {
         try stream.send(hello)
@@ -723,6 +757,7 @@ let commands = [serverCommand, clientCommand, credentialCommand]
 func versionText() -> String { "rndz-cli \(RndzVersion.string)" }
 
 func main(_ argv: [String]) -> Int32 {
+    blockStopSignals()
     var args = ArraySlice(argv.dropFirst())
     let v0 = Verbosity(level: .warn)
     // Global options, then the command.

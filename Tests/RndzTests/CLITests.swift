@@ -115,7 +115,14 @@ struct CLITests {
             let connector = try Child.run(
                 ["client", "--tcp", "--id", uniqueID("C"), "--server-addr", addr, "--remote-peer", id])
             #expect(connector.status == 0, "connector said: \(connector.stderrText)")
-            #expect(connector.stdoutText == "reply from \(host):\(listenerPort): hello\n")
+            let lines = connector.stdoutText.split(separator: "\n")
+            #expect(lines.count == 2, "connector printed: \(connector.stdoutText)")
+            if lines.count == 2 {
+                #expect(lines[0].hasPrefix("path to \(id): \(host):\(listenerPort) (the address "
+                    + "the server saw, TCP handshake both ways), rtt "))
+                #expect(lines[0].contains(" ms, connected in "))
+                #expect(lines[1] == "reply from \(host):\(listenerPort): hello")
+            }
         }
 
         listener.signal(SIGINT)
@@ -124,6 +131,23 @@ struct CLITests {
         #expect(listener.stderrText.contains("connected"))
         server.signal(SIGTERM)
         #expect(server.wait() == 0, "server said: \(server.stderrText)")
+    }
+
+    /// A SIGTERM or SIGINT sent as soon as the server says it listens stops it cleanly
+    /// (status 0, with its summary), every time. Before the signals were blocked from the
+    /// start of `main`, such a signal sometimes killed the server or was lost, depending on
+    /// when libdispatch set up its signalfd: `Tests/fuzz/cli_args.py` saw it in 8 of 702
+    /// runs; this loop is the regression check (the race is too narrow to catch every time).
+    @Test func signalRightAfterStartStopsCleanly() throws {
+        for round in 0..<100 {
+            let sig = round % 2 == 0 ? SIGTERM : SIGINT
+            let server = try Child(["-v", "server", "--listen-addr", "127.0.0.1:0"])
+            _ = try #require(server.readLine(), "server said: \(server.stderrText)")
+            server.signal(sig)
+            #expect(server.wait(timeout: .seconds(5)) == 0,
+                    "round \(round): server said: \(server.stderrText)")
+            #expect(server.stderrText.contains("stopped by signal"), "round \(round)")
+        }
     }
 
     @Test func tcpNotFoundAndTimeout() throws {

@@ -637,6 +637,73 @@ static void test_server_restart(void) {
     rndz_server_destroy(s);
 }
 
+/* TCP_RTO_MAX_MS of a socket, or -1 where the kernel has no such option (before 6.15). */
+static int rto_max_of(int fd) {
+    int v = 0;
+    socklen_t vl = sizeof v;
+    return getsockopt(fd, IPPROTO_TCP, 44 /* TCP_RTO_MAX_MS */, &v, &vl) == 0 ? v : -1;
+}
+
+static void test_connect_info_and_rto_cap(void) {
+    tl_case("rndz_tcp_connect_info; tcp_rto_max_ms on the connections handed over");
+    struct sockaddr_storage sa;
+    char st[RNDZ_ADDRSTRLEN];
+    rndz_server *s = start_server("127.0.0.1:0", 0, &sa, st);
+    const char *servers[] = {st};
+    rndz_client_options bad = client_opts("L", servers, 1);
+    rndz_tcp_listener *l = NULL;
+    bad.tcp_rto_max_ms = 999; /* below the kernel's floor: refused up front */
+    CHECK_RC(rndz_tcp_listener_create(&bad, &l), -EINVAL);
+    bad.tcp_rto_max_ms = 120001;
+    CHECK_RC(rndz_tcp_connect(&bad, "L", NULL, NULL), -EINVAL);
+
+    rndz_client_options lo = client_opts("L", servers, 1);
+    lo.tcp_rto_max_ms = 2000;
+    CHECK_RC(rndz_tcp_listener_create(&lo, &l), 0);
+    CHECK_RC(rndz_tcp_listener_wait_registered(l, tl_ms(3000)), 0);
+    for (int keep = 0; keep < 2; keep++) {
+        rndz_client_options co = client_opts("C", servers, 1);
+        co.tcp_rto_max_ms = keep ? 5000 : 0;
+        rndz_peer_info info;
+        memset(&info, 0xa5, sizeof info);
+        uint64_t t0 = tl_now_ms();
+        int fd = rndz_tcp_connect_info(&co, "L", &info);
+        uint64_t took = tl_now_ms() - t0;
+        CHECK(fd >= 0);
+        int afd = rndz_tcp_listener_accept(l, tl_ms(3000), NULL, NULL);
+        CHECK(afd >= 0);
+        struct sockaddr_storage laddr;
+        rndz_tcp_listener_local_addr(l, &laddr, NULL);
+        CHECK_EQ_INT(info.addr.ss_family, AF_INET);
+        CHECK_EQ_INT(tl_addr_port(&info.addr), tl_addr_port(&laddr));
+        CHECK_EQ_INT(info.verified, 1);
+        CHECK_EQ_INT(info.advertised, 0); /* the address the server saw answered first */
+        CHECK_EQ_INT(info.lan, 0);        /* loopback is not a LAN address */
+        CHECK(info.elapsed_ms <= took);
+        CHECK(info.rtt_ms >= 1 && info.rtt_ms < 1000); /* rounded up: loopback gives 1 */
+        CHECK_EQ_INT(info.id[0], 0);
+        int cap = fd >= 0 ? rto_max_of(fd) : -1, acap = afd >= 0 ? rto_max_of(afd) : -1;
+        if (cap < 0) {
+            tl_note("this kernel has no TCP_RTO_MAX_MS: the cap is not checked");
+        } else {
+            /* connector: its option, or the kernel default back; listener: its option */
+            int dflt = 120000;
+            FILE *f = fopen("/proc/sys/net/ipv4/tcp_rto_max_ms", "r");
+            if (f) {
+                if (fscanf(f, "%d", &dflt) != 1) dflt = 120000;
+                fclose(f);
+            }
+            CHECK_EQ_INT(cap, keep ? 5000 : dflt);
+            CHECK_EQ_INT(acap, 2000);
+        }
+        if (fd >= 0 && afd >= 0) exchange(fd, afd);
+        if (fd >= 0) close(fd);
+        if (afd >= 0) close(afd);
+    }
+    rndz_tcp_listener_destroy(l);
+    rndz_server_destroy(s);
+}
+
 /* --- scale and descriptor exhaustion (child processes) ----------------------------------- */
 
 static long rss_kb(void) {
@@ -823,6 +890,7 @@ int main(void) {
     test_v1_connector_with_our_listener();
     test_v1_server_with_our_clients();
     test_server_restart();
+    test_connect_info_and_rto_cap();
     test_out_of_descriptors();
     if (!getenv("RNDZ_SKIP_SCALE")) test_many_connections();
     return tl_finish();

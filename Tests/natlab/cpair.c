@@ -4,7 +4,7 @@
  *   cpair server  --listen ADDR
  *   cpair listen  --id ID --server ADDR [--server ADDR ...] [--tcp]
  *   cpair connect --id ID --server ADDR [--server ADDR ...] --target ID [--tcp]
- *                 [--timeout MS]
+ *                 [--timeout MS] [--tcp-rto-max MS]
  *
  * server:  runs rndz_server (UDP and, when the library has it, TCP) on ADDR until SIGTERM/SIGINT.
  * listen:  registers ID; prints "registered" on stdout once a server answered; then UDP: echoes
@@ -217,7 +217,7 @@ static int usage(void)
 {
     fprintf(stderr, "usage: cpair server --listen ADDR\n"
                     "       cpair listen|connect --id ID --server ADDR [--server ADDR ...]"
-                    " [--target ID] [--tcp] [--timeout MS]\n");
+                    " [--target ID] [--tcp] [--timeout MS] [--tcp-rto-max MS]\n");
     return 2;
 }
 
@@ -228,7 +228,7 @@ int main(int argc, char **argv)
     const char *servers[MAX_SERVERS];
     size_t n_servers = 0;
     int tcp = 0;
-    long timeout_ms = 0;
+    long timeout_ms = 0, rto_max_ms = 0;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--tcp")) tcp = 1;
@@ -237,6 +237,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--target")) target = v, i++;
         else if (!strcmp(a, "--listen")) listen_addr = v, i++;
         else if (!strcmp(a, "--timeout")) timeout_ms = strtol(v, NULL, 10), i++;
+        else if (!strcmp(a, "--tcp-rto-max")) rto_max_ms = strtol(v, NULL, 10), i++;
         else if (!strcmp(a, "--server") && n_servers < MAX_SERVERS) servers[n_servers++] = v, i++;
         else return usage();
     }
@@ -259,6 +260,7 @@ int main(int argc, char **argv)
     o.servers = servers;
     o.n_servers = n_servers;
     if (timeout_ms > 0) o.timeout_ms = (uint32_t)timeout_ms;
+    if (rto_max_ms > 0) o.tcp_rto_max_ms = (uint32_t)rto_max_ms;
 
     if (!tcp) return listen ? udp_listen(&o) : udp_connect(&o, target);
 #ifdef CPAIR_TCP

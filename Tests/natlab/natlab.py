@@ -64,6 +64,9 @@ CFG = {
     "loss_min": env_int("RNDZ_NATLAB_LOSS_MIN", 0),
     "timeout": env_int("RNDZ_NATLAB_TIMEOUT", 20),
     "tcp": truthy(os.environ.get("RNDZ_NATLAB_TCP", "1")),
+    # TCP rows: the peers' connections keep TCP's retransmission timeout at most this many ms
+    # (--tcp-rto-max; 0: the kernel's default once connected).
+    "tcp_rto_max": env_int("RNDZ_NATLAB_TCP_RTO_MAX", 0),
     "keep_logs": truthy(os.environ.get("RNDZ_NATLAB_KEEP_LOGS")),
     "verbose": truthy(os.environ.get("RNDZ_NATLAB_VERBOSE")),
     "only": [s for s in os.environ.get("RNDZ_NATLAB_ONLY", "").split(",") if s],
@@ -610,9 +613,8 @@ class Tools:
         local = ["--local-addr", sc.local] if sc is not None and sc.local else []
         if impl == "cli":
             return [self.cli, "client", "--id", pid, "--server-addr", server] + local + \
-                (["--tcp"] if transport == "tcp" else [])
-        return [self.cpair, "listen", "--id", pid, "--server", server] + \
-            (["--tcp"] if transport == "tcp" else [])
+                tcp_flags(transport)
+        return [self.cpair, "listen", "--id", pid, "--server", server] + tcp_flags(transport)
 
     def connector_argv(self, impl, transport, cid, server, target, sc=None):
         if sc is not None and sc.raw_v1("connector"):
@@ -621,10 +623,15 @@ class Tools:
         local = ["--local-addr", sc.local] if sc is not None and sc.local else []
         if impl == "cli":
             return [self.cli, "client", "--id", cid, "--server-addr", server,
-                    "--remote-peer", target] + local + (["--tcp"] if transport == "tcp" else [])
+                    "--remote-peer", target] + local + tcp_flags(transport)
         return [self.cpair, "connect", "--id", cid, "--server", server, "--target", target,
-                "--timeout", str(CFG["timeout"] * 1000)] + \
-            (["--tcp"] if transport == "tcp" else [])
+                "--timeout", str(CFG["timeout"] * 1000)] + tcp_flags(transport)
+
+
+def tcp_flags(transport):
+    if transport != "tcp":
+        return []
+    return ["--tcp"] + (["--tcp-rto-max", str(CFG["tcp_rto_max"])] if CFG["tcp_rto_max"] else [])
 
 
 TOOLS = None

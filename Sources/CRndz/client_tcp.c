@@ -9,11 +9,16 @@
  * just like a connection the listening socket accepted (the rndz 0.1.5 way, which works when
  * nothing in between filters).
  *
- * Connector: connect to a server, Isync, read the Redirect, then connect from the same local
- * port to the address given, retrying until the deadline. */
+ * When the SYNs go is synplan.h's plan: one at once, one at the coordinated moment (half the
+ * relayed round trip later, when the connector's leaves), and new ones while they fail.
+ *
+ * Connector: connect to a server, Isync (with its RTT to the server, for the plan), read the
+ * Redirect, then connect from the same local port to the address given, retrying until the
+ * deadline. */
 #include "client.h"
 #include "ext.h"
 #include "punch.h"
+#include "synplan.h"
 #include "loop.h"
 
 #include <netinet/in.h>
@@ -53,15 +58,20 @@ typedef struct tsrv {
     size_t idx;
     rndz_framer framer;
     uint64_t next_ping, retry_at, last_rx;
+    uint64_t connect_at, ping_at; /* for RTT samples: connect started, Ping sent (0: none) */
+    uint32_t rtt_ms;              /* to this server: smoothed, 0 until measured */
     uint32_t backoff;
 } tsrv;
 
+/* SYNs toward one address of a connecting peer, timed by a plan (synplan.h). */
 typedef struct punch {
-    int fd; /* -1: free slot */
+    bool used;
+    int fd; /* the current attempt's socket, -1: none */
     rndz__io io;
     struct rndz_tcp_listener *l;
     struct sockaddr_storage peer;
-    uint64_t deadline;
+    rndz__synplan plan;
+    uint64_t wake;
 } punch;
 
 typedef struct queued {
@@ -132,10 +142,16 @@ static void enqueue(rndz_tcp_listener *l, int fd, const struct sockaddr_storage 
 
 /* --- punches ---------------------------------------------------------------------------- */
 
-static void punch_free(punch *p) {
+static void punch_close_fd(punch *p) {
+    if (p->fd < 0) return;
     rndz__loop_del(&p->l->loop, &p->io);
     close(p->fd);
     p->fd = -1;
+}
+
+static void punch_free(punch *p) {
+    punch_close_fd(p);
+    p->used = false;
 }
 
 static void punch_event(void *ctx, uint32_t events) {
@@ -146,49 +162,83 @@ static void punch_event(void *ctx, uint32_t events) {
     char text[RNDZ_ADDRSTRLEN];
     rndz_addr_format((struct sockaddr *)&p->peer, text, sizeof text);
     if (err || (events & (EPOLLERR | EPOLLHUP))) {
-        RNDZ_LOG(RNDZ_LOG_DEBUG, "tcp listener: punch to %s: %s", text,
-                 rndz_strerror(err ? -err : -ECONNRESET));
-        punch_free(p);
+        /* Refused or reset (a router that answers early SYNs), or unreachable: the plan
+         * decides whether to try again (listener_tick runs it). */
+        RNDZ_LOG(RNDZ_LOG_DEBUG, "tcp listener: punch to %s (attempt %d): %s", text,
+                 p->plan.attempts, rndz_strerror(err ? -err : -ECONNRESET));
+        punch_close_fd(p);
         return;
     }
     /* The SYNs crossed: this is the peer's connection. */
-    RNDZ_LOG(RNDZ_LOG_INFO, "tcp listener: connected to %s by simultaneous open", text);
+    RNDZ_LOG(RNDZ_LOG_INFO, "tcp listener: connected to %s by simultaneous open (attempt %d)",
+             text, p->plan.attempts);
     rndz__loop_del(&p->l->loop, &p->io);
     enqueue(p->l, p->fd, &p->peer);
     p->fd = -1;
+    p->used = false;
 }
 
-static void start_punch(rndz_tcp_listener *l, const struct sockaddr_storage *peer, uint64_t now) {
-    punch *p = NULL;
-    for (size_t i = 0; i < MAX_PUNCH && !p; i++)
-        if (l->punches[i].fd < 0) p = &l->punches[i];
-    if (!p) { /* all busy: reuse the one that ends soonest */
-        p = &l->punches[0];
-        for (size_t i = 1; i < MAX_PUNCH; i++)
-            if (l->punches[i].deadline < p->deadline) p = &l->punches[i];
-        punch_free(p);
-    }
+/* Send a SYN: a new socket on the shared port, connecting to the peer. */
+static void punch_connect(punch *p) {
+    rndz_tcp_listener *l = p->l;
     int fd = rndz__client_bind(&l->c, SOCK_STREAM);
     if (fd < 0) {
         RNDZ_LOG(RNDZ_LOG_WARN, "tcp listener: punch socket: %s", rndz_strerror(fd));
         return;
     }
-    if (connect(fd, (const struct sockaddr *)peer, rndz__addr_len((const struct sockaddr *)peer)) <
-            0 &&
-        errno != EINPROGRESS) {
+    const struct sockaddr *to = (const struct sockaddr *)&p->peer;
+    if (connect(fd, to, rndz__addr_len(to)) < 0 && errno != EINPROGRESS) {
         RNDZ_LOG(RNDZ_LOG_DEBUG, "tcp listener: punch connect: %s", rndz_strerror(-errno));
         close(fd);
         return;
     }
     p->fd = fd;
-    p->l = l;
-    p->peer = *peer;
-    p->deadline = now + l->c.timeout_ms;
     p->io = (rndz__io){fd, punch_event, p};
     if (rndz__loop_add(&l->loop, &p->io, EPOLLOUT)) {
         close(fd);
         p->fd = -1;
     }
+}
+
+/* Run a punch's plan at `now`; false once the punch is over (and freed). */
+static bool punch_run(punch *p, uint64_t now) {
+    if (now < p->wake) return true;
+    if (rndz__synplan_step(&p->plan, now, p->fd < 0 ? RNDZ_SYN_NONE : RNDZ_SYN_BUSY, &p->wake) == RNDZ_SYN_START)
+        punch_connect(p);
+    if (p->wake == UINT64_MAX) { /* the plan is over: a socket still at it has lost */
+        punch_free(p);
+        return false;
+    }
+    return true;
+}
+
+/* Start punching toward `peer`, the coordinated SYN `delay_ms` after this one. */
+static void start_punch(rndz_tcp_listener *l, const struct sockaddr_storage *peer, uint64_t now,
+                        uint32_t delay_ms) {
+    punch *p = NULL;
+    for (size_t i = 0; i < MAX_PUNCH && !p; i++)
+        if (!l->punches[i].used) p = &l->punches[i];
+    if (!p) { /* all busy: reuse the one that ends soonest */
+        p = &l->punches[0];
+        for (size_t i = 1; i < MAX_PUNCH; i++)
+            if (l->punches[i].plan.deadline < p->plan.deadline) p = &l->punches[i];
+        punch_free(p);
+    }
+    p->used = true;
+    p->fd = -1;
+    p->l = l;
+    p->peer = *peer;
+    p->wake = 0;
+    rndz__synplan_init(&p->plan, now, delay_ms, now + l->c.timeout_ms);
+    punch_run(p, now);
+}
+
+/* A round-trip sample to a server. A lower one is taken at once (a sample is only ever
+ * inflated: by a lost packet, or a Pong that answers an older Ping); a higher one moves the
+ * estimate by 1/8, so a path that really got slower is followed. */
+static void srv_rtt_sample(tsrv *s, uint64_t sent, uint64_t now) {
+    uint32_t r = now > sent ? (uint32_t)(now - sent) : 1;
+    s->rtt_ms = !s->rtt_ms || r < s->rtt_ms ? r : (7 * s->rtt_ms + r) / 8;
 }
 
 /* --- server connections ----------------------------------------------------------------- */
@@ -214,6 +264,8 @@ static void on_frame(tsrv *s, const uint8_t *body, size_t len, uint64_t now) {
     if (rndz_msg_decode(body, len, 1, &m)) return;
     if (m.cmd == RNDZ_RSP_PONG) {
         s->backoff = BACKOFF_MIN_MS;
+        if (s->ping_at) srv_rtt_sample(s, s->ping_at, now);
+        s->ping_at = 0;
         pthread_mutex_lock(&l->mu);
         if (!l->registered)
             RNDZ_LOG(RNDZ_LOG_INFO, "tcp listener: registered with %s", l->c.server_text[s->idx]);
@@ -227,21 +279,29 @@ static void on_frame(tsrv *s, const uint8_t *body, size_t len, uint64_t now) {
         rndz_addr_format((struct sockaddr *)&peer, text, sizeof text);
         RNDZ_LOG(RNDZ_LOG_INFO, "tcp listener: peer %.*s at %s wants to connect",
                  (int)(m.peer_id_len > 64 ? 64 : m.peer_id_len), m.peer_id, text);
-        start_punch(l, &peer, now); /* first the SYN that opens our NAT, then the Rsync */
         rndz__ext ext;
+        if (rndz__ext_decode(body, len, &ext)) memset(&ext, 0, sizeof ext);
+        /* The connector's SYN leaves when our Rsync, relayed, reaches it: the coordinated
+         * SYN goes then (synplan.h). A v1 connector sends no RTT: ours stands for both. */
+        uint32_t delay = rndz__synplan_delay(s->rtt_ms, ext.rtt_ms);
+        RNDZ_LOG(RNDZ_LOG_DEBUG,
+                 "tcp listener: SYN in %u ms (rtt to the server: ours %u ms, the peer's %u ms)",
+                 delay, s->rtt_ms, ext.rtt_ms);
+        start_punch(l, &peer, now, delay);
         int rc;
-        if (rndz__ext_decode(body, len, &ext) == 0 && ext.has_nonce) {
+        if (ext.has_nonce) {
             /* A connector that tries candidates: SYNs toward each of its addresses too (a peer
              * behind our own NAT is reached on its LAN address), and ours in the Rsync. */
             for (size_t k = 0; k < ext.ncands; k++) {
                 struct sockaddr_storage a;
                 if (rndz__client_peer_addr(&l->c, ext.cands[k], strlen(ext.cands[k]), &a) == 0 &&
                     !rndz__addr_equal((struct sockaddr *)&a, (struct sockaddr *)&peer))
-                    start_punch(l, &a, now);
+                    start_punch(l, &a, now, delay);
             }
             rndz__ext mine = l->my_cands;
             mine.has_nonce = true;
             mine.nonce = ext.nonce;
+            mine.rtt_ms = 0;
             rc = send_frame_ext(s->fd, &l->c, RNDZ_REQ_RSYNC, m.peer_id, m.peer_id_len, &mine);
         } else {
             rc = send_frame(s->fd, &l->c, RNDZ_REQ_RSYNC, m.peer_id, m.peer_id_len);
@@ -264,6 +324,7 @@ static void srv_event(void *ctx, uint32_t events) {
         }
         s->state = SRV_UP;
         s->last_rx = now;
+        srv_rtt_sample(s, s->connect_at, now); /* the handshake: SYN, SYN-ACK */
         s->next_ping = now; /* register at once */
         rndz_framer_init(&s->framer);
         rndz__loop_mod(&l->loop, &s->io, EPOLLIN);
@@ -302,6 +363,8 @@ static void srv_connect(tsrv *s, uint64_t now) {
     const struct sockaddr *to = (const struct sockaddr *)&l->c.servers[s->idx];
     s->fd = fd;
     s->state = SRV_CONNECTING;
+    s->connect_at = now;
+    s->ping_at = 0;
     s->io = (rndz__io){fd, srv_event, s};
     if (connect(fd, to, rndz__addr_len(to)) < 0 && errno != EINPROGRESS) {
         srv_down(s, now, rndz_strerror(-errno));
@@ -338,7 +401,10 @@ static uint64_t listener_tick(void *ctx, uint64_t now) {
             } else if (now >= s->next_ping) {
                 int rc = send_frame(s->fd, &l->c, RNDZ_REQ_PING, NULL, 0);
                 if (rc) srv_down(s, now, rndz_strerror(rc));
-                else s->next_ping = now + rndz__client_jitter(l->c.keepalive_ms);
+                else {
+                    s->next_ping = now + rndz__client_jitter(l->c.keepalive_ms);
+                    if (!s->ping_at) s->ping_at = now; /* a Pong may answer an older one */
+                }
             }
         }
         uint64_t t = s->state == SRV_DOWN   ? s->retry_at
@@ -352,9 +418,7 @@ static uint64_t listener_tick(void *ctx, uint64_t now) {
     }
     for (size_t i = 0; i < MAX_PUNCH; i++) {
         punch *p = &l->punches[i];
-        if (p->fd < 0) continue;
-        if (now >= p->deadline) punch_free(p);
-        else if (p->deadline < next) next = p->deadline;
+        if (p->used && punch_run(p, now) && p->wake < next) next = p->wake;
     }
     return next;
 }
@@ -374,7 +438,7 @@ int rndz_tcp_listener_create(const rndz_client_options *o, rndz_tcp_listener **o
     l->listen_fd = -1;
     l->loop.epfd = l->loop.wakefd = -1;
     for (size_t i = 0; i < RNDZ_MAX_SERVERS; i++) l->srv[i].fd = -1;
-    for (size_t i = 0; i < MAX_PUNCH; i++) l->punches[i].fd = -1;
+    for (size_t i = 0; i < MAX_PUNCH; i++) l->punches[i].fd = -1, l->punches[i].used = false;
     rndz__client_sync_init(&l->mu, &l->cv);
     int rc = rndz__client_init(&l->c, o);
     if (rc) goto fail;
@@ -521,10 +585,16 @@ static int connect_by(rndz__client *c, const struct sockaddr_storage *to, uint64
 static int ask_server(rndz__client *c, size_t i, const char *target, size_t tlen,
                       uint64_t deadline, const rndz__ext *mine, struct sockaddr_storage *peer,
                       rndz__ext *theirs, int *srv_fd) {
+    uint64_t t0 = rndz__now_ms();
     int fd = connect_by(c, &c->servers[i], deadline);
     if (fd < 0) return fd == -ETIMEDOUT ? RNDZ_E_TIMEDOUT : fd;
     *srv_fd = fd;
-    int rc = send_frame_ext(fd, c, RNDZ_REQ_ISYNC, target, tlen, mine);
+    /* The handshake's time is our RTT to the server: the listener times its coordinated SYN
+     * with it (synplan.h). */
+    rndz__ext with_rtt = *mine;
+    uint64_t rtt = rndz__now_ms() - t0;
+    with_rtt.rtt_ms = rtt == 0 ? 1 : rtt > UINT32_MAX ? UINT32_MAX : (uint32_t)rtt;
+    int rc = send_frame_ext(fd, c, RNDZ_REQ_ISYNC, target, tlen, &with_rtt);
     if (rc) return rc;
     rndz_framer f;
     rndz_framer_init(&f);

@@ -21,7 +21,9 @@ static int rd_varint(const uint8_t **p, const uint8_t *end, uint64_t *v) {
     return -1;
 }
 
-bool rndz__ext_present(const rndz__ext *e) { return e->ncands > 0 || e->has_nonce; }
+bool rndz__ext_present(const rndz__ext *e) {
+    return e->ncands > 0 || e->has_nonce || e->rtt_ms;
+}
 
 int rndz__ext_decode(const uint8_t *buf, size_t len, rndz__ext *out) {
     memset(out, 0, sizeof *out);
@@ -33,6 +35,7 @@ int rndz__ext_decode(const uint8_t *buf, size_t len, rndz__ext *out) {
         switch (wt) {
         case 0:
             if (rd_varint(&p, end, &v)) return RNDZ_E_TRUNCATED;
+            if (field == 19) out->rtt_ms = v > UINT32_MAX ? UINT32_MAX : (uint32_t)v;
             break;
         case 1:
             if (end - p < 8) return RNDZ_E_TRUNCATED;
@@ -67,6 +70,7 @@ int rndz__ext_append(const rndz__ext *e, uint8_t *buf, size_t n, size_t cap) {
     size_t need = 0;
     for (size_t i = 0; i < e->ncands; i++) need += 3 + strlen(e->cands[i]);
     if (e->has_nonce) need += 2 + 8;
+    if (e->rtt_ms) need += 2 + 5;
     if (n + need > RNDZ_MAX_MSG) return RNDZ_E_TOOBIG;
     if (n + need > cap) return RNDZ_E_NOSPACE;
     for (size_t i = 0; i < e->ncands; i++) {
@@ -81,6 +85,14 @@ int rndz__ext_append(const rndz__ext *e, uint8_t *buf, size_t n, size_t cap) {
         buf[n++] = (18 << 3 | 1) | 0x80; /* two-byte tag: 0x91 0x01 */
         buf[n++] = 1;
         for (int i = 0; i < 8; i++) buf[n++] = (uint8_t)(e->nonce >> (8 * i));
+    }
+    if (e->rtt_ms) {
+        buf[n++] = (19 << 3 | 0) | 0x80; /* two-byte tag: 0x98 0x01 */
+        buf[n++] = 1;
+        for (uint32_t v = e->rtt_ms;; v >>= 7) {
+            buf[n++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+            if (v <= 0x7f) break;
+        }
     }
     return (int)n;
 }

@@ -3,6 +3,9 @@
  *   Request / Response, top level:
  *     17: cand   repeated string  the sender's local candidate addresses ("10.1.0.5:4000")
  *     18: nonce  fixed64          the connect session (chosen by the connector)
+ *     19: rtt    uint32           the connector's round trip to the server, ms (Isync, and
+ *                                 the Fsync made of it): the TCP listener times its
+ *                                 coordinated SYN with it (synplan.h)
  *   A connector puts its candidates and session in Isync; a server that knows these fields
  *   copies them into the Fsync it forwards; the listener answers with its own candidates in
  *   Rsync, which the server copies into the Redirect. Their presence tells each side that
@@ -31,6 +34,7 @@ typedef struct rndz__ext {
     char cands[RNDZ_MAX_CANDS][RNDZ_ADDRSTRLEN];
     bool has_nonce;
     uint64_t nonce;
+    uint32_t rtt_ms; /* 0: absent */
 } rndz__ext;
 
 /* Find the extension fields of an encoded Request or Response (0; *out empty if none). Only

@@ -485,9 +485,14 @@ static void test_v1_listener_with_our_connector(void) {
     pthread_create(&j.th, NULL, tcp_job_run, &j);
     uint8_t buf[2048];
     rndz_msg m;
-    CHECK(read_response(srv, buf, sizeof buf, &m));
+    long fn = read_frame(srv, buf, sizeof buf);
+    CHECK(fn > 0 && rndz_msg_decode(buf, (size_t)fn, 1, &m) == 0);
     CHECK_EQ_INT(m.cmd, RNDZ_RSP_FSYNC);
     CHECK_EQ_SN(m.peer_id, m.peer_id_len, "c2");
+    /* The connector's RTT to the server rides along as field 19 (tag 0x98 0x01, a varint of
+     * at least 1 ms), for our listener's coordinated SYN; this v1 listener skips it. */
+    const uint8_t *t19 = fn > 0 ? memmem(buf, (size_t)fn, "\x98\x01", 2) : NULL;
+    CHECK(t19 && t19 + 2 < buf + fn && t19[2] >= 1);
     send_vec(srv, "tcp.rsync"); /* Rsync{c2} from c1: the captured bytes */
     tl_set_timeout(ls, tl_ms(3000));
     struct sockaddr_storage from;

@@ -109,7 +109,7 @@ static int same_ext(const rndz__ext *sent, const rndz__ext *got) {
         k++;
     }
     return k == got->ncands && sent->has_nonce == got->has_nonce &&
-           (!sent->has_nonce || sent->nonce == got->nonce);
+           (!sent->has_nonce || sent->nonce == got->nonce) && sent->rtt_ms == got->rtt_ms;
 }
 
 static void check_ext(const uint8_t *data, size_t size, int is_response, const rndz_msg *m) {

@@ -16,6 +16,10 @@
  *          reply came, and skips datagrams that are not the echo, counting them ("stray: N"
  *          on stdout: e.g. the listener's v1 punch packet reaching the application). Prints "reply: <text> from <peer>" and exits 0; on failure prints the
  *          error (rndz_err_name + rndz_strerror) on stderr and exits 1. Usage errors exit 2.
+ *          Once connected (UDP and TCP) it prints what the library found, from
+ *          rndz_udp_connect_info / rndz_tcp_connect_info:
+ *          "path: ADDR rtt_ms=N elapsed_ms=N advertised=0|1 verified=0|1" (elapsed_ms: the
+ *          library's time to connect, from the call to the verified path).
  *
  * The harness compiles it with -DCPAIR_TCP when include/rndz.h declares the TCP API.
  */
@@ -44,6 +48,14 @@ static int fail(const char *what, int err)
 static void fmt_addr(const struct sockaddr_storage *ss, char *buf, size_t cap)
 {
     if (rndz_addr_format((const struct sockaddr *)ss, buf, cap) < 0) snprintf(buf, cap, "?");
+}
+
+/* The "path: ..." line: what rndz_*_connect_info found. */
+static void print_path(const rndz_peer_info *info, const char *text)
+{
+    printf("path: %s rtt_ms=%u elapsed_ms=%u advertised=%d verified=%d\n", text,
+           (unsigned)info->rtt_ms, (unsigned)info->elapsed_ms, info->advertised ? 1 : 0,
+           info->verified ? 1 : 0);
 }
 
 static int udp_listen(const rndz_client_options *o)
@@ -78,12 +90,13 @@ static int udp_listen(const rndz_client_options *o)
 
 static int udp_connect(const rndz_client_options *o, const char *target)
 {
-    struct sockaddr_storage peer;
-    socklen_t pl = sizeof peer;
-    int fd = rndz_udp_connect(o, target, &peer, &pl);
-    if (fd < 0) return fail("rndz_udp_connect", fd);
+    rndz_peer_info info;
+    memset(&info, 0, sizeof info);
+    int fd = rndz_udp_connect_info(o, target, &info);
+    if (fd < 0) return fail("rndz_udp_connect_info", fd);
     char text[RNDZ_ADDRSTRLEN];
-    fmt_addr(&peer, text, sizeof text);
+    fmt_addr(&info.addr, text, sizeof text);
+    print_path(&info, text);
     fprintf(stderr, "cpair: peer %s, sending hello\n", text);
     /* Anything but the echo is counted and skipped (a v1 listener's punch packet, an Rsync
      * request, can reach the connected socket): the harness reports it. */
@@ -163,12 +176,13 @@ static int tcp_listen(const rndz_client_options *o)
 
 static int tcp_connect(const rndz_client_options *o, const char *target)
 {
-    struct sockaddr_storage peer;
-    socklen_t pl = sizeof peer;
-    int fd = rndz_tcp_connect(o, target, &peer, &pl);
-    if (fd < 0) return fail("rndz_tcp_connect", fd);
+    rndz_peer_info info;
+    memset(&info, 0, sizeof info);
+    int fd = rndz_tcp_connect_info(o, target, &info);
+    if (fd < 0) return fail("rndz_tcp_connect_info", fd);
     char text[RNDZ_ADDRSTRLEN], buf[2048];
-    fmt_addr(&peer, text, sizeof text);
+    fmt_addr(&info.addr, text, sizeof text);
+    print_path(&info, text);
     if (write(fd, "hello", 5) != 5) {
         fprintf(stderr, "cpair: write to %s: %s\n", text, strerror(errno));
         close(fd);

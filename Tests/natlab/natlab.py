@@ -21,6 +21,7 @@ ROOT = HERE.parent.parent
 BUILD = ROOT / "build"
 PROBE = HERE / "probe.py"
 V1PEER = HERE / "v1peer.py"    # a raw rndz 0.1.5 peer and UDP server (the captured bytes)
+DELAY = HERE / "delay.py"      # a user-space wire with a fixed delay (no netem here), and ping
 
 # ---- addresses: TEST-NET and 10.x, only ever inside the lab's own namespaces -----------------
 SRV4, SRV6 = "203.0.113.1", "2001:db8::1"
@@ -62,6 +63,9 @@ CFG = {
     "xfail_repeats": env_int("RNDZ_NATLAB_XFAIL_REPEATS", 1),
     "loss": env_int("RNDZ_NATLAB_LOSS", 10),
     "loss_min": env_int("RNDZ_NATLAB_LOSS_MIN", 0),
+    # The delay scenario: D ms one way on each router's WAN link (peer RTT 4D, server RTT 2D).
+    "delay_ms": env_int("RNDZ_NATLAB_DELAY_MS", 25),
+    "delay_repeats": env_int("RNDZ_NATLAB_DELAY_REPEATS", 10),
     "timeout": env_int("RNDZ_NATLAB_TIMEOUT", 20),
     "tcp": truthy(os.environ.get("RNDZ_NATLAB_TCP", "1")),
     # TCP rows: the peers' connections keep TCP's retransmission timeout at most this many ms
@@ -189,14 +193,21 @@ class Lab:
     Routers: IPv4 masquerade on wan (endpoint-independent, or `random` = destination-dependent);
     IPv6 routed, no NAT; both filtered statefully like a home router. Loss: nft numgen in the
     `inet` switch, on the frames to and from r1 and r2 (the WAN links), each direction.
+    Delay (no netem in every kernel): r1 and r2 are then not bridge ports; in `inet` a veth pair
+    rXd <-> rXb per router, rXb in br0, and delay.py relays frames rX <-> rXd D ms late.
     """
 
-    def __init__(self, tag, nat=("eim", "eim"), loss=0, liberal=()):
+    def __init__(self, tag, nat=("eim", "eim"), loss=0, liberal=(), delay=0, rst=()):
         self.tag = tag
         self.pfx = f"{RUN.prefix}{tag}-"
         self.nat = {"r1": nat[0], "r2": nat[1]}
         self.loss = loss
+        self.delay = delay            # ms one way on each router WAN link (0: none)
+        self.delay_proc = None        # delay.py relaying the WAN links
+        self.delay_counts = None      # its frame counts per direction, once stopped
+        self.rtt = {}                 # delay: RTTs measured by ping, ms (see measure_rtt)
         self.liberal = set(liberal)   # routers with nf_conntrack_tcp_be_liberal=1
+        self.rst = set(rst)           # routers that answer unsolicited TCP with a RST
         self.procs = []
         self.namespaces = []
 
@@ -247,7 +258,16 @@ class Lab:
         veth("a", "eth0", "sw1", "a")
         veth("a2", "eth0", "sw1", "a2")
         veth("b", "eth0", "r2", "lan")
-        for sw, ports in (("inet", ["srv", "r1", "r2"]), ("sw1", ["r1", "a", "a2"])):
+        wan_ports = ["r1", "r2"]
+        if self.delay:
+            # rX <-> (delay.py) <-> rXd ~ rXb <-> br0: the WAN links hold frames D ms each way.
+            wan_ports = []
+            for r in sorted(ROUTERS):
+                self.ip("inet", "link", "add", f"{r}d", "type", "veth", "peer", "name", f"{r}b")
+                for dev in (r, f"{r}d"):
+                    self.ip("inet", "link", "set", "dev", dev, "promisc", "on", "up")
+                wan_ports.append(f"{r}b")
+        for sw, ports in (("inet", ["srv"] + wan_ports), ("sw1", ["r1", "a", "a2"])):
             self.ip(sw, "link", "add", "br0", "type", "bridge", "stp_state", "0",
                     "forward_delay", "0", "mcast_snooping", "0")
             for p in ports:
@@ -274,8 +294,69 @@ class Lab:
             self.x(r, ["nft", "-f", "-"], input=self.router_rules(r))
         if self.loss:
             self.x("inet", ["nft", "-f", "-"], input=self.loss_rules())
+        if self.delay:
+            self.start_delay()
         vlog(f"lab {self.tag}: up in {time.monotonic() - t0:.2f}s "
-             f"(r1 {self.nat['r1']}, r2 {self.nat['r2']}, loss {self.loss}%)")
+             f"(r1 {self.nat['r1']}, r2 {self.nat['r2']}, loss {self.loss}%"
+             + (f", delay {self.delay} ms each way on both WAN links" if self.delay else "")
+             + ")")
+        if self.delay:
+            self.measure_rtt()
+
+    def start_delay(self):
+        pairs = [f"{r}:{r}d" for r in sorted(ROUTERS)]
+        p = self.spawn("inet", [sys.executable, str(DELAY), "--ms", str(self.delay)] + pairs,
+                       "delay")
+        self.delay_proc = p
+        if not wait_until(lambda: "ready" in Path(p.natlab_out).read_text(errors="replace"),
+                          5, step=0.02, alive=p):
+            raise LabError(f"delay.py did not start ({p.poll()}): {tail(p.natlab_err)}")
+
+    def ping(self, node, addr):
+        """Median RTT in ms of ICMP echoes from `node` to `addr` (delay.py --ping), or None."""
+        p = self.spawn(node, [sys.executable, str(DELAY), "--ping", addr, "--count", "5"],
+                       f"ping-{node}-{addr.replace(':', '_')}")
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pass
+        self.stop([p])
+        try:
+            rtts = json.loads(Path(p.natlab_out).read_text().strip().splitlines()[-1])["rtts_ms"]
+        except (ValueError, IndexError, KeyError, OSError):
+            rtts = []
+        return statistics.median(rtts) if rtts else None
+
+    def measure_rtt(self):
+        """The delayed lab's RTTs by ping (after a warm-up echo): a and b to the server (one WAN
+        link each way: 2D), a to r2's WAN address over IPv6 (both WAN links each way, like a to
+        b's public mapping: 4D; r2's firewall answers ICMPv6 on its WAN, not IPv4 echo)."""
+        d = self.delay
+        probes = {"server": ("a", SRV4, 2 * d), "server_b": ("b", SRV4, 2 * d),
+                  "peer": ("a", WAN6["r2"], 4 * d)}
+        res = {}
+
+        def one(k, node, addr):
+            res[k] = self.ping(node, addr)
+
+        threads = [threading.Thread(target=one, args=(k, v[0], v[1])) for k, v in probes.items()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        problems = []
+        for k, (node, addr, want) in probes.items():
+            got = res.get(k)
+            if got is None:
+                problems.append(f"no echo reply {node} -> {addr}")
+            elif not (want * 0.95 <= got <= want * 1.3 + 10):
+                problems.append(f"{node} -> {addr}: RTT {got:.1f} ms, expected ~{want} ms")
+            self.rtt[k] = got
+        vlog(f"lab {self.tag}: ping RTT a <-> srv {res.get('server')} ms (want {2 * d}), "
+             f"b <-> srv {res.get('server_b')} ms (want {2 * d}), a <-> r2's WAN "
+             f"[{WAN6['r2']}] {res.get('peer')} ms (want {4 * d}: a <-> b's public side)")
+        if problems:
+            raise LabError("delay wire wrong: " + "; ".join(problems))
 
     def router_rules(self, r):
         hosts = [h for h, v in HOSTS.items() if v[0] == r]
@@ -296,10 +377,15 @@ class Lab:
             marks.append(f'iifname "wan" ip6 saddr {LAN[o][2]} ip6 daddr {a6} '
                          f"counter name peer6_in_{h}")
         masq = "masquerade random" if self.nat[r] == "random" else "masquerade"
+        # A router that refuses unsolicited TCP on its WAN address with a RST, as many do
+        # (the IPv4 NAT case: a SYN with no mapping is addressed to the router itself).
+        rst_rule = ('iifname "wan" meta l4proto tcp counter name wan_in_rst reject with tcp reset'
+                    if r in self.rst else "")
         nl = "\n        "
         return f"""
 table inet rz {{
     counter wan_in_drop {{}}
+    counter wan_in_rst {{}}
     counter fwd_drop {{}}
     counter fwd_invalid {{}}
     counter in_invalid {{}}
@@ -311,6 +397,7 @@ table inet rz {{
         ct state invalid counter name in_invalid drop
         ct state established,related accept
         iifname "wan" meta l4proto ipv6-icmp accept
+        {rst_rule}
         iifname "wan" counter name wan_in_drop drop
     }}
     chain forward {{
@@ -367,7 +454,7 @@ table bridge loss {{
                 return item["counter"]["packets"]
         raise LabError(f"counter {name} not found in {node}")
 
-    DROPS = ("fwd_invalid", "in_invalid", "fwd_drop", "wan_in_drop")
+    DROPS = ("fwd_invalid", "in_invalid", "fwd_drop", "wan_in_drop", "wan_in_rst")
 
     def drop_counters(self):
         """Every drop the routers' firewalls counted: {"r1 fwd_invalid": n, ...}."""
@@ -406,6 +493,17 @@ table bridge loss {{
         self.procs = [p for p in self.procs if p not in procs]
 
     def down(self):
+        if self.delay_proc is not None:
+            # First, alone: its exit line counts the frames it relayed per direction.
+            self.stop([self.delay_proc])
+            try:
+                err = Path(self.delay_proc.natlab_err).read_text(errors="replace")
+            except OSError:
+                err = ""
+            counts = re.findall(r"^delay: (.* frames.*)$", err, re.M)  # the exit line
+            self.delay_counts = counts[-1] if counts else \
+                f"no counts ({tail(self.delay_proc.natlab_err)})"
+            self.delay_proc = None
         RUN.stop_procs(self.procs)
         self.procs = []
         RUN.delete_ns(list(reversed(self.namespaces)))
@@ -467,9 +565,24 @@ class Row:
         self.skipped = None      # reason (development gates only)
         self.notes = []
         self.paths = []          # dual-stack rows: (family, address, how) of each winner
+        self.connect_ms = []     # the library's time to connect (ms) of each successful attempt
+        self.bar = None          # delay rows: {"delay", "peer", "server", "bar"} in ms
 
     def add(self, ok, secs, note=""):
         self.attempts.append((ok, secs, note))
+
+    def bar_problem(self):
+        """Delay rows: why the median time to connect misses 3 peer RTTs + 1 server RTT."""
+        if self.bar is None or not self.ok_count:
+            return None
+        if len(self.connect_ms) < self.ok_count:
+            return (f"{self.ok_count - len(self.connect_ms)} successful attempt(s) printed no "
+                    "time to connect (CLI: 'connected in N ms', cpair: 'elapsed_ms=N')")
+        med = statistics.median(self.connect_ms)
+        if med > self.bar["bar"]:
+            return (f"median time to connect {med:.0f} ms is over the bar "
+                    f"{self.bar['bar']:.0f} ms (3 peer RTTs + 1 server RTT)")
+        return None
 
     @property
     def ok_count(self):
@@ -484,7 +597,7 @@ class Row:
         if n == 0:
             return "FAIL"
         if self.expect == "pass":
-            return "PASS" if k == n else "FAIL"
+            return "PASS" if k == n and not self.bar_problem() else "FAIL"
         if self.expect == "xfail":
             return "XPASS" if k == n else "XFAIL"
         # "rate": report the success rate; fails only under RNDZ_NATLAB_LOSS_MIN.
@@ -622,8 +735,10 @@ class Tools:
                     "--server", server, "--target", target, "--timeout", str(CFG["timeout"])]
         local = ["--local-addr", sc.local] if sc is not None and sc.local else []
         if impl == "cli":
+            # The same deadline as cpair's: the attempt's (connect, then reply).
             return [self.cli, "client", "--id", cid, "--server-addr", server,
-                    "--remote-peer", target] + local + tcp_flags(transport)
+                    "--remote-peer", target, "--timeout", str(CFG["timeout"] * 1000)] + \
+                local + tcp_flags(transport)
         return [self.cpair, "connect", "--id", cid, "--server", server, "--target", target,
                 "--timeout", str(CFG["timeout"] * 1000)] + tcp_flags(transport)
 
@@ -648,7 +763,8 @@ class Scenario:
     def __init__(self, name, what, kind, nat=("eim", "eim"), loss=0, family=4, listen=None,
                  server_host="srv", listener="b", connector="a", transports=("udp", "tcp"),
                  impls=("cli", "capi"), expect="pass", repeats="clean", concurrent=False,
-                 v1=None, local=None, record_path=False, expects=None, liberal=()):
+                 v1=None, local=None, record_path=False, expects=None, liberal=(), delay=0,
+                 rst=()):
         self.__dict__.update(locals())
         del self.__dict__["self"]
         self.rows = []
@@ -667,11 +783,12 @@ class Scenario:
         if row is not None and row.expect == "xfail":
             return CFG["xfail_repeats"]
         return CFG[{"clean": "clean_repeats", "loss": "loss_repeats",
-                    "xfail": "xfail_repeats"}[self.repeats]]
+                    "xfail": "xfail_repeats", "delay": "delay_repeats"}[self.repeats]]
 
 
 def scenarios():
     L = CFG["loss"]
+    D = CFG["delay_ms"]
     return [
         Scenario("filter", "no rndz: one-sided packets are dropped (v4 NAT, v6 firewall); "
                  "a hand-made two-sided punch passes (UDP; TCP simultaneous open)", "filter"),
@@ -683,6 +800,15 @@ def scenarios():
                  loss=L, expect="rate", repeats="loss"),
         Scenario(f"loss{2 * L}", f"{2 * L}% loss each way on both WAN links, EIM NATs", "pair",
                  loss=2 * L, expect="rate", repeats="loss"),
+        Scenario("delay", f"{D} ms one way on both WAN links (peer RTT {4 * D} ms, server RTT "
+                 f"{2 * D} ms), EIM NATs: median library time to connect <= 3 peer RTTs + 1 "
+                 "server RTT", "pair", delay=D, repeats="delay"),
+        # With the lab's sub-millisecond RTT no timing can make two SYNs cross in flight (the
+        # processes' jitter is longer than the path), so this row runs on the delayed links.
+        Scenario("rst", f"both routers answer unsolicited TCP with a RST, {D} ms one way on "
+                 "both WAN links: the listener's first SYN is refused; its coordinated SYN, "
+                 "half the relayed round trip later, crosses the connector's", "pair",
+                 transports=("tcp",), rst=("r1", "r2"), delay=D, repeats="delay"),
         Scenario("dd-a", "destination-dependent NAT on a's side (connector)", "pair",
                  nat=("random", "eim"), impls=("cli",), expect="xfail", repeats="xfail",
                  concurrent=True),
@@ -820,7 +946,7 @@ def run_pair(sc):
     """Each row on its own server (rndz-cli rows: `rndz-cli server`; C API rows: `cpair
     server`, i.e. rndz_server from librndz.so), listener and connectors; one lab per
     scenario."""
-    lab = Lab(sc.name, nat=sc.nat, loss=sc.loss, liberal=sc.liberal)
+    lab = Lab(sc.name, nat=sc.nat, loss=sc.loss, liberal=sc.liberal, delay=sc.delay, rst=sc.rst)
     runnable = []
     for row in sc.rows:
         if row.transport == "tcp" and not CFG["tcp"]:
@@ -848,6 +974,12 @@ def run_pair(sc):
             for row in runnable:
                 row.error = "lab NAT behaviour wrong: " + "; ".join(problems)
             return
+        if lab.delay:
+            # The bar: 3 round trips between the peers plus one to the server, as measured.
+            peer, server = lab.rtt["peer"], lab.rtt["server"]
+            for row in runnable:
+                row.bar = {"delay": lab.delay, "peer": peer, "server": server,
+                           "server_b": lab.rtt.get("server_b"), "bar": 3 * peer + server}
         srv_addr = f"[{SRV6}]:{PORT}" if sc.family == 6 else f"{SRV4}:{PORT}"
         listen = sc.listen or srv_addr
         for row in runnable:
@@ -873,6 +1005,8 @@ def run_pair(sc):
             lab.stop([server])
     finally:
         lab.down()
+        if lab.delay_counts:
+            runnable[0].notes.append(f"delay wire (whole scenario): {lab.delay_counts}")
 
 
 def start_listener(sc, lab, row, srv_addr, pid, gen):
@@ -986,13 +1120,18 @@ def run_row(sc, lab, row, srv_addr):
                        "punched path")
             else:
                 row.add(True, secs)
+                ms = connect_ms(out)
+                if ms is not None:
+                    row.connect_ms.append(ms)
             m = re.search(r"^stray: (\d+)", out, re.M)
             if m:
                 row.stray = getattr(row, "stray", 0) + int(m.group(1))
             if sc.record_path and row.attempts[-1][0]:
                 record_path(row, out, Path(cp.natlab_err).read_text(errors="replace"), pid)
         vlog(f"{sc.name} {row.transport} {row.impl} #{i + 1}: "
-             f"{'ok' if row.attempts[-1][0] else row.attempts[-1][2]} ({secs:.2f}s)")
+             f"{'ok' if row.attempts[-1][0] else row.attempts[-1][2]} ({secs:.2f}s)"
+             + (f", library time to connect {connect_ms(out)} ms"
+                if row.bar is not None and row.attempts[-1][0] else ""))
     lab.stop([lp])
     if sc.record_path:
         summarize_paths(row)
@@ -1006,6 +1145,14 @@ def run_row(sc, lab, row, srv_addr):
         except LabError:
             pass
     row.elapsed = time.monotonic() - t_row
+
+
+def connect_ms(out):
+    """The library's time to connect, from the connector's stdout: rndz-cli prints "path to
+    ID: ADDR (...), rtt N ms, connected in N ms", cpair "path: ADDR rtt_ms=N elapsed_ms=N ..."."""
+    m = re.search(r"connected in (\d+) ms", out) or re.search(r"^path: .*\belapsed_ms=(\d+)",
+                                                             out, re.M)
+    return int(m.group(1)) if m else None
 
 
 def record_path(row, out, err, pid):
@@ -1103,8 +1250,24 @@ def print_matrix(scs, wall):
         elif k < n and r.impl != "raw":
             fails = [a[2] for a in r.attempts if not a[0]]
             print(f"{v:<5} {label}: {k}/{n} ok; first failure: {fails[0]}")
+        elif r.bar_problem():
+            print(f"{v:<5} {label}: {k}/{n} ok; {r.bar_problem()}")
         else:
             print(f"{v:<5} {label}: {k}/{n} ok")
+        if r.bar is not None and not r.error and not r.skipped:
+            b, c = r.bar, r.connect_ms
+            print("      time to connect (the library's, printed by the connector): "
+                  + (f"median {statistics.median(c):.0f} ms, max {max(c)} ms over {len(c)}"
+                     if c else "none printed"))
+            print(f"      RTT by ping: a <-> b's side {b['peer']:.1f} ms (a -> r2's WAN, IPv6), "
+                  f"a <-> srv {b['server']:.1f} ms"
+                  + (f", b <-> srv {b['server_b']:.1f} ms" if b.get("server_b") else "")
+                  + f" ({b['delay']} ms one way on each WAN link: nominal {4 * b['delay']} "
+                  f"and {2 * b['delay']} ms)")
+            print(f"      bar: 3 x {b['peer']:.1f} + {b['server']:.1f} = {b['bar']:.0f} ms "
+                  "(3 round trips between the peers plus one to the server): "
+                  + ("FAIL" if r.bar_problem() else "PASS")
+                  + (f" (median {statistics.median(c):.0f} ms)" if c else ""))
         if v == "XFAIL" and k:
             print(f"      note: passed {k} of {n}: partly working now")
         for note in r.notes:
@@ -1138,6 +1301,7 @@ def write_json(path, scs):
                 "attempts": len(r.attempts),
                 "median_ms": round(statistics.median(times) * 1000, 1) if times else None,
                 "error": r.error, "skipped": r.skipped,
+                "connect_ms": r.connect_ms, "bar": r.bar,
                 "failures": [n for ok, _, n in r.attempts if not ok], "notes": r.notes})
     path.write_text(json.dumps({"run": RUN.prefix, "config": CFG, "rows": out}, indent=1))
 

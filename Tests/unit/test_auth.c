@@ -12,16 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "unit.h"
 
-static int failures, checks;
-#define CHECK(c)                                                                             \
-    do {                                                                                     \
-        checks++;                                                                            \
-        if (!(c)) {                                                                          \
-            failures++;                                                                      \
-            fprintf(stderr, "%s:%d: FAIL: %s\n", __FILE__, __LINE__, #c);                   \
-        }                                                                                    \
-    } while (0)
 
 static size_t hex(const char *h, uint8_t *out) {
     size_t k = 0;

@@ -8,16 +8,8 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include "unit.h"
 
-static int failures, checks;
-#define CHECK(c)                                                                             \
-    do {                                                                                     \
-        checks++;                                                                            \
-        if (!(c)) {                                                                          \
-            failures++;                                                                      \
-            fprintf(stderr, "%s:%d: FAIL: %s\n", __FILE__, __LINE__, #c);                   \
-        }                                                                                    \
-    } while (0)
 
 static int take_n(rndz__rate *r, uint64_t key, uint64_t now, int n) {
     int ok = 0;

@@ -8,16 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "unit.h"
 
-static int failures, checks;
-#define CHECK(c)                                                                             \
-    do {                                                                                     \
-        checks++;                                                                            \
-        if (!(c)) {                                                                          \
-            failures++;                                                                      \
-            fprintf(stderr, "%s:%d: FAIL: %s\n", __FILE__, __LINE__, #c);                   \
-        }                                                                                    \
-    } while (0)
 
 static struct sockaddr_storage v4(uint32_t ip, uint16_t port) {
     struct sockaddr_storage ss = {0};

@@ -10,16 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "unit.h"
 
-static int failures, checks;
-#define CHECK(c)                                                                             \
-    do {                                                                                     \
-        checks++;                                                                            \
-        if (!(c)) {                                                                          \
-            failures++;                                                                      \
-            fprintf(stderr, "%s:%d: FAIL: %s\n", __FILE__, __LINE__, #c);                   \
-        }                                                                                    \
-    } while (0)
 
 static uint64_t rng;
 static double uniform(void) {

@@ -3,6 +3,7 @@
 #include "auth.h"
 
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -107,7 +108,16 @@ int rndz__client_bind(rndz__client *c, int socktype) {
     if (fd < 0) return fd;
     /* Every TCP socket connects under the 1 s cap (client.h, RNDZ__CONNECT_RTO_MAX_MS);
      * rndz__client_handover sets what the application asked for. */
-    if (socktype == SOCK_STREAM) rndz__sock_tcp_rto_max(fd, RNDZ__CONNECT_RTO_MAX_MS);
+    if (socktype == SOCK_STREAM && rndz__sock_tcp_rto_max(fd, RNDZ__CONNECT_RTO_MAX_MS) == 0) {
+        /* SYNs (and a simultaneous open's SYN-ACKs) now go each second, so the kernel's 6
+         * retries would end an attempt after ~7 s, before our deadline, and in the middle of
+         * a handshake the other side may already have finished (seen in the lab under 20%
+         * loss: the peer's hello then met a RST). Let the kernel go on for the whole
+         * timeout; rndz closes what it no longer needs. */
+        int n = (int)(c->timeout_ms / RNDZ__CONNECT_RTO_MAX_MS) + 1;
+        n = n > 127 ? 127 : n; /* the kernel's MAX_TCP_SYNCNT */
+        setsockopt(fd, IPPROTO_TCP, TCP_SYNCNT, &n, sizeof n);
+    }
     /* The first socket fixes the port; the following ones share it. */
     struct sockaddr_storage b;
     socklen_t bl = sizeof b;

@@ -9,8 +9,8 @@
  * just like a connection the listening socket accepted (the rndz 0.1.5 way, which works when
  * nothing in between filters).
  *
- * When the SYNs go is synplan.h's plan: one at once, one at the coordinated moment (half the
- * relayed round trip later, when the connector's leaves), and new ones while they fail.
+ * When the SYN goes is synplan.h's plan: at the coordinated moment (half the relayed round
+ * trip after the Fsync, when the connector's leaves), and again while refused.
  *
  * Connector: connect to a server, Isync (with its RTT to the server, for the plan), read the
  * Redirect, then connect from the same local port to the address given, retrying until the
@@ -203,8 +203,8 @@ static void punch_connect(punch *p) {
 /* Run a punch's plan at `now`; false once the punch is over (and freed). */
 static bool punch_run(punch *p, uint64_t now) {
     if (now < p->wake) return true;
-    if (rndz__synplan_step(&p->plan, now, p->fd < 0 ? RNDZ_SYN_NONE : RNDZ_SYN_BUSY, &p->wake) == RNDZ_SYN_START)
-        punch_connect(p);
+    int state = p->fd < 0 ? RNDZ_SYN_NONE : RNDZ_SYN_BUSY;
+    if (rndz__synplan_step(&p->plan, now, state, &p->wake) == RNDZ_SYN_START) punch_connect(p);
     if (p->wake == UINT64_MAX) { /* the plan is over: a socket still at it has lost */
         punch_free(p);
         return false;
@@ -383,6 +383,13 @@ static void on_accept(void *ctx, uint32_t events) {
             if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
                 RNDZ_LOG(RNDZ_LOG_WARN, "tcp listener: accept: %s", rndz_strerror(-errno));
             return;
+        }
+        /* The peer's SYN came in first (no NAT in between, or a connector on our LAN): the
+         * punch toward it has nothing left to do. */
+        for (size_t k = 0; k < MAX_PUNCH; k++) {
+            punch *p = &l->punches[k];
+            if (p->used && rndz__addr_equal((struct sockaddr *)&p->peer, (struct sockaddr *)&from))
+                punch_free(p);
         }
         enqueue(l, fd, &from);
     }

@@ -196,3 +196,15 @@ void rndz__deadline_in(struct timespec *ts, uint32_t ms) {
 void rndz__client_handover(const rndz__client *c, int fd) {
     rndz__sock_tcp_rto_max(fd, c->tcp_rto_max_ms);
 }
+
+int rndz__client_wait_registered(pthread_mutex_t *mu, pthread_cond_t *cv, const bool *registered,
+                                 const bool *closed, uint32_t timeout_ms) {
+    struct timespec until;
+    rndz__deadline_in(&until, timeout_ms);
+    int rc = 0;
+    pthread_mutex_lock(mu);
+    while (!*registered && !*closed && rc == 0) rc = pthread_cond_timedwait(cv, mu, &until);
+    bool ok = *registered, gone = *closed;
+    pthread_mutex_unlock(mu);
+    return gone ? RNDZ_E_CLOSED : ok ? 0 : RNDZ_E_TIMEDOUT;
+}

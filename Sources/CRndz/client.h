@@ -47,6 +47,11 @@ RNDZ_INTERNAL int rndz__client_server_index(const rndz__client *c,
 /* The listeners' background thread and their callers meet on a mutex and a condition
  * variable on the monotonic clock. */
 RNDZ_INTERNAL void rndz__client_sync_init(pthread_mutex_t *mu, pthread_cond_t *cv);
+/* Wait on `cv` (with `mu`) until *registered or *closed is set, or timeout_ms pass: 0,
+ * RNDZ_E_CLOSED or RNDZ_E_TIMEDOUT (both listeners' wait_registered). */
+RNDZ_INTERNAL int rndz__client_wait_registered(pthread_mutex_t *mu, pthread_cond_t *cv,
+                                               const bool *registered, const bool *closed,
+                                               uint32_t timeout_ms);
 /* The monotonic-clock time `ms` from now, for pthread_cond_timedwait. */
 RNDZ_INTERNAL void rndz__deadline_in(struct timespec *ts, uint32_t ms);
 

@@ -486,15 +486,7 @@ int rndz_tcp_listener_local_addr(rndz_tcp_listener *l, struct sockaddr_storage *
 
 int rndz_tcp_listener_wait_registered(rndz_tcp_listener *l, uint32_t timeout_ms) {
     if (!l) return -EINVAL;
-    struct timespec until;
-    rndz__deadline_in(&until, timeout_ms);
-    int rc = 0;
-    pthread_mutex_lock(&l->mu);
-    while (!l->registered && !l->closed && rc == 0)
-        rc = pthread_cond_timedwait(&l->cv, &l->mu, &until);
-    bool ok = l->registered, closed = l->closed;
-    pthread_mutex_unlock(&l->mu);
-    return closed ? RNDZ_E_CLOSED : ok ? 0 : RNDZ_E_TIMEDOUT;
+    return rndz__client_wait_registered(&l->mu, &l->cv, &l->registered, &l->closed, timeout_ms);
 }
 
 int rndz_tcp_listener_accept(rndz_tcp_listener *l, uint32_t timeout_ms,

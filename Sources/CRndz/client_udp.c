@@ -466,14 +466,7 @@ int rndz_udp_listener_local_addr(rndz_udp_listener *l, struct sockaddr_storage *
 
 int rndz_udp_listener_wait_registered(rndz_udp_listener *l, uint32_t timeout_ms) {
     if (!l) return -EINVAL;
-    struct timespec until;
-    rndz__deadline_in(&until, timeout_ms);
-    int rc = 0;
-    pthread_mutex_lock(&l->mu);
-    while (!l->registered && rc == 0) rc = pthread_cond_timedwait(&l->cv, &l->mu, &until);
-    bool ok = l->registered;
-    pthread_mutex_unlock(&l->mu);
-    return ok ? 0 : RNDZ_E_TIMEDOUT;
+    return rndz__client_wait_registered(&l->mu, &l->cv, &l->registered, &l->closed, timeout_ms);
 }
 
 void rndz_udp_listener_destroy(rndz_udp_listener *l) {

@@ -1091,6 +1091,11 @@ def run_row(sc, lab, row, srv_addr):
             invalid += (f"; a's router -> b's router: {d['r1r2_out']} of {d['r1r2_in']} IPv4 "
                         f"frames passed the loss, back: {d['r2r1_out']} of {d['r2r1_in']}")
 
+        # The connect itself (the library returned a path: the connectors print it before
+        # they say hello), apart from the hello/reply exchange that follows.
+        if re.search(r"^path(:| to )", out, re.M):
+            row.connected = getattr(row, "connected", 0) + 1
+
         def failed(note):
             row.add(False, None, f"attempt {i + 1}: {note}{invalid}")
             # Evidence: both routers' conntrack tables right after the failure.
@@ -1276,6 +1281,10 @@ def print_matrix(scs, wall):
             print(f"      note: the application read {r.stray} datagram(s) on the connected "
                   "socket that were not the peer's echo (rndz protocol packets, e.g. the "
                   "listener's Rsync punch)")
+        if r.transport == "tcp" and hasattr(r, "connected") and r.connected != r.ok_count:
+            print(f"      connects (the library returned the connection): "
+                  f"{r.connected}/{len(r.attempts)}; the rest of the failures "
+                  "came after it, in the hello/reply exchange (TCP's own retransmissions)")
         if getattr(r, "loss_seen", None):
             d, f = r.loss_seen
             print(f"      loss applied: {d} of {f} IPv4 WAN-link crossings dropped "

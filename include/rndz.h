@@ -439,10 +439,12 @@ RNDZ_API int rndz_udp_connect_info(const rndz_client_options *o, const char *tar
 /* TCP listener: a listening socket and a connection to every server, all from the same local
  * port. It registers with each server (ping every keepalive_ms), reconnects with backoff
  * (about 1 s doubling to 30 s) when a server connection breaks, and on a forwarded request
- * (Fsync) connects from the same port toward the peer (its SYN opens our NAT; if the peer's
- * SYN crosses it, that connection is the peer's) and sends Rsync to the server. Peer
- * connections, from the listening socket or from such a crossed connect, come out of
- * rndz_tcp_listener_accept(). */
+ * (Fsync) sends Rsync to the server and connects from the same port toward the peer, timed
+ * so that its SYN leaves when the peer's does (half the relayed round trip later, from the
+ * RTTs to the server: ours, and the connector's, which our connectors send along), so the
+ * two SYNs cross: a TCP simultaneous open, the connection then being the peer's. A refused
+ * SYN is sent again every 250 ms (6 at most). Peer connections, from the listening socket or
+ * from such a crossed connect, come out of rndz_tcp_listener_accept(). */
 typedef struct rndz_tcp_listener rndz_tcp_listener;
 
 RNDZ_API int rndz_tcp_listener_create(const rndz_client_options *o, rndz_tcp_listener **out);

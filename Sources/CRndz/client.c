@@ -106,15 +106,15 @@ int rndz__client_bind(rndz__client *c, int socktype) {
     }
     int fd = rndz__sock_bind(socktype, (struct sockaddr *)&c->local, &c->so);
     if (fd < 0) return fd;
-    /* Every TCP socket connects under the 1 s cap (client.h, RNDZ__CONNECT_RTO_MAX_MS);
+    /* Every TCP socket connects under the 1 s cap (internal.h, RNDZ__TCP_RTO_CAP_MS);
      * rndz__client_handover sets what the application asked for. */
-    if (socktype == SOCK_STREAM && rndz__sock_tcp_rto_max(fd, RNDZ__CONNECT_RTO_MAX_MS) == 0) {
+    if (socktype == SOCK_STREAM && rndz__sock_tcp_rto_max(fd, RNDZ__TCP_RTO_CAP_MS) == 0) {
         /* SYNs (and a simultaneous open's SYN-ACKs) now go each second, so the kernel's 6
          * retries would end an attempt after ~7 s, before our deadline, and in the middle of
          * a handshake the other side may already have finished (seen in the lab under 20%
          * loss: the peer's hello then met a RST). Let the kernel go on for the whole
          * timeout; rndz closes what it no longer needs. */
-        int n = (int)(c->timeout_ms / RNDZ__CONNECT_RTO_MAX_MS) + 1;
+        int n = (int)(c->timeout_ms / RNDZ__TCP_RTO_CAP_MS) + 1;
         n = n > 127 ? 127 : n; /* the kernel's MAX_TCP_SYNCNT */
         setsockopt(fd, IPPROTO_TCP, TCP_SYNCNT, &n, sizeof n);
     }
@@ -195,6 +195,7 @@ void rndz__deadline_in(struct timespec *ts, uint32_t ms) {
 
 void rndz__client_handover(const rndz__client *c, int fd) {
     rndz__sock_tcp_rto_max(fd, c->tcp_rto_max_ms);
+    rndz__sock_tcp_log(fd, "tcp: connection handed over");
 }
 
 int rndz__client_wait_registered(pthread_mutex_t *mu, pthread_cond_t *cv, const bool *registered,

@@ -24,12 +24,6 @@ typedef struct rndz__client {
     uint8_t credential[RNDZ_CREDENTIAL_LEN];
 } rndz__client;
 
-/* While rndz connects, TCP retransmits at least this often (TCP_RTO_MAX_MS; the kernel's
- * floor for the cap). Without it a lost SYN or SYN-ACK is sent again after 1, 3, 7, 15 s,
- * and a handshake that needed a retransmission starts with an RTO of 2-8 s (Linux measures
- * the RTT from the first SYN's timestamp, or falls back to 3 s): under 20% loss per link
- * (36% per crossing) that alone failed one TCP connect in eight in the NAT lab. */
-#define RNDZ__CONNECT_RTO_MAX_MS 1000
 
 /* Validate options, resolve every server, pick the local address. */
 RNDZ_INTERNAL int rndz__client_init(rndz__client *c, const rndz_client_options *o);

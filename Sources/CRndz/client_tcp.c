@@ -22,7 +22,6 @@
 #include "loop.h"
 
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -324,7 +323,9 @@ static void srv_event(void *ctx, uint32_t events) {
         }
         s->state = SRV_UP;
         s->last_rx = now;
-        srv_rtt_sample(s, s->connect_at, now); /* the handshake: SYN, SYN-ACK */
+        /* The handshake's RTT, by the kernel (not inflated by a retransmitted SYN). */
+        uint32_t r = rndz__sock_tcp_rtt_ms(s->fd);
+        srv_rtt_sample(s, r ? now - r : s->connect_at, now);
         s->next_ping = now; /* register at once */
         rndz_framer_init(&s->framer);
         rndz__loop_mod(&l->loop, &s->io, EPOLLIN);
@@ -584,15 +585,13 @@ static int connect_by(rndz__client *c, const struct sockaddr_storage *to, uint64
 static int ask_server(rndz__client *c, size_t i, const char *target, size_t tlen,
                       uint64_t deadline, const rndz__ext *mine, struct sockaddr_storage *peer,
                       rndz__ext *theirs, int *srv_fd) {
-    uint64_t t0 = rndz__now_ms();
     int fd = connect_by(c, &c->servers[i], deadline);
     if (fd < 0) return fd == -ETIMEDOUT ? RNDZ_E_TIMEDOUT : fd;
     *srv_fd = fd;
-    /* The handshake's time is our RTT to the server: the listener times its coordinated SYN
-     * with it (synplan.h). */
+    /* Our RTT to the server (the handshake's, by the kernel): the listener times its
+     * coordinated SYN with it (synplan.h). */
     rndz__ext with_rtt = *mine;
-    uint64_t rtt = rndz__now_ms() - t0;
-    with_rtt.rtt_ms = rtt == 0 ? 1 : rtt > UINT32_MAX ? UINT32_MAX : (uint32_t)rtt;
+    with_rtt.rtt_ms = rndz__sock_tcp_rtt_ms(fd);
     int rc = send_frame_ext(fd, c, RNDZ_REQ_ISYNC, target, tlen, &with_rtt);
     if (rc) return rc;
     rndz_framer f;
@@ -776,12 +775,7 @@ int rndz_tcp_connect_info(const rndz_client_options *o, const char *target,
     rndz__sock_set_nonblock(fd, false);
     rndz__client_handover(&c, fd);
     uint64_t elapsed = rndz__now_ms() - start;
-    /* The kernel's smoothed RTT after the handshake, rounded up to whole ms. */
-    struct tcp_info ti;
-    socklen_t tl = sizeof ti;
-    uint32_t rtt_ms = 0;
-    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &tl) == 0 && tl >= sizeof ti)
-        rtt_ms = (ti.tcpi_rtt + 999) / 1000;
+    uint32_t rtt_ms = rndz__sock_tcp_rtt_ms(fd); /* the kernel's, after the handshake */
     if (info) {
         info->addr = to[winner];
         rndz__addr_unmap(&info->addr);

@@ -52,9 +52,25 @@ RNDZ_INTERNAL int rndz__sock_bind(int socktype, const struct sockaddr *local,
                                   const rndz__sockopts *o);
 RNDZ_INTERNAL int rndz__sock_set_nonblock(int fd, bool on);
 RNDZ_INTERNAL int rndz__sock_local(int fd, struct sockaddr_storage *out, socklen_t *len);
+/* rndz's own TCP connections (a client's to its servers, the server's side of them, and
+ * peer connections while they connect) retransmit at least this often (TCP_RTO_MAX_MS; the
+ * kernel's floor for the cap). Without it a lost SYN or SYN-ACK is sent again after 1, 3, 7,
+ * 15 s, a lost request after a timeout that backs off to minutes, and a handshake that
+ * needed a retransmission starts with an RTO of 2-8 s (Linux measures the RTT from the first
+ * SYN's timestamp, or falls back to 3 s): under 20% loss per link (36% per crossing) that
+ * alone failed one TCP connect in eight in the NAT lab. */
+#define RNDZ__TCP_RTO_CAP_MS 1000
+
 /* Cap a TCP socket's retransmission timeout (TCP_RTO_MAX_MS); ms 0: the kernel's default.
  * 0, or -ENOPROTOOPT where the kernel has no such option (before Linux 6.15). */
 RNDZ_INTERNAL int rndz__sock_tcp_rto_max(int fd, uint32_t ms);
+/* The kernel's smoothed RTT of a connected TCP socket in ms, rounded up; 0 if unknown. It
+ * comes from TCP timestamps, so unlike the wall time of a connect() it is not inflated by a
+ * retransmitted SYN. */
+RNDZ_INTERNAL uint32_t rndz__sock_tcp_rtt_ms(int fd);
+/* Log (debug) a TCP connection's RTT, retransmission timeout and retransmissions so far, as
+ * it is handed to the application: what its first lost segment will cost. */
+RNDZ_INTERNAL void rndz__sock_tcp_log(int fd, const char *who);
 
 /* wire.c helpers used by clients and server: fill a message and encode it. */
 RNDZ_INTERNAL int rndz__encode(rndz_cmd cmd, const char *id, size_t id_len, const char *peer,

@@ -368,6 +368,9 @@ int rndz__server_tcp_open(rndz_server *s, const rndz__sockopts *so) {
     rc = rndz__sock_bind(SOCK_STREAM, (struct sockaddr *)&s->local, &o);
     if (rc < 0) return rc;
     s->tcp_fd = rc;
+    /* Accepted connections inherit the cap: a lost Fsync or Redirect is resent within a
+     * second, not after a backed-off timeout (where the kernel has TCP_RTO_MAX_MS). */
+    rndz__sock_tcp_rto_max(s->tcp_fd, RNDZ__TCP_RTO_CAP_MS);
     if (listen(s->tcp_fd, 4096) < 0) return -errno;
     s->tcp_io = (rndz__io){s->tcp_fd, tcp_accept, s};
     return rndz__loop_add(&s->loop, &s->tcp_io, EPOLLIN);

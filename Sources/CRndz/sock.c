@@ -91,3 +91,18 @@ int rndz__sock_tcp_rto_max(int fd, uint32_t ms) {
     if (setsockopt(fd, IPPROTO_TCP, TCP_RTO_MAX_MS, &v, sizeof v) < 0) return -errno;
     return 0;
 }
+
+uint32_t rndz__sock_tcp_rtt_ms(int fd) {
+    struct tcp_info ti;
+    socklen_t tl = sizeof ti;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &tl) < 0 || tl < sizeof ti) return 0;
+    return (ti.tcpi_rtt + 999) / 1000;
+}
+
+void rndz__sock_tcp_log(int fd, const char *who) {
+    struct tcp_info ti;
+    socklen_t tl = sizeof ti;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &tl) < 0 || tl < sizeof ti) return;
+    RNDZ_LOG(RNDZ_LOG_DEBUG, "%s: rtt %u us, rto %u ms, %u retransmitted in the handshake", who,
+             ti.tcpi_rtt, ti.tcpi_rto / 1000, ti.tcpi_total_retrans);
+}

@@ -18,7 +18,7 @@
  *   2. then, only while the attempt fails (refused, reset, unreachable), a new SYN every
  *      SYNPLAN_RETRY_MS, at most SYNPLAN_MAX_ATTEMPTS in all, until the deadline. An attempt
  *      that waits is left to the kernel, which retransmits at least each second under rndz's
- *      cap (client.h). */
+ *      cap (internal.h). */
 #ifndef RNDZ_SYNPLAN_H
 #define RNDZ_SYNPLAN_H
 

@@ -496,14 +496,8 @@ func runConnector(_ opts: ClientOptions, peer: String, replyTimeout: Duration, _
     let socket: UDPSocket
     do {
         socket = try UDPConnector(options: opts).connect(to: peer)
-    } catch .notFound {
-        v.error("peer '\(peer)' not found: no rendezvous server knows it")
-        return ExitCode.failure
-    } catch .timedOut {
-        v.error("no answer about peer '\(peer)' from the rendezvous server(s) in time")
-        return ExitCode.failure
     } catch {
-        v.error("cannot connect to peer '\(peer)': \(error)")
+        v.error(connectFailure(error, peer: peer, over: "UDP"))
         return ExitCode.failure
     }
     v.info("peer '\(peer)' is at \(socket.peer); talking from \(socket.localAddress)")
@@ -600,6 +594,16 @@ func answerTCPPeer(_ stream: TCPStream, _ v: Verbosity) async {
     }
 }
 
+/// What the connector says when the connect fails.
+func connectFailure(_ error: RndzError, peer: String, over transport: String) -> String {
+    switch error {
+    case .notFound: "peer '\(peer)' not found: no rendezvous server knows it"
+    case .timedOut: "no answer about peer '\(peer)' from the rendezvous server(s) in time"
+    case .peerFailed: "peer '\(peer)' was found but could not be reached over \(transport)"
+    default: "cannot connect to peer '\(peer)': \(error)"
+    }
+}
+
 /// Whole milliseconds of a duration.
 func milliseconds(_ d: Duration) -> Int64 {
     d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000
@@ -622,17 +626,8 @@ func runTCPConnector(_ opts: ClientOptions, peer: String, replyTimeout: Duration
     let stream: TCPStream
     do {
         stream = try TCPConnector(options: opts).connect(to: peer)
-    } catch .notFound {
-        v.error("peer '\(peer)' not found: no rendezvous server knows it")
-        return ExitCode.failure
-    } catch .timedOut {
-        v.error("no answer about peer '\(peer)' from the rendezvous server(s) in time")
-        return ExitCode.failure
-    } catch .peerFailed {
-        v.error("peer '\(peer)' was found but could not be reached over TCP")
-        return ExitCode.failure
     } catch {
-        v.error("cannot connect to peer '\(peer)': \(error)")
+        v.error(connectFailure(error, peer: peer, over: "TCP"))
         return ExitCode.failure
     }
     v.info("connected to peer '\(peer)' at \(stream.peer) from \(stream.localAddress)")

@@ -69,8 +69,15 @@ struct TCPPairingTests {
         #expect(bob.peer.family == server.localAddress.family)
         #expect(bob.localAddress.port != 0)
         #expect(bob.fileDescriptor >= 0)
+        // What the connect found: the handshake proved the path, over the address the server
+        // saw (loopback is no LAN), with the kernel's RTT (at least the 1 ms it rounds up to).
+        #expect(bob.path.verified)
+        #expect(!bob.path.advertised && !bob.path.lan)
+        #expect(bob.path.rtt.map { $0 >= .milliseconds(1) && $0 < .seconds(1) } == true)
+        #expect(bob.path.elapsed < .seconds(5))
 
         let a = try alice.accept(timeout: .seconds(5))
+        #expect(!a.path.verified)  // accepted streams carry no connect report
         // The accepted peer is the connector's port: the one it asked the server from.
         #expect(a.peer.port == bob.localAddress.port)
         #expect(a.peer.family == server.localAddress.family)

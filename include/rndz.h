@@ -372,7 +372,11 @@ typedef struct rndz_client_options {
                                        lost early is resent within it; note that a connection
                                        whose path is dead then also gives up sooner: after
                                        tcp_retries2 (15) resends at most this far apart, 15 s
-                                       with 1000 (measured), not the default's ~15 min. */
+                                       with 1000 (measured), not the default's ~15 min. And
+                                       a connection close()d with data not yet acknowledged
+                                       is dropped by the kernel as soon as its RTO reaches the
+                                       cap (an orphan then counts as dead: 0 retries), so
+                                       shutdown(SHUT_WR) and wait for the peer's end first. */
 } rndz_client_options;
 
 RNDZ_API void rndz_client_options_init(rndz_client_options *o);

@@ -115,6 +115,7 @@ int rndz__probe_decode(const uint8_t *buf, size_t len, int *type, uint32_t *seq,
     memcpy(&lo, buf + 4, 4);
     if (ntohl(hi) != RNDZ_PROBE_MAGIC_HI || ntohl(lo) != RNDZ_PROBE_MAGIC_LO) return 0;
     if (buf[8] < RNDZ_PROBE || buf[8] > RNDZ_PROBE_CONFIRM) return 0;
+    if (buf[9] | buf[10] | buf[11]) return 0; /* reserved, always 0: a garbled probe */
     *type = buf[8];
     memcpy(&s, buf + 12, 4);
     *seq = ntohl(s);

@@ -66,10 +66,12 @@ def request(cmd, id, peer="", addr=""):
 
 
 # The fields v1 skips (Sources/CRndz/ext.h, auth.h), for seeds that reach their parsers.
-def ext_fields(cands=(), nonce=None):
+def ext_fields(cands=(), nonce=None, rtt=None):
     out = b"".join(b"\x8a\x01" + _varint(len(c)) + c.encode() for c in cands)  # 17: cand
     if nonce is not None:
         out += b"\x91\x01" + nonce.to_bytes(8, "little")  # 18: nonce, fixed64
+    if rtt is not None:
+        out += b"\x98\x01" + _varint(rtt)  # 19: the connector's RTT to the server, varint
     return out
 
 
@@ -149,6 +151,8 @@ def main():
         ("ext.isync", ext_isync),
         ("ext.fsync", vectors["udp.fsync"][2] + ext_fields(cands, 0x0123456789ABCDEF)),
         ("ext.nonce-only", request("rsync", "c1", "c2") + ext_fields((), 1)),
+        ("ext.tcp-isync-rtt", request("isync", "c2", "c1") + ext_fields(cands, 5, rtt=51)),
+        ("ext.rtt-huge", request("isync", "c2", "c1") + ext_fields((), 5, rtt=(1 << 63) + 3)),
         ("auth.ping", signed(request("ping", "c1"), key, "c1", 1764000000000, b"0123456789abcdef")),
         ("auth.isync.ext", signed(ext_isync, key, "c2", 1764000000001, b"nonce-8b")),
         ("probe.probe", probe(1, 7, 0x0123456789ABCDEF)),

@@ -188,7 +188,8 @@ static int tcp_connect(const rndz_client_options *o, const char *target)
         close(fd);
         return 1;
     }
-    ssize_t n = read_some(fd, buf, sizeof buf - 1, 10000);
+    /* As long for the reply as for the connect (the CLI's --timeout does the same). */
+    ssize_t n = read_some(fd, buf, sizeof buf - 1, (int)o->timeout_ms);
     close(fd);
     if (n <= 0) {
         fprintf(stderr, "cpair: no reply from %s\n", text);

@@ -226,8 +226,12 @@ class Lab:
         for n in NODES:
             RUN.add_ns(self.ns(n))
             self.namespaces.append(self.ns(n))
+            # Repeats are independent trials: no host carries TCP metrics from one connection
+            # to the next (else one lossy attempt's RTT sets the next one's first RTO to 3x
+            # it, toward the same public address: 3.5 s was seen).
             sysctl = ["net/ipv6/conf/all/accept_dad=0", "net/ipv6/conf/default/accept_dad=0",
-                      "net/ipv6/conf/all/accept_ra=0", "net/ipv6/conf/default/accept_ra=0"]
+                      "net/ipv6/conf/all/accept_ra=0", "net/ipv6/conf/default/accept_ra=0",
+                      "net/ipv4/tcp_no_metrics_save=1"]
             if n in ROUTERS:
                 sysctl += ["net/ipv4/ip_forward=1", "net/ipv6/conf/all/forwarding=1"]
                 if n in self.liberal:

@@ -166,6 +166,7 @@ static void punch_event(void *ctx, uint32_t events) {
         RNDZ_LOG(RNDZ_LOG_DEBUG, "tcp listener: punch to %s (attempt %d): %s", text,
                  p->plan.attempts, rndz_strerror(err ? -err : -ECONNRESET));
         punch_close_fd(p);
+        if (err == ENETUNREACH || err == EHOSTUNREACH) punch_free(p); /* no way there */
         return;
     }
     /* The SYNs crossed: this is the peer's connection. */
@@ -187,8 +188,11 @@ static void punch_connect(punch *p) {
     }
     const struct sockaddr *to = (const struct sockaddr *)&p->peer;
     if (connect(fd, to, rndz__addr_len(to)) < 0 && errno != EINPROGRESS) {
-        RNDZ_LOG(RNDZ_LOG_DEBUG, "tcp listener: punch connect: %s", rndz_strerror(-errno));
+        int err = errno;
+        RNDZ_LOG(RNDZ_LOG_DEBUG, "tcp listener: punch connect: %s", rndz_strerror(-err));
         close(fd);
+        if (err == ENETUNREACH || err == EHOSTUNREACH || err == EAFNOSUPPORT)
+            p->plan.attempts = RNDZ_SYNPLAN_MAX_ATTEMPTS; /* no way there: the plan ends */
         return;
     }
     p->fd = fd;
@@ -293,8 +297,11 @@ static void on_frame(tsrv *s, const uint8_t *body, size_t len, uint64_t now) {
              * behind our own NAT is reached on its LAN address), and ours in the Rsync. */
             for (size_t k = 0; k < ext.ncands; k++) {
                 struct sockaddr_storage a;
+                /* A private address only when it is on one of our own subnets (the connector
+                 * then shares our LAN), as the connector does with ours. */
                 if (rndz__client_peer_addr(&l->c, ext.cands[k], strlen(ext.cands[k]), &a) == 0 &&
-                    !rndz__addr_equal((struct sockaddr *)&a, (struct sockaddr *)&peer))
+                    !rndz__addr_equal((struct sockaddr *)&a, (struct sockaddr *)&peer) &&
+                    (!rndz__addr_is_private(&a) || rndz__addr_on_local_subnet(&a)))
                     start_punch(l, &a, now, delay);
             }
             rndz__ext mine = l->my_cands;

@@ -28,6 +28,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -142,6 +143,25 @@ static ssize_t read_some(int fd, char *buf, size_t cap, int ms)
     return read(fd, buf, cap);
 }
 
+struct peer_job {
+    int fd;
+    char text[RNDZ_ADDRSTRLEN];
+};
+
+/* Read what the peer sends (waiting as long as the CLI's listener, 20 s: under loss a
+ * connection's first data can take seconds), answer "hello", close. */
+static void *answer_peer(void *arg)
+{
+    struct peer_job *j = arg;
+    char buf[2048];
+    ssize_t n = read_some(j->fd, buf, sizeof buf, 20000);
+    fprintf(stderr, "cpair: accepted %s, read %zd bytes, answering hello\n", j->text, n);
+    if (n > 0 && write(j->fd, "hello", 5) != 5) fprintf(stderr, "cpair: write failed\n");
+    close(j->fd);
+    free(j);
+    return NULL;
+}
+
 static int tcp_listen(const rndz_client_options *o)
 {
     rndz_tcp_listener *l = NULL;
@@ -163,12 +183,22 @@ static int tcp_listen(const rndz_client_options *o)
             rndz_tcp_listener_destroy(l);
             return fail("rndz_tcp_listener_accept", fd);
         }
-        char text[RNDZ_ADDRSTRLEN], buf[2048];
-        fmt_addr(&from, text, sizeof text);
-        ssize_t n = read_some(fd, buf, sizeof buf, 10000);
-        fprintf(stderr, "cpair: accepted %s, read %zd bytes, answering hello\n", text, n);
-        if (n > 0 && write(fd, "hello", 5) != 5) fprintf(stderr, "cpair: write failed\n");
-        close(fd);
+        /* Each peer on a thread of its own (as the CLI's listener does), so one whose data is
+         * slow does not hold up the next. */
+        struct peer_job *j = malloc(sizeof *j);
+        pthread_t th;
+        if (!j) {
+            close(fd);
+            continue;
+        }
+        j->fd = fd;
+        fmt_addr(&from, j->text, sizeof j->text);
+        if (pthread_create(&th, NULL, answer_peer, j) != 0) {
+            close(fd);
+            free(j);
+            continue;
+        }
+        pthread_detach(th);
     }
     rndz_tcp_listener_destroy(l);
     return 0;

@@ -209,3 +209,12 @@ int rndz__client_wait_registered(pthread_mutex_t *mu, pthread_cond_t *cv, const 
     pthread_mutex_unlock(mu);
     return gone ? RNDZ_E_CLOSED : ok ? 0 : RNDZ_E_TIMEDOUT;
 }
+
+int rndz__client_peer_out(int fd, const rndz_peer_info *info, struct sockaddr_storage *peer,
+                          socklen_t *peer_len) {
+    if (fd >= 0 && peer) {
+        *peer = info->addr;
+        if (peer_len) *peer_len = rndz__addr_len((const struct sockaddr *)peer);
+    }
+    return fd;
+}

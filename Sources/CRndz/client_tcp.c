@@ -712,12 +712,8 @@ static int connect_any(rndz__client *c, const struct sockaddr_storage *to, size_
 int rndz_tcp_connect(const rndz_client_options *o, const char *target,
                      struct sockaddr_storage *peer_out, socklen_t *peer_len) {
     rndz_peer_info info;
-    int fd = rndz_tcp_connect_info(o, target, &info);
-    if (fd >= 0 && peer_out) {
-        *peer_out = info.addr;
-        if (peer_len) *peer_len = rndz__addr_len((struct sockaddr *)peer_out);
-    }
-    return fd;
+    return rndz__client_peer_out(rndz_tcp_connect_info(o, target, &info), &info, peer_out,
+                                 peer_len);
 }
 
 int rndz_tcp_connect_info(const rndz_client_options *o, const char *target,

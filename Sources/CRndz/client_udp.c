@@ -667,10 +667,6 @@ int rndz_udp_connect_info(const rndz_client_options *o, const char *target,
 int rndz_udp_connect(const rndz_client_options *o, const char *target,
                      struct sockaddr_storage *peer_out, socklen_t *peer_len) {
     rndz_peer_info info;
-    int fd = rndz_udp_connect_info(o, target, &info);
-    if (fd >= 0 && peer_out) {
-        *peer_out = info.addr;
-        if (peer_len) *peer_len = rndz__addr_len((struct sockaddr *)peer_out);
-    }
-    return fd;
+    return rndz__client_peer_out(rndz_udp_connect_info(o, target, &info), &info, peer_out,
+                                 peer_len);
 }

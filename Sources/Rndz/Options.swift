@@ -131,6 +131,31 @@ public struct ServerOptions: Sendable {
     }
 }
 
+extension ClientOptions {
+    /// Runs one of the C connects (`rndz_udp_connect_info`, `rndz_tcp_connect_info`) with
+    /// these options: the connected fd (the caller owns it), the peer's address and what the
+    /// connect found. The fd is closed again if the address cannot be represented.
+    func connect(
+        to target: String,
+        _ call: (UnsafePointer<rndz_client_options>, UnsafePointer<CChar>,
+                 UnsafeMutablePointer<rndz_peer_info>) -> Int32
+    ) throws(RndzError) -> (fd: Int32, peer: SocketAddress, info: rndz_peer_info) {
+        if target.utf8.contains(0) { throw .badID }
+        let box = socketConfigure.map(SocketConfigBox.init)
+        var info = rndz_peer_info()
+        let fd = try withC(box) { (o) throws(RndzError) in
+            withExtendedLifetime(box) { call(o, target, &info) }
+        }
+        _ = try check(fd)
+        do throws(RndzError) {
+            return (fd, try SocketAddress(info.addr), info)
+        } catch {
+            close(fd)
+            throw error
+        }
+    }
+}
+
 /// Options of a listener or connector, UDP or TCP. Defaults are the C library's
 /// (`rndz_client_options_init`).
 public struct ClientOptions: Sendable {

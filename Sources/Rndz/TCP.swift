@@ -401,21 +401,8 @@ public struct TCPConnector: Sendable {
     ///   no connection could be made), ``RndzError/badID``, ``RndzError/noServer``,
     ///   ``RndzError/resolveFailed``, OS errors.
     public func connect(to target: String) throws(RndzError) -> TCPStream {
-        if target.utf8.contains(0) { throw .badID }
-        let box = options.socketConfigure.map(SocketConfigBox.init)
-        var info = rndz_peer_info()
-        let fd = try options.withC(box) { (o) throws(RndzError) in
-            withExtendedLifetime(box) { rndz_tcp_connect_info(o, target, &info) }
-        }
-        _ = try check(fd)
-        let peer: SocketAddress
-        do throws(RndzError) {
-            peer = try SocketAddress(info.addr)
-        } catch {
-            close(fd)
-            throw error
-        }
-        return try TCPStream(owning: fd, peer: peer, path: PathInfo(info))
+        let c = try options.connect(to: target) { rndz_tcp_connect_info($0, $1, $2) }
+        return try TCPStream(owning: c.fd, peer: c.peer, path: PathInfo(c.info))
     }
 
     /// Connects like ``connect(to:)`` on a dedicated thread, so the cooperative thread pool

@@ -300,22 +300,9 @@ public struct UDPConnector: Sendable {
     ///   every server answered and none knew the target), ``RndzError/badID``,
     ///   ``RndzError/noServer``, ``RndzError/resolveFailed``, OS errors.
     public func connect(to target: String) throws(RndzError) -> UDPSocket {
-        if target.utf8.contains(0) { throw .badID }
-        let box = options.socketConfigure.map(SocketConfigBox.init)
-        var info = rndz_peer_info()
-        let fd = try options.withC(box) { (o) throws(RndzError) in
-            withExtendedLifetime(box) { rndz_udp_connect_info(o, target, &info) }
-        }
-        _ = try check(fd)
-        let peer: SocketAddress
-        do throws(RndzError) {
-            peer = try SocketAddress(info.addr)
-        } catch {
-            close(fd)
-            throw error
-        }
-        let socket = try UDPSocket(owning: fd, peer: peer, ourID: options.id, peerID: target)
-        socket.path = PathInfo(info)
+        let c = try options.connect(to: target) { rndz_udp_connect_info($0, $1, $2) }
+        let socket = try UDPSocket(owning: c.fd, peer: c.peer, ourID: options.id, peerID: target)
+        socket.path = PathInfo(c.info)
         return socket
     }
 

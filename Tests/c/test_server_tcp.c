@@ -401,6 +401,14 @@ static void *tcp_job_run(void *arg) {
     return NULL;
 }
 
+/* A TCP listener with options `lo`, registered with its server (NULL if it failed). */
+static rndz_tcp_listener *registered_listener(const rndz_client_options *lo) {
+    rndz_tcp_listener *l = NULL;
+    if (!CHECK_RC(rndz_tcp_listener_create(lo, &l), 0)) return NULL;
+    CHECK_RC(rndz_tcp_listener_wait_registered(l, tl_ms(3000)), 0);
+    return l;
+}
+
 static void test_pair(const char *listen, const char *label) {
     tl_case("TCP pairing through our server, %s", label);
     struct sockaddr_storage sa;
@@ -408,9 +416,7 @@ static void test_pair(const char *listen, const char *label) {
     rndz_server *s = start_server(listen, 0, &sa, st);
     const char *servers[] = {st};
     rndz_client_options lo = client_opts("L", servers, 1);
-    rndz_tcp_listener *l = NULL;
-    CHECK_RC(rndz_tcp_listener_create(&lo, &l), 0);
-    CHECK_RC(rndz_tcp_listener_wait_registered(l, tl_ms(3000)), 0);
+    rndz_tcp_listener *l = registered_listener(&lo);
     rndz_client_options co = client_opts("C", servers, 1);
     struct sockaddr_storage peer, apeer;
     int fd = rndz_tcp_connect(&co, "L", &peer, NULL);
@@ -517,9 +523,7 @@ static void test_v1_connector_with_our_listener(void) {
     rndz_server *s = start_server("127.0.0.1:0", 0, &sa, st);
     const char *servers[] = {st};
     rndz_client_options lo = client_opts("c1", servers, 1);
-    rndz_tcp_listener *l = NULL;
-    CHECK_RC(rndz_tcp_listener_create(&lo, &l), 0);
-    CHECK_RC(rndz_tcp_listener_wait_registered(l, tl_ms(3000)), 0);
+    rndz_tcp_listener *l = registered_listener(&lo);
     struct sockaddr_storage local;
     rndz_addr_parse("127.0.0.1:0", &local, NULL);
     int srv = tcp_socket(AF_INET, &local, true);
@@ -615,9 +619,7 @@ static void test_server_restart(void) {
     rndz_server *s = start_server("127.0.0.1:0", 0, &sa, st);
     const char *servers[] = {st};
     rndz_client_options lo = client_opts("L", servers, 1);
-    rndz_tcp_listener *l = NULL;
-    CHECK_RC(rndz_tcp_listener_create(&lo, &l), 0);
-    CHECK_RC(rndz_tcp_listener_wait_registered(l, tl_ms(3000)), 0);
+    rndz_tcp_listener *l = registered_listener(&lo);
     CHECK(wait_peers(s, 1, 1000));
     rndz_server_destroy(s);
     tl_sleep_ms(200);
@@ -664,8 +666,7 @@ static void test_connect_info_and_rto_cap(void) {
 
     rndz_client_options lo = client_opts("L", servers, 1);
     lo.tcp_rto_max_ms = 2000;
-    CHECK_RC(rndz_tcp_listener_create(&lo, &l), 0);
-    CHECK_RC(rndz_tcp_listener_wait_registered(l, tl_ms(3000)), 0);
+    l = registered_listener(&lo);
     for (int keep = 0; keep < 2; keep++) {
         rndz_client_options co = client_opts("C", servers, 1);
         co.tcp_rto_max_ms = keep ? 5000 : 0;

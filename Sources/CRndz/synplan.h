@@ -15,10 +15,10 @@
  *      answers them with a RST it fails: the RST ends the listener's attempt and, passing
  *      its own router, the conntrack entry that would have let the connector's SYN in.)
  *      With D unknown or zero it goes at once;
- *   2. then, only while the attempt fails (refused, reset, unreachable), a new SYN every
- *      SYNPLAN_RETRY_MS, at most SYNPLAN_MAX_ATTEMPTS in all, until the deadline. An attempt
- *      that waits is left to the kernel, which retransmits at least each second under rndz's
- *      cap (internal.h). */
+ *   2. then, only while the attempt fails (refused or reset), a new SYN every
+ *      SYNPLAN_RETRY_MS, at most SYNPLAN_MAX_ATTEMPTS in all, until the deadline (the caller
+ *      ends the plan for an address it has no route to). An attempt that waits is left to
+ *      the kernel, which retransmits at least each second under rndz's cap (internal.h). */
 #ifndef RNDZ_SYNPLAN_H
 #define RNDZ_SYNPLAN_H
 

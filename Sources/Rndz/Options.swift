@@ -183,7 +183,9 @@ public struct ClientOptions: Sendable {
     /// over (`TCP_RTO_MAX_MS`, Linux 6.15 and later; ignored before). While connecting rndz
     /// always caps it at 1 s. nil (the default): the kernel's default cap (120 s). 1 to
     /// 120 s: data lost early is resent at least this often, and a connection whose path
-    /// died gives up sooner too.
+    /// died gives up sooner too (15 s with 1 s). A stream closed with data not yet
+    /// acknowledged is then dropped by the kernel once its RTO reaches the cap: let the peer
+    /// close first (`rndz.h`, `tcp_rto_max_ms`).
     public var tcpRetransmitCap: Duration?
 
     /// Options for `id`, talking to `servers`, with the library's defaults otherwise.

@@ -314,6 +314,18 @@ public final class TCPStream: @unchecked Sendable {
         }
     }
 
+    /// Ends our direction of the stream (`shutdown(SHUT_WR)`): the peer reads the end of the
+    /// stream once it has everything sent before; we can still receive. Closing only after
+    /// the peer's end arrived keeps the connection ours until all our data is acknowledged
+    /// (a close()d one is the kernel's, which gives up on it sooner).
+    ///
+    /// - Throws: e.g. `ENOTCONN`, ``RndzError/closed`` after ``close()``.
+    public func finishSending() throws(RndzError) {
+        try using { (fd) throws(RndzError) in
+            if shutdown(fd, Int32(SHUT_WR)) < 0 { throw RndzError(errno: errno) }
+        }
+    }
+
     /// Receives what has arrived, at most `maxLength` bytes, waiting until something does or
     /// `timeout` passes (nil: no limit).
     ///

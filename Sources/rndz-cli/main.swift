@@ -587,6 +587,10 @@ func answerTCPPeer(_ stream: TCPStream, _ v: Verbosity) async {
         }
         v.debug("received \(got.count) bytes from \(stream.peer); answering hello")
         try await stream.send(Array("hello".utf8))
+        // Our end, then wait for the peer's: the connection stays ours (not an orphan the
+        // kernel may give up on) until the reply is acknowledged and the peer is done.
+        try stream.finishSending()
+        while try await stream.receive(timeout: tcpPeerReadTimeout) != nil {}
     } catch .timedOut {
         v.notice("peer \(stream.peer) sent nothing in time; closing")
     } catch {

@@ -90,8 +90,17 @@ struct TCPPairingTests {
 
         // End of stream is nil, distinct from a timeout.
         #expect(throws: RndzError.timedOut) { _ = try a.receive(timeout: .milliseconds(50)) }
+        // A half close: bob reads alice's end after her data, and can still send to her.
+        try a.send(Array("bye".utf8))
+        try a.finishSending()
+        #expect(try receiveExactly(bob, 3) == Array("bye".utf8))
+        #expect(try bob.receive(timeout: .seconds(5)) == nil)
+        try bob.send(Array("ok".utf8))
+        #expect(try receiveExactly(a, 2) == Array("ok".utf8))
         bob.close()
         #expect(try a.receive(timeout: .seconds(5)) == nil)
+        a.close()
+        #expect(throws: RndzError.closed) { try a.finishSending() }
     }
 
     /// The same with the async API, and a payload larger than the socket buffers.

@@ -33,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #define MAX_SERVERS 8
@@ -157,6 +158,11 @@ static void *answer_peer(void *arg)
     ssize_t n = read_some(j->fd, buf, sizeof buf, 20000);
     fprintf(stderr, "cpair: accepted %s, read %zd bytes, answering hello\n", j->text, n);
     if (n > 0 && write(j->fd, "hello", 5) != 5) fprintf(stderr, "cpair: write failed\n");
+    /* Our end, then the peer's (up to 20 s): the connection stays ours, not an orphan the
+     * kernel may give up on, until the reply is acknowledged. */
+    shutdown(j->fd, SHUT_WR);
+    while (n > 0 && read_some(j->fd, buf, sizeof buf, 20000) > 0) {
+    }
     close(j->fd);
     free(j);
     return NULL;

@@ -62,15 +62,15 @@ extern "C" {
 /* Version                                                                                  */
 
 #define RNDZ_VERSION_MAJOR 0
-#define RNDZ_VERSION_MINOR 1
+#define RNDZ_VERSION_MINOR 2
 #define RNDZ_VERSION_PATCH 0
-#define RNDZ_VERSION_STRING "0.1.0"
+#define RNDZ_VERSION_STRING "0.2.0"
 #define RNDZ_VERSION_NUMBER \
     ((RNDZ_VERSION_MAJOR << 16) | (RNDZ_VERSION_MINOR << 8) | RNDZ_VERSION_PATCH)
 
 /* The version of the library actually loaded, as (major << 16 | minor << 8 | patch). */
 RNDZ_API unsigned rndz_version(void);
-/* The same as text, e.g. "0.1.0". Static storage. */
+/* The same as text, e.g. "0.2.0". Static storage. */
 RNDZ_API const char *rndz_version_string(void);
 
 /* ---------------------------------------------------------------------------------------- */
@@ -354,7 +354,8 @@ typedef struct rndz_client_options {
                                        default 10000 */
     uint32_t round_ms;              /* connector: resend Isync this often; default 1000 */
     uint32_t timeout_ms;            /* connector: give up after this long (TCP: the whole
-                                       connect, server and peer); default 10000 */
+                                       connect, server and peer); TCP listener: how long it
+                                       goes on punching toward a peer; default 10000 */
     rndz_sock_config_fn sock_config;
     void *sock_config_user;
     const uint8_t *credential;      /* RNDZ_CREDENTIAL_LEN bytes (copied), or NULL: sign every
@@ -364,9 +365,9 @@ typedef struct rndz_client_options {
     uint32_t tcp_rto_max_ms;        /* TCP: cap on the retransmission timeout of the
                                        connections handed over (TCP_RTO_MAX_MS, Linux >= 6.15;
                                        ignored where the kernel lacks it). While connecting,
-                                       rndz always caps it at 1000 ms, so lost SYNs and
-                                       SYN-ACKs are sent again each second, not at 1, 3, 7,
-                                       15 s. 0 (default): the handed-over connection gets the
+                                       rndz caps it at 1000 ms (Linux >= 6.15), so lost SYNs
+                                       and SYN-ACKs are sent again each second, not at 1, 3,
+                                       7, 15 s. 0 (default): the handed-over connection gets the
                                        kernel's default back (net.ipv4.tcp_rto_max_ms, 120 s).
                                        1000..120000: the connection keeps this cap, so data
                                        lost early is resent within it; note that a connection
@@ -446,9 +447,11 @@ RNDZ_API int rndz_udp_connect_info(const rndz_client_options *o, const char *tar
  * (Fsync) sends Rsync to the server and connects from the same port toward the peer, timed
  * so that its SYN leaves when the peer's does (half the relayed round trip later, from the
  * RTTs to the server: ours, and the connector's, which our connectors send along), so the
- * two SYNs cross: a TCP simultaneous open, the connection then being the peer's. A refused
- * SYN is sent again every 250 ms (6 at most). Peer connections, from the listening socket or
- * from such a crossed connect, come out of rndz_tcp_listener_accept(). */
+ * two SYNs cross: a TCP simultaneous open, the connection then being the peer's. (This
+ * timing is for the address the server saw; the connector tries the listener's advertised
+ * addresses 250 ms later.) A refused SYN is sent again every 250 ms, 6 SYNs per address at
+ * most, within timeout_ms. Peer connections, from the listening socket or from such a
+ * crossed connect, come out of rndz_tcp_listener_accept(). */
 typedef struct rndz_tcp_listener rndz_tcp_listener;
 
 RNDZ_API int rndz_tcp_listener_create(const rndz_client_options *o, rndz_tcp_listener **out);

@@ -71,6 +71,7 @@ typedef struct punch {
     struct sockaddr_storage peer;
     rndz__synplan plan;
     uint64_t wake;
+    uint64_t group; /* the punches of one Fsync (one per address of the peer) */
 } punch;
 
 typedef struct queued {
@@ -93,6 +94,7 @@ struct rndz_tcp_listener {
     rndz__ext my_cands; /* our LAN / IPv6 addresses with the listening port */
     queued q[ACCEPT_QUEUE];
     size_t qhead, qlen;
+    uint64_t groups; /* punch groups started */
 };
 
 static int send_frame_ext(int fd, const rndz__client *c, rndz_cmd cmd, const char *peer,
@@ -153,22 +155,36 @@ static void punch_free(punch *p) {
     p->used = false;
 }
 
+static void punch_free_group(rndz_tcp_listener *l, uint64_t group) {
+    for (size_t i = 0; i < MAX_PUNCH; i++)
+        if (l->punches[i].used && l->punches[i].group == group) punch_free(&l->punches[i]);
+}
+
+static void punch_free_group(rndz_tcp_listener *l, uint64_t group);
+
 static void punch_event(void *ctx, uint32_t events) {
     punch *p = ctx;
+    /* An event of one epoll batch can come after an earlier handler of the batch freed or
+     * reused this slot: only a socket that is there and says so counts. */
+    if (!p->used || p->fd < 0) return;
     int err = 0;
     socklen_t el = sizeof err;
-    getsockopt(p->fd, SOL_SOCKET, SO_ERROR, &err, &el);
+    if (getsockopt(p->fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0) err = errno;
     char text[RNDZ_ADDRSTRLEN];
     rndz_addr_format((struct sockaddr *)&p->peer, text, sizeof text);
-    if (err || (events & (EPOLLERR | EPOLLHUP))) {
-        /* Refused or reset (a router that answers early SYNs), or unreachable: the plan
-         * decides whether to try again (listener_tick runs it). */
+    if (err) {
+        /* Refused or reset (a router that answers early SYNs, an ICMP reject): the plan
+         * decides whether to try again, at its pace (listener_tick runs it next). */
         RNDZ_LOG(RNDZ_LOG_DEBUG, "tcp listener: punch to %s (attempt %d): %s", text,
-                 p->plan.attempts, rndz_strerror(err ? -err : -ECONNRESET));
+                 p->plan.attempts, rndz_strerror(-err));
         punch_close_fd(p);
-        if (err == ENETUNREACH || err == EHOSTUNREACH) punch_free(p); /* no way there */
+        p->wake = 0;
         return;
     }
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (getpeername(p->fd, (struct sockaddr *)&ss, &sl) < 0) return; /* still connecting */
+    (void)events;
     /* The SYNs crossed: this is the peer's connection. */
     RNDZ_LOG(RNDZ_LOG_INFO, "tcp listener: connected to %s by simultaneous open (attempt %d)",
              text, p->plan.attempts);
@@ -176,6 +192,7 @@ static void punch_event(void *ctx, uint32_t events) {
     enqueue(p->l, p->fd, &p->peer);
     p->fd = -1;
     p->used = false;
+    punch_free_group(p->l, p->group); /* the peer's other addresses are not needed now */
 }
 
 /* Send a SYN: a new socket on the shared port, connecting to the peer. */
@@ -215,9 +232,10 @@ static bool punch_run(punch *p, uint64_t now) {
     return true;
 }
 
-/* Start punching toward `peer`, the coordinated SYN `delay_ms` after this one. */
+/* Start punching toward `peer` (one address of the peer of punch group `group`), the
+ * coordinated SYN `delay_ms` from now. */
 static void start_punch(rndz_tcp_listener *l, const struct sockaddr_storage *peer, uint64_t now,
-                        uint32_t delay_ms) {
+                        uint32_t delay_ms, uint64_t group) {
     punch *p = NULL;
     for (size_t i = 0; i < MAX_PUNCH && !p; i++)
         if (!l->punches[i].used) p = &l->punches[i];
@@ -232,6 +250,7 @@ static void start_punch(rndz_tcp_listener *l, const struct sockaddr_storage *pee
     p->l = l;
     p->peer = *peer;
     p->wake = 0;
+    p->group = group;
     rndz__synplan_init(&p->plan, now, delay_ms, now + l->c.timeout_ms);
     punch_run(p, now);
 }
@@ -290,7 +309,8 @@ static void on_frame(tsrv *s, const uint8_t *body, size_t len, uint64_t now) {
         RNDZ_LOG(RNDZ_LOG_DEBUG,
                  "tcp listener: SYN in %u ms (rtt to the server: ours %u ms, the peer's %u ms)",
                  delay, s->rtt_ms, ext.rtt_ms);
-        start_punch(l, &peer, now, delay);
+        uint64_t group = ++l->groups;
+        start_punch(l, &peer, now, delay, group);
         int rc;
         if (ext.has_nonce) {
             /* A connector that tries candidates: SYNs toward each of its addresses too (a peer
@@ -302,7 +322,7 @@ static void on_frame(tsrv *s, const uint8_t *body, size_t len, uint64_t now) {
                 if (rndz__client_peer_addr(&l->c, ext.cands[k], strlen(ext.cands[k]), &a) == 0 &&
                     !rndz__addr_equal((struct sockaddr *)&a, (struct sockaddr *)&peer) &&
                     (!rndz__addr_is_private(&a) || rndz__addr_on_local_subnet(&a)))
-                    start_punch(l, &a, now, delay);
+                    start_punch(l, &a, now, delay, group);
             }
             rndz__ext mine = l->my_cands;
             mine.has_nonce = true;
@@ -397,7 +417,7 @@ static void on_accept(void *ctx, uint32_t events) {
         for (size_t k = 0; k < MAX_PUNCH; k++) {
             punch *p = &l->punches[k];
             if (p->used && rndz__addr_equal((struct sockaddr *)&p->peer, (struct sockaddr *)&from))
-                punch_free(p);
+                punch_free_group(l, p->group);
         }
         enqueue(l, fd, &from);
     }

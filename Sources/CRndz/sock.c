@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
+#include <stddef.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -92,17 +93,22 @@ int rndz__sock_tcp_rto_max(int fd, uint32_t ms) {
     return 0;
 }
 
+/* The C library's struct tcp_info may be longer than the running kernel's: a field counts
+ * when the kernel filled it. */
+#define TI_HAS(tl, field) ((tl) >= offsetof(struct tcp_info, field) + sizeof(uint32_t))
+
 uint32_t rndz__sock_tcp_rtt_ms(int fd) {
     struct tcp_info ti;
     socklen_t tl = sizeof ti;
-    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &tl) < 0 || tl < sizeof ti) return 0;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &tl) < 0 || !TI_HAS(tl, tcpi_rtt)) return 0;
     return (ti.tcpi_rtt + 999) / 1000;
 }
 
 void rndz__sock_tcp_log(int fd, const char *who) {
     struct tcp_info ti;
     socklen_t tl = sizeof ti;
-    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &tl) < 0 || tl < sizeof ti) return;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &tl) < 0 || !TI_HAS(tl, tcpi_total_retrans))
+        return;
     RNDZ_LOG(RNDZ_LOG_DEBUG, "%s: rtt %u us, rto %u ms, %u retransmitted in the handshake", who,
              ti.tcpi_rtt, ti.tcpi_rto / 1000, ti.tcpi_total_retrans);
 }

@@ -11,6 +11,7 @@ uint32_t rndz__synplan_delay(uint32_t rtt_listener_ms, uint32_t rtt_connector_ms
 void rndz__synplan_init(rndz__synplan *p, uint64_t now, uint32_t delay_ms, uint64_t deadline) {
     p->coord_at = now + (delay_ms > RNDZ_SYNPLAN_MAX_DELAY_MS ? RNDZ_SYNPLAN_MAX_DELAY_MS
                                                                : delay_ms);
+    if (p->coord_at >= deadline) p->coord_at = now; /* a short deadline: one SYN at once */
     p->deadline = deadline;
     p->last_start = 0;
     p->attempts = 0;
@@ -31,6 +32,7 @@ int rndz__synplan_step(rndz__synplan *p, uint64_t now, int state, uint64_t *wake
         p->attempts++;
         p->last_start = now;
         *wake = now + RNDZ_SYNPLAN_RETRY_MS;
+        if (*wake > p->deadline) *wake = p->deadline;
         return RNDZ_SYN_START;
     }
     *wake = now >= due ? now + RNDZ_SYNPLAN_RETRY_MS : due;

@@ -587,10 +587,19 @@ func answerTCPPeer(_ stream: TCPStream, _ v: Verbosity) async {
         }
         v.debug("received \(got.count) bytes from \(stream.peer); answering hello")
         try await stream.send(Array("hello".utf8))
-        // Our end, then wait for the peer's: the connection stays ours (not an orphan the
-        // kernel may give up on) until the reply is acknowledged and the peer is done.
+        // Our end, then wait for the peer's (within the same 20 s): the connection stays ours
+        // (not an orphan the kernel may give up on) until the reply is acknowledged.
         try stream.finishSending()
-        while try await stream.receive(timeout: tcpPeerReadTimeout) != nil {}
+        let deadline = ContinuousClock.now + tcpPeerReadTimeout
+        while ContinuousClock.now < deadline {
+            do {
+                guard try await stream.receive(timeout: deadline - ContinuousClock.now) != nil
+                else { return }
+            } catch .timedOut {
+                break
+            }
+        }
+        v.debug("peer \(stream.peer) did not end the connection in time; closing")
     } catch .timedOut {
         v.notice("peer \(stream.peer) sent nothing in time; closing")
     } catch {

@@ -69,7 +69,9 @@ static void test_no_delay_and_clamp(void) {
     rndz__synplan_init(&p, 0, 5000, 10000); /* an inflated estimate waits at most the cap */
     CHECK(rndz__synplan_step(&p, 0, RNDZ_SYN_NONE, &wake) == RNDZ_SYN_IDLE);
     CHECK(wake == RNDZ_SYNPLAN_MAX_DELAY_MS);
-    rndz__synplan_init(&p, 0, 100, 50); /* the deadline comes first */
+    rndz__synplan_init(&p, 0, 100, 50); /* the deadline comes first: one SYN at once */
+    CHECK(rndz__synplan_step(&p, 0, RNDZ_SYN_NONE, &wake) == RNDZ_SYN_START);
+    CHECK(wake == 50); /* never a wake-up past the deadline */
     CHECK(rndz__synplan_step(&p, 50, RNDZ_SYN_NONE, &wake) == RNDZ_SYN_IDLE);
     CHECK(wake == UINT64_MAX);
 }

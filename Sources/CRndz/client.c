@@ -218,3 +218,13 @@ int rndz__client_peer_out(int fd, const rndz_peer_info *info, struct sockaddr_st
     }
     return fd;
 }
+
+void rndz__client_wait_queue(pthread_mutex_t *mu, pthread_cond_t *cv, const size_t *queued,
+                             const bool *closed, uint32_t timeout_ms) {
+    struct timespec until;
+    rndz__deadline_in(&until, timeout_ms == UINT32_MAX ? 0 : timeout_ms);
+    int rc = 0;
+    while (!*queued && !*closed && rc == 0)
+        rc = timeout_ms == UINT32_MAX ? pthread_cond_wait(cv, mu)
+                                      : pthread_cond_timedwait(cv, mu, &until);
+}

@@ -50,6 +50,11 @@ RNDZ_INTERNAL void rndz__client_sync_init(pthread_mutex_t *mu, pthread_cond_t *c
 RNDZ_INTERNAL int rndz__client_wait_registered(pthread_mutex_t *mu, pthread_cond_t *cv,
                                                const bool *registered, const bool *closed,
                                                uint32_t timeout_ms);
+/* With `mu` held: wait on `cv` until *queued or *closed, or timeout_ms pass (UINT32_MAX: no
+ * limit); returns with `mu` held (both listeners' queues of peers). */
+RNDZ_INTERNAL void rndz__client_wait_queue(pthread_mutex_t *mu, pthread_cond_t *cv,
+                                           const size_t *queued, const bool *closed,
+                                           uint32_t timeout_ms);
 /* The monotonic-clock time `ms` from now, for pthread_cond_timedwait. */
 RNDZ_INTERNAL void rndz__deadline_in(struct timespec *ts, uint32_t ms);
 

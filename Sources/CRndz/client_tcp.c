@@ -520,13 +520,8 @@ int rndz_tcp_listener_wait_registered(rndz_tcp_listener *l, uint32_t timeout_ms)
 int rndz_tcp_listener_accept(rndz_tcp_listener *l, uint32_t timeout_ms,
                              struct sockaddr_storage *peer, socklen_t *peer_len) {
     if (!l) return -EINVAL;
-    struct timespec until;
-    rndz__deadline_in(&until, timeout_ms == UINT32_MAX ? 0 : timeout_ms);
-    int rc = 0;
     pthread_mutex_lock(&l->mu);
-    while (!l->qlen && !l->closed && rc == 0)
-        rc = timeout_ms == UINT32_MAX ? pthread_cond_wait(&l->cv, &l->mu)
-                                      : pthread_cond_timedwait(&l->cv, &l->mu, &until);
+    rndz__client_wait_queue(&l->mu, &l->cv, &l->qlen, &l->closed, timeout_ms);
     if (l->closed) {
         pthread_mutex_unlock(&l->mu);
         return RNDZ_E_CLOSED;

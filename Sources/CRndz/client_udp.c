@@ -437,15 +437,10 @@ fail:
 int rndz_udp_listener_next_peer(rndz_udp_listener *l, uint32_t timeout_ms,
                                 rndz_peer_info *info) {
     if (!l) return -EINVAL;
-    struct timespec until;
-    rndz__deadline_in(&until, timeout_ms == UINT32_MAX ? 0 : timeout_ms);
-    int rc = 0;
     pthread_mutex_lock(&l->mu);
-    while (!l->qlen && !l->closed && rc == 0)
-        rc = timeout_ms == UINT32_MAX ? pthread_cond_wait(&l->cv, &l->mu)
-                                      : pthread_cond_timedwait(&l->cv, &l->mu, &until);
+    rndz__client_wait_queue(&l->mu, &l->cv, &l->qlen, &l->closed, timeout_ms);
     if (!l->qlen) {
-        rc = l->closed ? RNDZ_E_CLOSED : RNDZ_E_TIMEDOUT;
+        int rc = l->closed ? RNDZ_E_CLOSED : RNDZ_E_TIMEDOUT;
         pthread_mutex_unlock(&l->mu);
         return rc;
     }

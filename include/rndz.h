@@ -168,6 +168,10 @@ typedef int (*rndz_sock_config_fn)(int fd, int family, int socktype, void *user)
 
 /* Largest message body, in a UDP datagram or a TCP frame. */
 #define RNDZ_MAX_MSG 1500
+/* The one id limit: the longest id (bytes of UTF-8) our clients take and send, and the
+ * server's default max_id_len. Decoders accept any length that fits a message (v1 set no
+ * limit); a server may raise max_id_len for v1 clients with longer ids. */
+#define RNDZ_MAX_ID_LEN 255
 
 typedef enum rndz_cmd {
     RNDZ_CMD_NONE = 0,
@@ -290,33 +294,44 @@ typedef struct rndz_server_options {
     uint32_t max_tcp_conns;     /* TCP connections open at once. Default 65536 */
     uint32_t max_tcp_conns_per_ip; /* ... from one source address (IPv6: /64). Default 256 */
     uint32_t max_id_len;        /* requests whose id or target id is longer (bytes) are
-                                   dropped. Default 256 */
+                                   dropped. Default RNDZ_MAX_ID_LEN (what our clients send
+                                   at most); up to RNDZ_MAX_MSG for v1 clients with longer
+                                   ids */
 } rndz_server_options;
 
 /* Counters are updated as the workers go: a reply can reach its client a moment before the
  * counters include it. With several workers, datagrams from different clients are handled in
  * no fixed order. */
+/* Every server statistic, in the order of rndz_server_stats' fields (the ABI: new ones go at
+ * the end): X(name, kind, "help"). kind: COUNTER (only grows) or GAUGE (a level now). One
+ * list generates the struct, the server's per-worker counters and their sum, so a new
+ * statistic is one line here. */
+#define RNDZ_SERVER_STATS(X)                                                                 \
+    X(udp_rx, COUNTER, "UDP datagrams received")                                             \
+    X(udp_tx, COUNTER, "UDP datagrams sent")                                                 \
+    X(udp_malformed, COUNTER, "UDP datagrams dropped as undecodable or not a request")       \
+    X(udp_expired, COUNTER, "UDP ids expired")                                               \
+    X(udp_peers, GAUGE, "UDP ids registered now")                                            \
+    X(tcp_conns, GAUGE, "TCP connections open now")                                          \
+    X(tcp_peers, GAUGE, "TCP ids registered now")                                            \
+    X(tcp_malformed, COUNTER, "TCP connections dropped for a bad frame or message")          \
+    X(udp_refused, COUNTER, "UDP registrations refused: the table is full (max_peers)")      \
+    X(workers, GAUGE, "worker threads")                                                      \
+    X(auth_failed, COUNTER, "requests dropped (secret set): no proof, a malformed or wrong "  \
+      "one, or a timestamp outside the window")                                              \
+    X(auth_replayed, COUNTER, "requests dropped (secret set): timestamp not newer than the " \
+      "last accepted for the id (a replay)")                                                 \
+    X(sync_limited, COUNTER, "Isync/Rsync dropped: their source was over sync_rate")          \
+    X(fsync_limited, COUNTER, "Fsync/Redirect not sent: the target was over fsync_rate")      \
+    X(id_refused, COUNTER, "requests dropped: id longer than max_id_len")                    \
+    X(tcp_refused, COUNTER, "TCP connections closed at once: over max_tcp_conns or "         \
+      "max_tcp_conns_per_ip")
+
+/* The server's statistics; UDP and TCP together for auth_failed .. id_refused. */
 typedef struct rndz_server_stats {
-    uint64_t udp_rx;        /* datagrams received */
-    uint64_t udp_tx;        /* datagrams sent */
-    uint64_t udp_malformed; /* datagrams dropped as undecodable or not a request */
-    uint64_t udp_expired;   /* ids expired */
-    uint64_t udp_peers;     /* ids registered now */
-    uint64_t tcp_conns;     /* TCP connections open now */
-    uint64_t tcp_peers;     /* TCP ids registered now */
-    uint64_t tcp_malformed; /* TCP connections dropped for a bad frame or message */
-    uint64_t udp_refused;   /* registrations refused: the table is full (max_peers) */
-    uint64_t workers;       /* worker threads */
-    /* UDP and TCP together: */
-    uint64_t auth_failed;   /* requests dropped (secret set): no proof, a malformed or wrong
-                               one, or a timestamp outside the window */
-    uint64_t auth_replayed; /* requests dropped (secret set): timestamp not newer than the
-                               last accepted for the id (a replay) */
-    uint64_t sync_limited;  /* Isync/Rsync dropped: their source was over sync_rate */
-    uint64_t fsync_limited; /* Fsync/Redirect not sent: the target was over fsync_rate */
-    uint64_t id_refused;    /* requests dropped: id longer than max_id_len */
-    uint64_t tcp_refused;   /* TCP connections closed at once: over max_tcp_conns or
-                               max_tcp_conns_per_ip */
+#define RNDZ__STATS_FIELD(name, kind, help) uint64_t name;
+    RNDZ_SERVER_STATS(RNDZ__STATS_FIELD)
+#undef RNDZ__STATS_FIELD
 } rndz_server_stats;
 
 RNDZ_API void rndz_server_options_init(rndz_server_options *o);
@@ -345,14 +360,16 @@ RNDZ_API void rndz_server_destroy(rndz_server *s);
 /* Clients                                                                                  */
 
 typedef struct rndz_client_options {
-    const char *id;                 /* our id (required, 1..255 bytes of UTF-8) */
+    const char *id;                 /* our id (required, 1..RNDZ_MAX_ID_LEN bytes of UTF-8) */
     const char *const *servers;     /* "host:port" of each rendezvous server (required) */
     size_t n_servers;
     const char *local_addr;         /* local bind; default "0.0.0.0:0" or "[::]:0" to fit */
     uint32_t keepalive_ms;          /* listener ping interval, jittered +-20%, capped at
                                        25000 (conntrack forgets one-way UDP after 30 s);
                                        default 10000 */
-    uint32_t round_ms;              /* connector: resend Isync this often; default 1000 */
+    uint32_t round_ms;              /* UDP connector: Isync is sent again after 200 ms, then
+                                       after twice as long each round, up to round_ms
+                                       (default 1000), until timeout_ms */
     uint32_t timeout_ms;            /* connector: give up after this long (TCP: the whole
                                        connect, server and peer); TCP listener: how long it
                                        goes on punching toward a peer; default 10000 */
@@ -385,7 +402,7 @@ RNDZ_API void rndz_client_options_init(rndz_client_options *o);
 /* What a connect found (or a listener learned about a peer). */
 typedef struct rndz_peer_info {
     struct sockaddr_storage addr; /* the peer's address that carries the traffic */
-    char id[256];                 /* the peer's id (listener side) */
+    char id[RNDZ_MAX_ID_LEN + 1]; /* the peer's id (listener side) */
     uint32_t rtt_ms;     /* round trip measured by the probes; 0 when not measured */
     uint32_t elapsed_ms; /* connector: from the call to the verified path */
     int verified;        /* 1: probes proved the path both ways; 0: a v1 peer or server, the

@@ -8,12 +8,20 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+/* Every default, in one place: fills the fields left 0, for rndz_client_options_init and for
+ * options a caller zeroed by hand (rndz.h: 0 = the default). */
+static void client_defaults(rndz_client_options *o) {
+    /* as rndz 0.1.5; well inside conntrack's 30 s UDP timeout */
+    if (!o->keepalive_ms) o->keepalive_ms = 10000;
+    /* the pace Isync rounds double up to: a lost datagram costs at most 1 s, not 5 */
+    if (!o->round_ms) o->round_ms = 1000;
+    if (!o->timeout_ms) o->timeout_ms = 10000;
+}
+
 void rndz_client_options_init(rndz_client_options *o) {
     if (!o) return;
     memset(o, 0, sizeof *o);
-    o->keepalive_ms = 10000; /* as rndz 0.1.5; well inside conntrack's 30 s UDP timeout */
-    o->round_ms = 1000;      /* resend Isync each second: a lost datagram costs 1 s, not 5 */
-    o->timeout_ms = 10000;
+    client_defaults(o);
 }
 
 /* Ids must be non-empty UTF-8 that fits a message; check UTF-8 by round-tripping a Ping. */
@@ -41,9 +49,11 @@ int rndz__client_init(rndz__client *c, const rndz_client_options *o) {
         memcpy(c->credential, o->credential, RNDZ_CREDENTIAL_LEN);
         c->signing = true;
     }
-    c->keepalive_ms = o->keepalive_ms ? o->keepalive_ms : 10000;
-    c->round_ms = o->round_ms ? o->round_ms : 1000;
-    c->timeout_ms = o->timeout_ms ? o->timeout_ms : 10000;
+    rndz_client_options d = *o;
+    client_defaults(&d);
+    c->keepalive_ms = d.keepalive_ms;
+    c->round_ms = d.round_ms;
+    c->timeout_ms = d.timeout_ms;
     /* The kernel refuses caps outside 1..120 s; say so now rather than at the first connect. */
     if (o->tcp_rto_max_ms && (o->tcp_rto_max_ms < 1000 || o->tcp_rto_max_ms > 120000))
         return -EINVAL;

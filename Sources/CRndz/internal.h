@@ -11,7 +11,7 @@
 
 #define RNDZ_INTERNAL __attribute__((visibility("hidden")))
 #define RNDZ_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
-#define RNDZ_MAX_ID 255 /* our own limit for ids we send; decoders accept any length */
+#define RNDZ_MAX_ID RNDZ_MAX_ID_LEN /* rndz.h */
 
 /* log.c */
 RNDZ_INTERNAL void rndz__log(rndz_log_level level, const char *fmt, ...)

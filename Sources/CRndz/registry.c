@@ -91,7 +91,7 @@ void rndz__reg_touch(rndz__registry *r, rndz__reg_entry *e, uint64_t now) {
 
 rndz__reg_entry *rndz__reg_put(rndz__registry *r, const char *id, size_t len,
                                const struct sockaddr *addr, void *owner, uint64_t now) {
-    if (len > RNDZ_REG_MAX_ID) return NULL;
+    if (len > RNDZ_MAX_MSG) return NULL; /* admitted ids are at most max_id_len */
     rndz__reg_entry *e = rndz__reg_get(r, id, len);
     if (!e) {
         e = calloc(1, sizeof *e + len + 1);

@@ -27,8 +27,6 @@ typedef struct rndz__registry {
     rndz__reg_entry *oldest, *newest;
 } rndz__registry;
 
-/* Ids longer than this are refused by put (a v1 datagram cannot carry more anyway). */
-#define RNDZ_REG_MAX_ID RNDZ_MAX_MSG
 
 RNDZ_INTERNAL int rndz__reg_init(rndz__registry *r);
 RNDZ_INTERNAL void rndz__reg_free(rndz__registry *r);

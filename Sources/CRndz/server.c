@@ -2,12 +2,18 @@
 #include "server.h"
 
 #include <netinet/in.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-/* The defaults of the security options (SECURITY.md gives the reasoning). */
-static void security_defaults(rndz_server_options *o) {
+/* Every default, in one place: fills the fields left 0, for rndz_server_options_init and for
+ * options a caller zeroed by hand (rndz.h: 0 = the default). SECURITY.md gives the reasoning
+ * of the limits. */
+static void server_defaults(rndz_server_options *o) {
+    if (!o->udp_expiry_ms) o->udp_expiry_ms = 60000; /* v1: ids not refreshed for 60 s expire */
+    if (!o->tcp_idle_ms) o->tcp_idle_ms = 30000; /* v1: a TCP connection silent for 30 s goes */
+    if (!o->max_peers) o->max_peers = 1000000;
     /* Clocks of clients and server differ; 30 s covers ordinary drift, and the replay table
      * (newest ts per id) closes the window itself. */
     if (!o->auth_window_ms) o->auth_window_ms = 30000;
@@ -24,8 +30,8 @@ static void security_defaults(rndz_server_options *o) {
     if (!o->max_tcp_conns) o->max_tcp_conns = 65536;
     /* a household or an office behind one NAT, not one host holding every descriptor */
     if (!o->max_tcp_conns_per_ip) o->max_tcp_conns_per_ip = 256;
-    /* our clients send at most 255 bytes; v1 had no limit but a datagram of 1500 */
-    if (!o->max_id_len) o->max_id_len = 256;
+    /* what our clients send at most; v1 had no limit but a datagram of 1500 */
+    if (!o->max_id_len) o->max_id_len = RNDZ_MAX_ID_LEN;
 }
 
 void rndz_server_options_init(rndz_server_options *o) {
@@ -34,11 +40,8 @@ void rndz_server_options_init(rndz_server_options *o) {
     o->listen_addr = "0.0.0.0:8888";
     o->enable_udp = 1;
     o->enable_tcp = 1;
-    o->udp_expiry_ms = 60000; /* v1: ids not refreshed for 60 s expire */
-    o->tcp_idle_ms = 30000;   /* v1: a TCP connection silent for 30 s is dropped */
-    o->workers = 0;           /* one per core */
-    o->max_peers = 1000000;
-    security_defaults(o);
+    o->workers = 0; /* one per core */
+    server_defaults(o);
 }
 
 static void worker_free(rndz__worker *w) {
@@ -122,10 +125,7 @@ int rndz_server_create(const rndz_server_options *opts, rndz_server **out) {
     if (!s) return -ENOMEM;
     s->o = *opts;
     s->o.listen_addr = NULL; /* not kept: the caller's string may go away */
-    if (!s->o.udp_expiry_ms) s->o.udp_expiry_ms = 60000;
-    if (!s->o.tcp_idle_ms) s->o.tcp_idle_ms = 30000;
-    if (!s->o.max_peers) s->o.max_peers = 1000000;
-    security_defaults(&s->o);
+    server_defaults(&s->o);
     s->o.secret = NULL; /* not kept: only its keyed HMAC state is */
     s->o.secret_len = 0;
     s->nworkers = s->o.workers;
@@ -142,22 +142,7 @@ int rndz_server_create(const rndz_server_options *opts, rndz_server **out) {
     if (rc) goto fail;
     s->v6 = s->local.ss_family == AF_INET6;
     if ((rc = rndz__pt_init(&s->peers, s->o.max_peers, rndz__now_ms()))) goto fail;
-    if ((rc = rndz__limits_init(&s->lim, &s->o))) goto fail;
-    if (opts->secret || opts->secret_len) {
-        if (!opts->secret || opts->secret_len < 16) {
-            rc = -EINVAL;
-            goto fail;
-        }
-        s->auth = calloc(1, sizeof *s->auth);
-        if (!s->auth) {
-            rc = -ENOMEM;
-            goto fail;
-        }
-        rndz__auth_key_init(s->auth, opts->secret, opts->secret_len, s->o.auth_window_ms,
-                            rndz__unix_ms());
-        if ((rc = rndz__replay_init(&s->replay, s->o.max_peers + s->o.max_tcp_conns)))
-            goto fail;
-    }
+    if ((rc = rndz__proto_init(&s->core, &s->o, opts->secret, opts->secret_len))) goto fail;
     if ((rc = rndz__loop_init(&s->loop))) goto fail;
     for (unsigned i = 0; i < s->nworkers; i++) {
         rndz__worker *w = calloc(1, sizeof *w);
@@ -275,58 +260,33 @@ int rndz_server_stop(rndz_server *s) {
     return 0;
 }
 
-static void add_worker(const rndz__worker *w, rndz_server_stats *out) {
-    out->udp_rx += atomic_load_explicit(&w->c.rx, memory_order_relaxed);
-    out->udp_tx += atomic_load_explicit(&w->c.tx, memory_order_relaxed);
-    out->udp_malformed += atomic_load_explicit(&w->c.malformed, memory_order_relaxed);
-    out->udp_expired += atomic_load_explicit(&w->c.expired, memory_order_relaxed);
-    out->udp_refused += atomic_load_explicit(&w->c.refused, memory_order_relaxed);
-    out->auth_failed += atomic_load_explicit(&w->c.auth_failed, memory_order_relaxed);
-    out->auth_replayed += atomic_load_explicit(&w->c.auth_replayed, memory_order_relaxed);
-    out->sync_limited += atomic_load_explicit(&w->c.sync_limited, memory_order_relaxed);
-    out->fsync_limited += atomic_load_explicit(&w->c.fsync_limited, memory_order_relaxed);
-    out->id_refused += atomic_load_explicit(&w->c.id_refused, memory_order_relaxed);
+/* Where each statistic lives in rndz_server_stats. */
+static const size_t stat_offset[RNDZ__NSTATS] = {
+#define STAT_OFFSET(name, kind, help) offsetof(rndz_server_stats, name),
+    RNDZ_SERVER_STATS(STAT_OFFSET)
+#undef STAT_OFFSET
+};
+
+static void add_stats(const rndz__stats c, rndz_server_stats *out) {
+    for (size_t i = 0; i < RNDZ__NSTATS; i++)
+        *(uint64_t *)((char *)out + stat_offset[i]) +=
+            atomic_load_explicit(&c[i], memory_order_relaxed);
 }
 
 int rndz_server_stats_get(rndz_server *s, rndz_server_stats *out) {
     if (!s || !out) return -EINVAL;
     memset(out, 0, sizeof *out);
-    for (unsigned i = 0; i < s->nworkers; i++) add_worker(s->w[i], out);
+    for (unsigned i = 0; i < s->nworkers; i++) add_stats(s->w[i]->c, out);
+    add_stats(s->c, out);
     out->udp_peers = rndz__pt_count(&s->peers);
-    out->tcp_conns = atomic_load(&s->c.tcp_conns);
-    out->tcp_peers = atomic_load(&s->c.tcp_peers);
-    out->tcp_malformed = atomic_load(&s->c.tcp_malformed);
     out->workers = s->nworkers;
-    out->auth_failed += atomic_load(&s->c.auth_failed);
-    out->auth_replayed += atomic_load(&s->c.auth_replayed);
-    out->sync_limited += atomic_load(&s->c.sync_limited);
-    out->fsync_limited += atomic_load(&s->c.fsync_limited);
-    out->id_refused += atomic_load(&s->c.id_refused);
-    out->tcp_refused = atomic_load(&s->c.tcp_refused);
     return 0;
-}
-
-int rndz__server_admit(rndz_server *s, const uint8_t *buf, size_t len, const rndz_msg *req) {
-    if (req->id_len > s->o.max_id_len || req->peer_id_len > s->o.max_id_len)
-        return RNDZ__ADMIT_ID;
-    if (!s->auth) return RNDZ__ADMIT_OK;
-    uint64_t ts;
-    int rc = rndz__auth_verify(s->auth, buf, len, req->id, req->id_len, rndz__unix_ms(), &ts);
-    if (rc) {
-        RNDZ_LOG(RNDZ_LOG_TRACE, "request refused: %s",
-                 rc == RNDZ__AUTH_MISSING ? "no proof" : rc == RNDZ__AUTH_STALE ? "stale"
-                 : rc == RNDZ__AUTH_BADMAC ? "wrong proof" : "malformed proof");
-        return RNDZ__ADMIT_AUTH;
-    }
-    /* Only a verified request moves the id's newest ts: forgeries cannot push it ahead. */
-    if (!rndz__replay_accept(&s->replay, req->id, req->id_len, ts)) return RNDZ__ADMIT_REPLAY;
-    return RNDZ__ADMIT_OK;
 }
 
 int rndz_server_worker_stats(rndz_server *s, unsigned worker, rndz_server_stats *out) {
     if (!s || !out || worker >= s->nworkers) return -EINVAL;
     memset(out, 0, sizeof *out);
-    add_worker(s->w[worker], out);
+    add_stats(s->w[worker]->c, out);
     out->workers = s->nworkers;
     return 0;
 }
@@ -339,11 +299,6 @@ void rndz_server_destroy(rndz_server *s) {
     for (unsigned i = 0; i < s->nworkers; i++) worker_free(s->w[i]);
     rndz__loop_close(&s->loop);
     rndz__pt_free(&s->peers);
-    rndz__limits_free(&s->lim);
-    if (s->auth) {
-        rndz__wipe(s->auth, sizeof *s->auth);
-        free(s->auth);
-        rndz__replay_free(&s->replay);
-    }
+    rndz__proto_free(&s->core);
     free(s);
 }

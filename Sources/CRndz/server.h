@@ -1,5 +1,5 @@
-/* server.h: the rendezvous server's state, shared by server.c (lifecycle, workers),
- * server_udp.c and server_tcp.c.
+/* server.h: the rendezvous server's state, shared by server.c (lifecycle, workers, stats),
+ * server_udp.c and server_tcp.c (the transports). The protocol itself is server_proto.c's.
  *
  * Workers: each has its own UDP socket (SO_REUSEPORT on the same address: the kernel spreads
  * clients over them by address hash), its own epoll loop and thread, and its own counters.
@@ -9,12 +9,10 @@
 #ifndef RNDZ_SERVER_H
 #define RNDZ_SERVER_H
 
-#include "auth.h"
-#include "limit.h"
 #include "loop.h"
 #include "peertab.h"
 #include "registry.h"
-#include "replay.h"
+#include "server_proto.h"
 
 #include <pthread.h>
 #include <sys/socket.h>
@@ -23,18 +21,10 @@
 /* Datagrams taken per recvmmsg / sent per sendmmsg. */
 #define RNDZ_BATCH 64
 
-typedef struct rndz__server_counters {
-    _Atomic uint64_t tcp_conns, tcp_peers, tcp_malformed;
-    /* TCP's share of the guard counters (UDP's are per worker), and refused connections */
-    _Atomic uint64_t auth_failed, auth_replayed, sync_limited, fsync_limited, id_refused;
-    _Atomic uint64_t tcp_refused;
-} rndz__server_counters;
-
-/* One writer (its worker), any reader: increments are plain loads and stores. */
-typedef struct rndz__worker_counters {
-    _Atomic uint64_t rx, tx, malformed, expired, refused;
-    _Atomic uint64_t auth_failed, auth_replayed, sync_limited, fsync_limited, id_refused;
-} rndz__worker_counters;
+/* Statistics (rndz.h, RNDZ_SERVER_STATS), indexed by RNDZ__ST_*: each worker has its own
+ * (one writer, any reader: increments are plain loads and stores), TCP's are the server's;
+ * rndz_server_stats_get sums them. */
+typedef _Atomic uint64_t rndz__stats[RNDZ__NSTATS];
 
 typedef struct rndz__worker {
     struct rndz_server *s;
@@ -46,7 +36,7 @@ typedef struct rndz__worker {
     pthread_t thread;
     bool thread_started;
     uint64_t next_sweep;
-    rndz__worker_counters c;
+    rndz__stats c;
     /* the send batch */
     struct mmsghdr out[RNDZ_BATCH];
     struct iovec out_iov[RNDZ_BATCH];
@@ -76,28 +66,21 @@ struct rndz_server {
     bool thread_started;
     atomic_bool running;
     atomic_bool starting; /* rndz_server_start() claimed the handle */
-    rndz__server_counters c;
-    rndz__auth_key *auth; /* NULL: no secret (v1) */
-    rndz__replay replay;  /* with auth: the newest ts accepted per id */
-    rndz__limits lim;
+    rndz__stats c; /* TCP's */
+    rndz__proto core; /* limits, auth, replay: server_proto.h */
 };
 
-/* Why server_admit refused a request. */
-enum { RNDZ__ADMIT_OK = 0, RNDZ__ADMIT_ID, RNDZ__ADMIT_AUTH, RNDZ__ADMIT_REPLAY };
-
-/* server.c: the checks every request passes before it is served, UDP and TCP alike: id
- * lengths (max_id_len), then with a secret the proof and its freshness (auth.h, replay.h).
- * `buf` is the encoded request, `req` its decoding. */
-RNDZ_INTERNAL int rndz__server_admit(rndz_server *s, const uint8_t *buf, size_t len,
-                                     const rndz_msg *req);
-
-#define RNDZ_STAT_ADD(s, field, n) atomic_fetch_add_explicit(&(s)->c.field, (n), memory_order_relaxed)
-#define RNDZ_STAT_SET(s, field, n) atomic_store_explicit(&(s)->c.field, (n), memory_order_relaxed)
-/* A worker's own counter: it is the only writer, so no locked instruction is needed. */
-#define RNDZ_WSTAT_ADD(w, field, n)                                                            \
-    atomic_store_explicit(&(w)->c.field,                                                       \
-                          atomic_load_explicit(&(w)->c.field, memory_order_relaxed) + (n),     \
+/* The server's (TCP's) statistics, by index or by name. */
+#define RNDZ_STAT_IDX_ADD(s, i, n) atomic_fetch_add_explicit(&(s)->c[i], (n), memory_order_relaxed)
+#define RNDZ_STAT_ADD(s, name, n) RNDZ_STAT_IDX_ADD(s, RNDZ__ST_##name, n)
+#define RNDZ_STAT_SET(s, name, n)                                                              \
+    atomic_store_explicit(&(s)->c[RNDZ__ST_##name], (n), memory_order_relaxed)
+/* A worker's own statistic: it is the only writer, so no locked instruction is needed. */
+#define RNDZ_WSTAT_IDX_ADD(w, i, n)                                                            \
+    atomic_store_explicit(&(w)->c[i],                                                          \
+                          atomic_load_explicit(&(w)->c[i], memory_order_relaxed) + (n),        \
                           memory_order_relaxed)
+#define RNDZ_WSTAT_ADD(w, name, n) RNDZ_WSTAT_IDX_ADD(w, RNDZ__ST_##name, n)
 
 /* server_udp.c */
 RNDZ_INTERNAL void rndz__server_udp_readable(void *ctx, uint32_t events);
@@ -115,5 +98,14 @@ RNDZ_INTERNAL void rndz__server_udp_handle(rndz_server *s, const uint8_t *buf, s
 RNDZ_INTERNAL int rndz__server_tcp_open(rndz_server *s, const rndz__sockopts *so);
 RNDZ_INTERNAL uint64_t rndz__server_tcp_tick(rndz_server *s, uint64_t now);
 RNDZ_INTERNAL void rndz__server_tcp_close(rndz_server *s);
+/* Tests and fuzzing: take a connected stream socket (a socketpair end will do) as a client
+ * connection from `remote`, as accept does (caps included; the server owns fd from then on).
+ * Returns the connection, or NULL if refused (the caller keeps fd). */
+RNDZ_INTERNAL void *rndz__server_tcp_adopt(rndz_server *s, int fd,
+                                           const struct sockaddr_storage *remote, uint64_t now);
+/* Bytes received on that connection at `now`, served as the event loop would. false once the
+ * connection is closed (it is freed by the next rndz__server_tcp_tick). */
+RNDZ_INTERNAL bool rndz__server_tcp_input(void *conn, const uint8_t *buf, size_t len,
+                                          uint64_t now);
 
 #endif

@@ -1,18 +1,13 @@
-/* server_tcp.c: the v1 rendezvous server over TCP (BRIEF, "Server, TCP").
+/* server_tcp.c: the rendezvous server over TCP (BRIEF, "Server, TCP"): what is TCP's alone.
+ * The protocol is server_proto.c's; here: connections and frames.
  *
  * One connection per client, frames of a 2-byte big-endian length and a body of at most
- * 1500 bytes; responses carry no id.
- *   Ping from X          -> register X -> (this connection, its remote address); Pong.
- *   Isync{T} from X      -> T registered: Fsync{X, X's address} down T's connection and
- *                           register X; else Redirect{T, ""}.
- *   Rsync{T} from L      -> Redirect{L, L's address} down T's connection.
- *   Bye, a bad frame, EOF, an error, 30 s of silence -> the connection is dropped and its
- *                           registration removed (only if it still belongs to it).
- * Every request passes rndz__server_admit first (a refused one closes the connection), and
- * Isync/Rsync the rate limits (a limited one is dropped); accept enforces the connection caps.
+ * 1500 bytes. An id registered over TCP belongs to the connection that registered it (the
+ * registry, registry.h): a response for it goes down that connection. A bad frame, EOF, an
+ * error, a Bye, a refused request or tcp_idle_ms of silence drop the connection, and its
+ * registration with it (only if it still belongs to it). Accept enforces the connection caps.
  * Nothing blocks: replies that do not fit the socket wait in a small per-connection buffer;
  * a connection whose buffer overflows (a peer that does not read) is dropped. */
-#include "ext.h"
 #include "server.h"
 
 #include <fcntl.h>
@@ -76,7 +71,7 @@ static void conn_close(conn *c, const char *why) {
     RNDZ_LOG(RNDZ_LOG_DEBUG, "tcp: closing %s: %s", text, why);
     if (c->reg && c->reg->owner == c) rndz__reg_del(&t->reg, c->reg);
     c->reg = NULL;
-    rndz__limit_tcp_close(&s->lim, c->ip_slot);
+    rndz__limit_tcp_close(&s->core.lim, c->ip_slot);
     c->ip_slot = 0;
     rndz__loop_del(&s->loop, &c->io);
     close(c->io.fd);
@@ -113,19 +108,12 @@ static void conn_flush(conn *c) {
     }
 }
 
-/* Send a response; `ext` (may be NULL): extension fields copied from the request (ext.h). */
-static void conn_send_ext(conn *c, const rndz_msg *m, const rndz__ext *ext) {
+/* Send the response of `a` down c. */
+static void conn_send(conn *c, const rndz__action *a) {
     if (c->dead) return;
     uint8_t frame[2 + RNDZ_MAX_MSG];
-    int n = rndz_frame_encode(m, frame, sizeof frame);
-    if (n >= 0 && ext && rndz__ext_present(ext)) {
-        n = rndz__ext_append(ext, frame + 2, (size_t)n - 2, RNDZ_MAX_MSG);
-        if (n >= 0) {
-            frame[0] = (uint8_t)(n >> 8);
-            frame[1] = (uint8_t)n;
-            n += 2;
-        }
-    }
+    int n = rndz__proto_encode(a, frame + 2, RNDZ_MAX_MSG);
+    if (n >= 0) n = rndz__frame_seal(frame, (size_t)n);
     if (n < 0) return;
     if (c->out_len + (size_t)n > OUT_MAX) {
         conn_close(c, "not reading its replies");
@@ -143,104 +131,69 @@ static void conn_send_ext(conn *c, const rndz_msg *m, const rndz__ext *ext) {
     conn_flush(c);
 }
 
-static void conn_send(conn *c, const rndz_msg *m) { conn_send_ext(c, m, NULL); }
-
-static void conn_register(tcp_state *t, conn *c, const char *id, size_t len, uint64_t now) {
+/* The directory of ids for one request: the registry, the source its connection. */
+static int dir_put(void *ctx, const char *id, size_t len, uint64_t now) {
+    conn *c = ctx;
+    tcp_state *t = c->s->tcp;
     rndz__reg_entry *e = rndz__reg_get(&t->reg, id, len);
     if (e && e->owner && e->owner != c) ((conn *)e->owner)->reg = NULL; /* taken over */
     if (c->reg && c->reg != e && c->reg->owner == c) rndz__reg_del(&t->reg, c->reg);
     c->reg = rndz__reg_put(&t->reg, id, len, (struct sockaddr *)&c->remote, c, now);
     RNDZ_STAT_SET(c->s, tcp_peers, t->reg.count); /* before any reply goes out */
+    return 0;
+}
+
+static bool dir_get(void *ctx, const char *id, size_t len, rndz__dest *out) {
+    conn *c = ctx;
+    rndz__reg_entry *e = rndz__reg_get(&((tcp_state *)c->s->tcp)->reg, id, len);
+    if (!e || !e->owner || e->owner == c) return false;
+    out->conn = e->owner;
+    return true;
+}
+
+static int dir_del(void *ctx, const char *id, size_t len) {
+    (void)ctx, (void)id, (void)len; /* the connection ends, and its registration with it */
+    return 0;
 }
 
 static void conn_handle(conn *c, const uint8_t *body, size_t len, uint64_t now) {
     rndz_server *s = c->s;
-    tcp_state *t = s->tcp;
-    rndz_msg req;
-    int rc = rndz_msg_decode(body, len, 0, &req);
-    if (rc) {
-        RNDZ_STAT_ADD(s, tcp_malformed, 1);
-        conn_close(c, rndz_strerror(rc));
-        return;
+    const rndz__dir dir = {dir_put, dir_get, dir_del, c};
+    const rndz__src src = {&c->remote, true};
+    rndz__action a;
+    rndz__proto_serve(&s->core, &dir, body, len, &src, now, &a);
+    if (a.stat >= 0) RNDZ_STAT_IDX_ADD(s, a.stat, 1);
+    if (a.stat2 >= 0) RNDZ_STAT_IDX_ADD(s, a.stat2, 1);
+    if (a.respond) conn_send(a.to_source ? c : a.dest.conn, &a);
+    if (a.close) conn_close(c, a.why);
+    RNDZ_STAT_SET(s, tcp_peers, ((tcp_state *)s->tcp)->reg.count);
+}
+
+/* Bytes that arrived on c at `now`: frames, each served. */
+static void conn_input(conn *c, const uint8_t *buf, size_t n, uint64_t now) {
+    tcp_state *t = c->s->tcp;
+    c->last_rx = now;
+    idle_unlink(t, c);
+    idle_append(t, c);
+    size_t off = 0;
+    while (off < n && !c->dead) {
+        int used = rndz_framer_feed(&c->framer, buf + off, n - off);
+        if (used < 0) {
+            RNDZ_STAT_ADD(c->s, tcp_malformed, 1);
+            conn_close(c, "oversize frame");
+            return;
+        }
+        off += (size_t)used;
+        const uint8_t *body;
+        size_t blen;
+        while (!c->dead && rndz_framer_next(&c->framer, &body, &blen) == 1)
+            conn_handle(c, body, blen, now);
     }
-    switch (rndz__server_admit(s, body, len, &req)) {
-    case RNDZ__ADMIT_OK: break;
-    case RNDZ__ADMIT_ID:
-        RNDZ_STAT_ADD(s, id_refused, 1);
-        conn_close(c, "id too long");
-        return;
-    case RNDZ__ADMIT_REPLAY:
-        RNDZ_STAT_ADD(s, auth_replayed, 1);
-        conn_close(c, "replayed request");
-        return;
-    default:
-        RNDZ_STAT_ADD(s, auth_failed, 1);
-        conn_close(c, "request without a valid proof");
-        return;
-    }
-    char text[RNDZ_ADDRSTRLEN];
-    int tl = rndz_addr_format((struct sockaddr *)&c->remote, text, sizeof text);
-    if (tl < 0) tl = 0;
-    rndz__reg_entry *e;
-    switch (req.cmd) {
-    case RNDZ_REQ_PING: {
-        conn_register(t, c, req.id, req.id_len, now);
-        rndz_msg pong = {.cmd = RNDZ_RSP_PONG};
-        conn_send(c, &pong);
-        break;
-    }
-    case RNDZ_REQ_ISYNC:
-        if (!rndz__limit_sync(&s->lim, &c->remote, now)) {
-            RNDZ_STAT_ADD(s, sync_limited, 1);
-            break;
-        }
-        e = rndz__reg_get(&t->reg, req.peer_id, req.peer_id_len);
-        if (e && e->owner && e->owner != c) {
-            if (!rndz__limit_fsync(&s->lim, req.peer_id, req.peer_id_len, now)) {
-                RNDZ_STAT_ADD(s, fsync_limited, 1);
-                break;
-            }
-            rndz_msg f = {.cmd = RNDZ_RSP_FSYNC, .peer_id = req.id, .peer_id_len = req.id_len,
-                          .addr = text, .addr_len = (size_t)tl};
-            rndz__ext ext;
-            conn_send_ext(e->owner, &f, rndz__ext_decode(body, len, &ext) == 0 ? &ext : NULL);
-            conn_register(t, c, req.id, req.id_len, now);
-        } else {
-            rndz_msg r = {.cmd = RNDZ_RSP_REDIRECT, .peer_id = req.peer_id,
-                          .peer_id_len = req.peer_id_len, .addr = "", .addr_len = 0};
-            conn_send(c, &r);
-        }
-        break;
-    case RNDZ_REQ_RSYNC:
-        if (!rndz__limit_sync(&s->lim, &c->remote, now)) {
-            RNDZ_STAT_ADD(s, sync_limited, 1);
-            break;
-        }
-        e = rndz__reg_get(&t->reg, req.peer_id, req.peer_id_len);
-        if (e && e->owner && !rndz__limit_fsync(&s->lim, req.peer_id, req.peer_id_len, now)) {
-            RNDZ_STAT_ADD(s, fsync_limited, 1);
-            break;
-        }
-        if (e && e->owner) {
-            rndz_msg r = {.cmd = RNDZ_RSP_REDIRECT, .peer_id = req.id, .peer_id_len = req.id_len,
-                          .addr = text, .addr_len = (size_t)tl};
-            rndz__ext ext;
-            conn_send_ext(e->owner, &r, rndz__ext_decode(body, len, &ext) == 0 ? &ext : NULL);
-        }
-        break;
-    case RNDZ_REQ_BYE: conn_close(c, "bye"); break;
-    default:
-        RNDZ_STAT_ADD(s, tcp_malformed, 1);
-        conn_close(c, "not a request");
-        break;
-    }
-    RNDZ_STAT_SET(s, tcp_peers, t->reg.count);
 }
 
 static void conn_event(void *ctx, uint32_t events) {
     conn *c = ctx;
     if (c->dead) return;
-    tcp_state *t = c->s->tcp;
     if (events & EPOLLOUT) conn_flush(c);
     if (c->dead || !(events & (EPOLLIN | EPOLLHUP | EPOLLERR))) return;
     uint8_t buf[4096];
@@ -253,24 +206,34 @@ static void conn_event(void *ctx, uint32_t events) {
         if (errno != EAGAIN && errno != EINTR) conn_close(c, "recv failed");
         return;
     }
-    uint64_t now = rndz__now_ms();
-    c->last_rx = now;
-    idle_unlink(t, c);
-    idle_append(t, c);
-    size_t off = 0;
-    while (off < (size_t)n && !c->dead) {
-        int used = rndz_framer_feed(&c->framer, buf + off, (size_t)n - off);
-        if (used < 0) {
-            RNDZ_STAT_ADD(c->s, tcp_malformed, 1);
-            conn_close(c, "oversize frame");
-            return;
-        }
-        off += (size_t)used;
-        const uint8_t *body;
-        size_t blen;
-        while (!c->dead && rndz_framer_next(&c->framer, &body, &blen) == 1)
-            conn_handle(c, body, blen, now);
+    conn_input(c, buf, (size_t)n, rndz__now_ms());
+}
+
+/* A new connection from `from` on fd (its place `slot` in the per-address count, which it
+ * gives back when it goes). NULL on failure: the caller still owns fd. */
+static conn *conn_open(rndz_server *s, int fd, const struct sockaddr_storage *from,
+                       uint32_t slot, uint64_t now) {
+    tcp_state *t = s->tcp;
+    conn *c = calloc(1, sizeof *c);
+    if (!c) {
+        rndz__limit_tcp_close(&s->core.lim, slot);
+        return NULL;
     }
+    c->ip_slot = slot;
+    c->s = s;
+    c->remote = *from;
+    c->last_rx = now;
+    c->io = (rndz__io){fd, conn_event, c};
+    rndz_framer_init(&c->framer);
+    if (rndz__loop_add(&s->loop, &c->io, EPOLLIN)) {
+        rndz__limit_tcp_close(&s->core.lim, slot);
+        free(c);
+        return NULL;
+    }
+    idle_append(t, c);
+    t->nconns++;
+    RNDZ_STAT_SET(s, tcp_conns, t->nconns);
+    return c;
 }
 
 static void tcp_accept(void *ctx, uint32_t events) {
@@ -305,33 +268,13 @@ static void tcp_accept(void *ctx, uint32_t events) {
         rndz__addr_unmap(&from);
         /* Over a cap: accept and close at once (left in the backlog it would wake us
          * forever); the client sees the connection reset. */
-        uint32_t slot = rndz__limit_tcp_open(&s->lim, &from);
+        uint32_t slot = rndz__limit_tcp_open(&s->core.lim, &from);
         if (!slot) {
             RNDZ_STAT_ADD(s, tcp_refused, 1);
             close(fd);
             continue;
         }
-        conn *c = calloc(1, sizeof *c);
-        if (!c) {
-            rndz__limit_tcp_close(&s->lim, slot);
-            close(fd);
-            return;
-        }
-        c->ip_slot = slot;
-        c->s = s;
-        c->remote = from;
-        c->last_rx = rndz__now_ms();
-        c->io = (rndz__io){fd, conn_event, c};
-        rndz_framer_init(&c->framer);
-        if (rndz__loop_add(&s->loop, &c->io, EPOLLIN)) {
-            rndz__limit_tcp_close(&s->lim, slot);
-            close(fd);
-            free(c);
-            continue;
-        }
-        idle_append(t, c);
-        t->nconns++;
-        RNDZ_STAT_SET(s, tcp_conns, t->nconns);
+        if (!conn_open(s, fd, &from, slot, rndz__now_ms())) close(fd);
     }
 }
 
@@ -385,4 +328,21 @@ void rndz__server_tcp_close(rndz_server *s) {
     rndz__reg_free(&t->reg);
     free(t);
     s->tcp = NULL;
+}
+
+void *rndz__server_tcp_adopt(rndz_server *s, int fd, const struct sockaddr_storage *remote,
+                             uint64_t now) {
+    if (!s->tcp) return NULL;
+    uint32_t slot = rndz__limit_tcp_open(&s->core.lim, remote);
+    if (!slot) {
+        RNDZ_STAT_ADD(s, tcp_refused, 1);
+        return NULL;
+    }
+    return conn_open(s, fd, remote, slot, now);
+}
+
+bool rndz__server_tcp_input(void *conn_, const uint8_t *buf, size_t len, uint64_t now) {
+    conn *c = conn_;
+    if (!c->dead) conn_input(c, buf, len, now);
+    return !c->dead;
 }

@@ -1,14 +1,7 @@
-/* server_udp.c: the v1 rendezvous server over UDP (BRIEF, "Server, UDP").
- *   Ping from X at A    -> remember X -> A; Pong to A.
- *   Isync{T} from X at A -> T known: remember X -> A, Fsync{X, A} to T (nothing back to X);
- *                           else Redirect{T, ""} to A.
- *   Rsync{T} from X at A -> T known: Redirect{X, A} to T.
- *   Bye from X at A      -> forget X, if X is registered at A (0.1.5: from anywhere).
- *   Anything else        -> dropped and counted.
- * Before that, every request passes rndz__server_admit (id length; with a secret, its proof
- * and freshness), and Isync/Rsync the limits (limit.h): per source, and per target.
- * Datagrams come in batches (recvmmsg) and replies go out in batches (sendmmsg). */
-#include "ext.h"
+/* server_udp.c: the rendezvous server over UDP (BRIEF, "Server, UDP"): what is UDP's alone.
+ * The protocol is server_proto.c's; here: the ids as addresses in the shared peer table
+ * (peertab.h), datagrams in batches (recvmmsg) and replies in batches (sendmmsg), and expiry
+ * in small steps. */
 #include "server.h"
 
 #include <string.h>
@@ -29,21 +22,18 @@ void rndz__worker_flush(rndz__worker *w) {
             done++;
             continue;
         }
-        RNDZ_WSTAT_ADD(w, tx, (uint64_t)n);
+        RNDZ_WSTAT_ADD(w, udp_tx, (uint64_t)n);
         done += (unsigned)n;
     }
     w->nout = 0;
 }
 
-/* Queue a response; `ext` (may be NULL): extension fields copied from the request, so a
- * listener and a connector that probe learn each other's candidates (ext.h). */
-static void queue_response_ext(rndz__worker *w, const rndz_msg *m,
-                               const struct sockaddr_storage *to, const rndz__ext *ext) {
+/* Queue the response of `a` to `to`. */
+static void queue_response(rndz__worker *w, const rndz__action *a,
+                           const struct sockaddr_storage *to) {
     if (w->nout == RNDZ_BATCH) rndz__worker_flush(w);
     unsigned i = w->nout;
-    int n = rndz_msg_encode(m, w->out_buf[i], RNDZ_MAX_MSG);
-    if (n >= 0 && ext && rndz__ext_present(ext))
-        n = rndz__ext_append(ext, w->out_buf[i], (size_t)n, RNDZ_MAX_MSG);
+    int n = rndz__proto_encode(a, w->out_buf[i], RNDZ_MAX_MSG);
     if (n < 0) {
         RNDZ_LOG(RNDZ_LOG_DEBUG, "udp: response not encodable: %s", rndz_strerror(n));
         return;
@@ -56,92 +46,38 @@ static void queue_response_ext(rndz__worker *w, const rndz_msg *m,
     w->nout++;
 }
 
-static void queue_response(rndz__worker *w, const rndz_msg *m,
-                           const struct sockaddr_storage *to) {
-    queue_response_ext(w, m, to, NULL);
+/* The directory of ids for one datagram: the peer table, the source its address. */
+typedef struct udp_dir {
+    rndz_server *s;
+    const struct sockaddr_storage *from;
+} udp_dir;
+
+static int dir_put(void *ctx, const char *id, size_t len, uint64_t now) {
+    udp_dir *d = ctx;
+    return rndz__pt_put(&d->s->peers, id, len, d->from, now);
+}
+
+static bool dir_get(void *ctx, const char *id, size_t len, rndz__dest *out) {
+    udp_dir *d = ctx;
+    return rndz__pt_get(&d->s->peers, id, len, d->s->v6, &out->addr);
+}
+
+static int dir_del(void *ctx, const char *id, size_t len) {
+    udp_dir *d = ctx;
+    return rndz__pt_del(&d->s->peers, id, len, d->from);
 }
 
 void rndz__worker_udp_handle(rndz__worker *w, const uint8_t *buf, size_t len,
                              const struct sockaddr_storage *from, uint64_t now) {
-    rndz_server *s = w->s;
-    rndz_msg req;
-    int rc = rndz_msg_decode(buf, len, 0, &req);
-    if (rc) {
-        RNDZ_WSTAT_ADD(w, malformed, 1);
-        RNDZ_LOG(RNDZ_LOG_TRACE, "udp: dropped datagram: %s", rndz_strerror(rc));
-        return;
-    }
-    switch (rndz__server_admit(s, buf, len, &req)) {
-    case RNDZ__ADMIT_OK: break;
-    case RNDZ__ADMIT_ID: RNDZ_WSTAT_ADD(w, id_refused, 1); return;
-    case RNDZ__ADMIT_REPLAY: RNDZ_WSTAT_ADD(w, auth_replayed, 1); return;
-    default: RNDZ_WSTAT_ADD(w, auth_failed, 1); return;
-    }
-    rndz__peertab *pt = &s->peers;
-    char text[RNDZ_ADDRSTRLEN];
-    struct sockaddr_storage to;
-    switch (req.cmd) {
-    case RNDZ_REQ_PING: {
-        if (rndz__pt_put(pt, req.id, req.id_len, from, now)) {
-            RNDZ_WSTAT_ADD(w, refused, 1); /* table full: no Pong, the client retries */
-            return;
-        }
-        rndz_msg pong = {.cmd = RNDZ_RSP_PONG, .id = req.id, .id_len = req.id_len};
-        queue_response(w, &pong, from);
-        break;
-    }
-    case RNDZ_REQ_ISYNC:
-        if (!rndz__limit_sync(&s->lim, from, now)) { /* before anything is sent anywhere */
-            RNDZ_WSTAT_ADD(w, sync_limited, 1);
-            return;
-        }
-        if (rndz__pt_get(pt, req.peer_id, req.peer_id_len, s->v6, &to)) {
-            if (!rndz__limit_fsync(&s->lim, req.peer_id, req.peer_id_len, now)) {
-                RNDZ_WSTAT_ADD(w, fsync_limited, 1);
-                return;
-            }
-            if (rndz__pt_put(pt, req.id, req.id_len, from, now)) RNDZ_WSTAT_ADD(w, refused, 1);
-            int n = rndz_addr_format((const struct sockaddr *)from, text, sizeof text);
-            if (n < 0) return;
-            rndz_msg f = {RNDZ_RSP_FSYNC, req.peer_id, req.peer_id_len, req.id, req.id_len,
-                          text, (size_t)n};
-            rndz__ext ext;
-            bool has_ext = rndz__ext_decode(buf, len, &ext) == 0;
-            queue_response_ext(w, &f, &to, has_ext ? &ext : NULL);
-        } else {
-            rndz_msg r = {RNDZ_RSP_REDIRECT, req.id, req.id_len, req.peer_id, req.peer_id_len,
-                          "", 0};
-            queue_response(w, &r, from);
-        }
-        break;
-    case RNDZ_REQ_RSYNC:
-        if (!rndz__limit_sync(&s->lim, from, now)) {
-            RNDZ_WSTAT_ADD(w, sync_limited, 1);
-            return;
-        }
-        if (rndz__pt_get(pt, req.peer_id, req.peer_id_len, s->v6, &to)) {
-            if (!rndz__limit_fsync(&s->lim, req.peer_id, req.peer_id_len, now)) {
-                RNDZ_WSTAT_ADD(w, fsync_limited, 1);
-                return;
-            }
-            int n = rndz_addr_format((const struct sockaddr *)from, text, sizeof text);
-            if (n < 0) return;
-            rndz_msg r = {RNDZ_RSP_REDIRECT, req.peer_id, req.peer_id_len, req.id, req.id_len,
-                          text, (size_t)n};
-            rndz__ext ext;
-            bool has_ext = rndz__ext_decode(buf, len, &ext) == 0;
-            queue_response_ext(w, &r, &to, has_ext ? &ext : NULL);
-        }
-        break;
-    case RNDZ_REQ_BYE:
-        /* Only from the address the id is registered at: anyone else could otherwise drop
-         * any id (rndz 0.1.5 honours a Bye from anywhere). */
-        if (rndz__pt_del(pt, req.id, req.id_len, from) < 0) RNDZ_WSTAT_ADD(w, malformed, 1);
-        break;
-    default:
-        RNDZ_WSTAT_ADD(w, malformed, 1); /* Fsync is not a request a server takes */
-        break;
-    }
+    udp_dir d = {w->s, from};
+    const rndz__dir dir = {dir_put, dir_get, dir_del, &d};
+    const rndz__src src = {from, false};
+    rndz__action a;
+    rndz__proto_serve(&w->s->core, &dir, buf, len, &src, now, &a);
+    if (a.stat >= 0) RNDZ_WSTAT_IDX_ADD(w, a.stat, 1);
+    if (a.stat2 >= 0) RNDZ_WSTAT_IDX_ADD(w, a.stat2, 1);
+    if (a.why && a.stat >= 0) RNDZ_LOG(RNDZ_LOG_TRACE, "udp: dropped a request: %s", a.why);
+    if (a.respond) queue_response(w, &a, a.to_source ? from : &a.dest.addr);
 }
 
 void rndz__server_udp_handle(rndz_server *s, const uint8_t *buf, size_t len,
@@ -168,12 +104,12 @@ void rndz__server_udp_readable(void *ctx, uint32_t events) {
             break;
         }
         uint64_t now = rndz__now_ms();
-        RNDZ_WSTAT_ADD(w, rx, (uint64_t)n);
+        RNDZ_WSTAT_ADD(w, udp_rx, (uint64_t)n);
         for (int i = 0; i < n; i++) {
             /* one byte more than the largest message fits: a full buffer (or MSG_TRUNC) is an
              * oversize datagram */
             if ((w->in[i].msg_hdr.msg_flags & MSG_TRUNC) || w->in[i].msg_len > RNDZ_MAX_MSG) {
-                RNDZ_WSTAT_ADD(w, malformed, 1);
+                RNDZ_WSTAT_ADD(w, udp_malformed, 1);
                 continue;
             }
             rndz__worker_udp_handle(w, w->in_buf[i], w->in[i].msg_len, &w->in_addr[i], now);
@@ -201,7 +137,7 @@ uint64_t rndz__server_udp_tick(rndz__worker *w, uint64_t now) {
         left += __atomic_load_n(&pt->shards[sh].count, __ATOMIC_RELAXED);
     }
     if (removed) {
-        RNDZ_WSTAT_ADD(w, expired, removed);
+        RNDZ_WSTAT_ADD(w, udp_expired, removed);
         RNDZ_LOG(RNDZ_LOG_DEBUG, "udp: expired %zu ids", removed);
     }
     /* An empty table is looked at again now and then: other workers may fill it without

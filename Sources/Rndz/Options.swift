@@ -68,7 +68,8 @@ public struct ServerOptions: Sendable {
     /// TCP connections at once, in all and from one source address. Default 65536 and 256.
     public var maxTCPConnections: UInt32
     public var maxTCPConnectionsPerAddress: UInt32
-    /// Requests whose id or target id is longer (bytes) are dropped. Default 256.
+    /// Requests whose id or target id is longer (bytes) are dropped. Default 255
+    /// (`RNDZ_MAX_ID_LEN`, the longest id the clients send).
     public var maxIDLength: UInt32
 
     /// The defaults, optionally with another listen address.

@@ -67,7 +67,7 @@ struct SecurityTests {
         #expect(so.syncRate == 20 && so.syncBurst == 40)
         #expect(so.fsyncRate == 10 && so.fsyncBurst == 20)
         #expect(so.maxTCPConnections == 65536 && so.maxTCPConnectionsPerAddress == 256)
-        #expect(so.maxIDLength == 256)
+        #expect(so.maxIDLength == 255)
         so.maxIDLength = 8
         let server = try RndzServer(options: so)
         try server.start()

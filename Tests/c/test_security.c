@@ -483,12 +483,12 @@ static void test_id_limit(void) {
     char id[400];
     memset(id, 'i', sizeof id);
     uint8_t b[600];
-    id[256] = 0;
+    id[RNDZ_MAX_ID_LEN] = 0;
     size_t n = req(b, sizeof b, id, F_PING, NULL, NULL, NULL, 0);
     send_to(x, b, n, &v);
-    expect_rsp(x, RNDZ_RSP_PONG, id, NULL, NULL); /* 256: fine */
-    id[256] = 'i';
-    id[257] = 0;
+    expect_rsp(x, RNDZ_RSP_PONG, id, NULL, NULL); /* the default limit: fine */
+    id[RNDZ_MAX_ID_LEN] = 'i';
+    id[RNDZ_MAX_ID_LEN + 1] = 0;
     n = req(b, sizeof b, id, F_PING, NULL, NULL, NULL, 0);
     send_to(x, b, n, &v);
     n = req(b, sizeof b, "short", F_ISYNC, id, NULL, NULL, 0); /* a long target */

@@ -246,6 +246,49 @@ def main():
     ]
     counts["fuzz_server_udp"] = write_dir(a.out, "fuzz_server_udp", server_seeds)
 
+    # fuzz_server_tcp: the same records on connections 0-7 (sources: slot % 4; 2 is IPv6),
+    # auth byte bit 3 = raw stream bytes, else one body, framed (and signed per bits 0-2).
+    RAW = 8
+    treq = {n: d for n, (t, direction, d) in vectors.items()
+            if t == "tcp" and direction.endswith("-> srv")}
+    frame = lambda body: len(body).to_bytes(2, "big") + body  # noqa: E731
+    tcp_seeds = [(n, server_input([rec(0, d, auth=RAW)])) for n, d in treq.items()]
+    tpair = [rec(0, P("ping", "c1")), rec(1, P("isync", "c2", "c1"), 10),
+             rec(0, P("rsync", "c1", "c2"), 1), rec(1, P("ping", "c2"), 1000),
+             rec(0, P("bye", "c1")), rec(1, P("isync", "c3", "c1"))]
+    tcp_seeds += [
+        ("pair", server_input(tpair)),
+        ("takeover", server_input([
+            rec(0, P("ping", "c1")), rec(3, P("ping", "c1")), rec(1, P("isync", "c2", "c1")),
+            rec(3, P("bye", "c1")), rec(1, P("isync", "c2", "c1")), rec(0, P("ping", "c1"))])),
+        ("self-isync", server_input([rec(0, P("ping", "c1")), rec(0, P("isync", "c1", "c1")),
+                                     rec(0, P("rsync", "c1", "c1"))])),
+        ("frames-in-one", server_input([
+            rec(0, frame(P("ping", "c1")) + frame(P("ping", "c1"))[:3], auth=RAW),
+            rec(0, frame(P("ping", "c1"))[3:] + frame(P("isync", "c1", "c9")), auth=RAW)])),
+        ("oversize", server_input([rec(0, P("ping", "c1")), rec(0, bytes([0x05, 0xDD]) + b"\0" * 8, auth=RAW),
+                                   rec(1, P("isync", "c2", "c1"))])),
+        ("empty-and-junk", server_input([rec(0, b"\x00\x00", auth=RAW), rec(1, b"\x00\x03abc", auth=RAW),
+                                         rec(2, P("fsync", "c1", "c2", "127.0.0.1:1"))])),
+        ("idle", server_input([
+            rec(0, P("ping", "c1")), rec(1, P("ping", "c2"), 1000, True),
+            rec(2, P("isync", "c3", "c1"), 1000, True)], config=2)),
+        ("ext-forward", server_input([
+            rec(0, P("ping", "c1")),
+            rec(1, P("isync", "c2", "c1") + ext_fields(["192.0.2.7:4000"], 7, rtt=40)),
+            rec(0, P("rsync", "c1", "c2") + ext_fields(["198.51.100.1:5000"], 7))])),
+        ("auth-pair", server_input(
+            [r[:1] + b"\x01" + r[2:] for r in tpair[:4]] +
+            [rec(1, b"", auth=2), rec(4, P("ping", "c1"), auth=3), rec(5, P("ping", "c1"), auth=5),
+             rec(6, P("ping", "c1")), rec(0, P("ping", "c1"), auth=1)], config=SECRET)),
+        ("limits-tight", server_input(
+            [rec(0, P("ping", "t"))] + [rec(1 + i % 3, P("isync", f"s{i}", "t")) for i in range(4)],
+            config=TIGHT)),
+        ("short-ids", server_input([
+            rec(0, P("ping", "four")), rec(1, P("ping", "fives"))], config=SHORT_IDS)),
+    ]
+    counts["fuzz_server_tcp"] = write_dir(a.out, "fuzz_server_tcp", tcp_seeds)
+
     for t, n in counts.items():
         print(f"gen_corpus: {t}: {n} seeds")
 

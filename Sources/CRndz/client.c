@@ -202,10 +202,13 @@ void rndz__client_handover(const rndz__client *c, int fd) {
     rndz__sock_tcp_log(fd, "tcp: connection handed over");
 }
 
-int rndz__client_peer_out(int fd, const rndz_peer_info *info, struct sockaddr_storage *peer,
-                          socklen_t *peer_len) {
+int rndz__client_connect_plain(rndz__connect_info_fn connect_info,
+                               const rndz_client_options *o, const char *target,
+                               struct sockaddr_storage *peer, socklen_t *peer_len) {
+    rndz_peer_info info;
+    int fd = connect_info(o, target, &info);
     if (fd >= 0 && peer) {
-        *peer = info->addr;
+        *peer = info.addr;
         if (peer_len) *peer_len = rndz__addr_len((const struct sockaddr *)peer);
     }
     return fd;

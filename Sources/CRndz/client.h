@@ -31,10 +31,13 @@ RNDZ_INTERNAL int rndz__client_bind(rndz__client *c, int socktype);
 /* A connection leaves rndz for the application: give it the retransmission cap the options
  * ask for (default: the kernel's). */
 RNDZ_INTERNAL void rndz__client_handover(const rndz__client *c, int fd);
-/* The plain connects on top of the *_info ones: if `fd` is a connection, store the address
- * of `info` in *peer (may be NULL). Returns fd. */
-RNDZ_INTERNAL int rndz__client_peer_out(int fd, const rndz_peer_info *info,
-                                        struct sockaddr_storage *peer, socklen_t *peer_len);
+/* The plain connects on top of the *_info ones: run connect_info and, if it returned a
+ * connection, store the peer's address in *peer (may be NULL). Returns the fd or error. */
+typedef int (*rndz__connect_info_fn)(const rndz_client_options *o, const char *target,
+                                     rndz_peer_info *info);
+RNDZ_INTERNAL int rndz__client_connect_plain(rndz__connect_info_fn connect_info,
+                                             const rndz_client_options *o, const char *target,
+                                             struct sockaddr_storage *peer, socklen_t *peer_len);
 /* Parse a peer address from the wire into the local socket's family. */
 RNDZ_INTERNAL int rndz__client_peer_addr(const rndz__client *c, const char *text, size_t len,
                                          struct sockaddr_storage *out);

@@ -1,4 +1,5 @@
-/* hash.h: a keyed hash for tables an attacker feeds (limit buckets, the replay table).
+/* hash.h: hashes for tables an attacker feeds: a keyed one for limit buckets and the replay
+ * table, a seeded one for the id tables.
  *
  * SipHash-1-3 (Aumasson and Bernstein; the variant Rust's HashMap uses) with a 128-bit key
  * drawn at random per table: without the key nobody can choose ids or addresses that land in
@@ -46,6 +47,20 @@ static inline uint64_t rndz__hash64(const rndz__hkey *k, const void *data, size_
     RNDZ__SIPROUND;
     RNDZ__SIPROUND;
     return v0 ^ v1 ^ v2 ^ v3;
+}
+
+/* A cheap seeded hash for the id tables (peertab.h, registry.h): FNV-1a with a per-table
+ * random seed and a final mix, so an attacker who does not know the seed cannot aim ids at
+ * one slot run or bucket. */
+static inline uint32_t rndz__hash_id(uint32_t seed, const char *s, size_t n) {
+    uint32_t h = 2166136261u ^ seed;
+    for (size_t i = 0; i < n; i++) h = (h ^ (uint8_t)s[i]) * 16777619u;
+    h ^= h >> 16;
+    h *= 0x7feb352du;
+    h ^= h >> 15;
+    h *= 0x846ca68bu;
+    h ^= h >> 16;
+    return h;
 }
 
 /* A fresh random key (getrandom; the jitter PRNG only if that fails). */

@@ -1,5 +1,6 @@
 /* peertab.c: see peertab.h. */
 #include "peertab.h"
+#include "hash.h"
 
 #include <netinet/in.h>
 #include <stdlib.h>
@@ -10,18 +11,6 @@
 #define CHUNK (1u << CHUNK_SHIFT)
 #define ID_HEAP 255
 
-static uint32_t hash_id(uint32_t seed, const char *s, size_t n) {
-    /* FNV-1a, seeded per table, with a final mix: an attacker who does not know the seed
-     * cannot aim ids at one slot run. */
-    uint32_t h = 2166136261u ^ seed;
-    for (size_t i = 0; i < n; i++) h = (h ^ (uint8_t)s[i]) * 16777619u;
-    h ^= h >> 16;
-    h *= 0x7feb352du;
-    h ^= h >> 15;
-    h *= 0x846ca68bu;
-    h ^= h >> 16;
-    return h;
-}
 
 static rndz__peer *entry(rndz__peershard *sh, uint32_t i) {
     return &sh->chunks[i >> CHUNK_SHIFT][i & (CHUNK - 1)];
@@ -155,7 +144,7 @@ static bool same_addr(const rndz__peer *p, const struct sockaddr_storage *a) {
 
 int rndz__pt_put(rndz__peertab *t, const char *id, size_t len,
                  const struct sockaddr_storage *addr, uint64_t now) {
-    uint32_t h = hash_id(t->seed, id, len);
+    uint32_t h = rndz__hash_id(t->seed, id, len);
     rndz__peershard *sh = shard_of(t, h);
     pthread_mutex_lock(&sh->mu);
     uint32_t s = find_slot(sh, h, id, len);
@@ -220,7 +209,7 @@ static void from_peer(const rndz__peer *p, bool v6, struct sockaddr_storage *out
 
 bool rndz__pt_get(rndz__peertab *t, const char *id, size_t len, bool v6,
                   struct sockaddr_storage *out) {
-    uint32_t h = hash_id(t->seed, id, len);
+    uint32_t h = rndz__hash_id(t->seed, id, len);
     rndz__peershard *sh = shard_of(t, h);
     pthread_mutex_lock(&sh->mu);
     uint32_t s = find_slot(sh, h, id, len);
@@ -264,7 +253,7 @@ static void remove_at(rndz__peershard *sh, uint32_t s) {
 
 int rndz__pt_del(rndz__peertab *t, const char *id, size_t len,
                  const struct sockaddr_storage *from) {
-    uint32_t h = hash_id(t->seed, id, len);
+    uint32_t h = rndz__hash_id(t->seed, id, len);
     rndz__peershard *sh = shard_of(t, h);
     pthread_mutex_lock(&sh->mu);
     uint32_t s = find_slot(sh, h, id, len);

@@ -1,19 +1,10 @@
 /* registry.c: see registry.h. */
 #include "registry.h"
+#include "hash.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-static uint32_t hash_id(uint32_t seed, const char *s, size_t n) {
-    /* FNV-1a with a per-table random seed and a final mix: cheap, and an attacker who does
-     * not know the seed cannot aim ids at one bucket. */
-    uint32_t h = 2166136261u ^ seed;
-    for (size_t i = 0; i < n; i++) h = (h ^ (uint8_t)s[i]) * 16777619u;
-    h ^= h >> 16;
-    h *= 0x7feb352du;
-    h ^= h >> 15;
-    return h;
-}
 
 int rndz__reg_init(rndz__registry *r) {
     memset(r, 0, sizeof *r);
@@ -40,7 +31,7 @@ static rndz__reg_entry **slot(rndz__registry *r, uint32_t h) {
 }
 
 rndz__reg_entry *rndz__reg_get(rndz__registry *r, const char *id, size_t len) {
-    uint32_t h = hash_id(r->seed, id, len);
+    uint32_t h = rndz__hash_id(r->seed, id, len);
     for (rndz__reg_entry *e = *slot(r, h); e; e = e->hnext)
         if (e->hash == h && e->id_len == len && memcmp(e->id, id, len) == 0) return e;
     return NULL;
@@ -96,7 +87,7 @@ rndz__reg_entry *rndz__reg_put(rndz__registry *r, const char *id, size_t len,
     if (!e) {
         e = calloc(1, sizeof *e + len + 1);
         if (!e) return NULL;
-        e->hash = hash_id(r->seed, id, len);
+        e->hash = rndz__hash_id(r->seed, id, len);
         e->id_len = (uint16_t)len;
         memcpy(e->id, id, len);
         rndz__reg_entry **s = slot(r, e->hash);

@@ -173,9 +173,7 @@ static int connect_any(rndz__client *c, const struct sockaddr_storage *to, size_
 
 int rndz_tcp_connect(const rndz_client_options *o, const char *target,
                      struct sockaddr_storage *peer_out, socklen_t *peer_len) {
-    rndz_peer_info info;
-    return rndz__client_peer_out(rndz_tcp_connect_info(o, target, &info), &info, peer_out,
-                                 peer_len);
+    return rndz__client_connect_plain(rndz_tcp_connect_info, o, target, peer_out, peer_len);
 }
 
 int rndz_tcp_connect_info(const rndz_client_options *o, const char *target,

@@ -24,7 +24,8 @@
  * Properties, after every record:
  *   - every frame the server sent decodes as a Response with no id (TCP responses carry
  *     none), of at most RNDZ_MAX_MSG bytes, and goes only down an open connection;
- *   - a record makes the server send at most one frame per frame it carried (or completed);
+ *   - a record makes the server send at most one frame per frame it completed (a shadow
+ *     framer per connection frames our bytes as the server does);
  *   - an oversize frame length ends the connection, and so does an undecodable body;
  *   - with a secret, a framed request not freshly signed with its own id's credential is
  *     answered with nothing, registers nothing, and ends its connection;
@@ -47,10 +48,31 @@ static const char *const SRC[4] = {"127.0.0.2:4000", "127.0.0.3:4001", "[2001:db
 #define NCONN 8
 
 typedef struct slot {
-    void *conn; /* the server's connection, NULL: closed */
-    int fd;     /* our end, -1: none */
-    rndz_framer f;
+    void *conn;        /* the server's connection, NULL: closed */
+    int fd;            /* our end, -1: none */
+    rndz_framer f;     /* frames the server sent us */
+    rndz_framer shadow; /* the bytes we sent it, framed as the server frames them */
 } slot;
+
+/* Feed what we send on a connection to its shadow framer: the frames it completes; *over: an
+ * oversize length came after them (the server ends the connection there). */
+static unsigned shadow_frames(slot *sl, const uint8_t *p, size_t n, bool *over) {
+    unsigned k = 0;
+    size_t off = 0;
+    *over = false;
+    while (off < n) {
+        int used = rndz_framer_feed(&sl->shadow, p + off, n - off);
+        if (used < 0) {
+            *over = true;
+            return k;
+        }
+        off += (size_t)used;
+        const uint8_t *b;
+        size_t bl;
+        while (rndz_framer_next(&sl->shadow, &b, &bl) == 1) k++;
+    }
+    return k;
+}
 
 static void quiet_log(rndz_log_level level, const char *msg, void *user) {
     (void)level;
@@ -149,6 +171,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     uint64_t now = rndz__now_ms();
     uint8_t prev[RNDZ_MAX_MSG];
     size_t prev_len = 0;
+    /* the previous body was signed fresh, and the server did not see it as a request of its
+     * own (it went after a partial frame): sent again, it is no replay */
+    bool prev_fresh = false;
     const uint8_t *p = data + 1, *end = data + size;
     while (p < end) {
         uint8_t ctl = *p++;
@@ -181,6 +206,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             if (!sl[i].conn) close(sv[0]);
             sl[i].fd = sv[1];
             rndz_framer_init(&sl[i].f);
+            rndz_framer_init(&sl[i].shadow);
             if (!sl[i].conn) {
                 slot_close(&sl[i]);
                 continue;
@@ -188,32 +214,33 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
         uint8_t buf[2 + RNDZ_MAX_MSG + 4096];
         size_t n;
-        unsigned frames;
         bool authentic = false, framed = !(auth & 8);
+        /* a framed request is one frame of its own only if no partial frame came before */
+        bool clean = sl[i].shadow.have == 0;
         rndz_server_stats before, after;
         rndz_server_stats_get(srv, &before);
         if (!framed) {
             n = len < sizeof buf ? len : sizeof buf;
             memcpy(buf, dat, n);
-            /* a frame is at least its 2 length bytes; one more may complete a frame that
-             * earlier records began */
-            frames = (unsigned)(n / 2) + 1;
         } else {
             if (len > RNDZ_MAX_MSG) continue;
             uint8_t body[RNDZ_MAX_MSG];
             if ((auth & 3) == 2) {
                 memcpy(body, prev, prev_len);
                 len = prev_len;
+                authentic = prev_fresh;
             } else {
                 memcpy(body, dat, len);
                 len = sign(body, len, auth, &authentic);
             }
             memcpy(prev, body, len);
             prev_len = len;
+            prev_fresh = authentic && !clean;
             memcpy(buf + 2, body, len);
             n = (size_t)rndz__frame_seal(buf, len);
-            frames = 1;
         }
+        bool over;
+        unsigned frames = shadow_frames(&sl[i], buf, n, &over);
         /* Its own heap copy of exactly n bytes, so ASan sees any read past it. */
         uint8_t *heap = malloc(n ? n : 1);
         FUZZ_CHECK(heap != NULL, "malloc");
@@ -223,7 +250,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         rndz_server_stats_get(srv, &after);
         unsigned sent = 0;
         for (int k = 0; k < NCONN; k++) sent += drain(&sl[k]);
+        if (over) FUZZ_CHECK(!open, "an oversize frame left its connection open");
         FUZZ_CHECK(sent <= frames, "%u frames fed, %u sent", frames, sent);
+        framed = framed && clean;
         rndz_msg m;
         int dec = framed ? rndz_msg_decode(buf + 2, n - 2, 0, &m) : 0;
         if (framed && dec) FUZZ_CHECK(!open, "an undecodable request left its connection open");

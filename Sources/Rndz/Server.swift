@@ -98,12 +98,10 @@ public final class RndzServer: @unchecked Sendable {
         _ = try check(rndz_server_run(handle))
     }
 
-    /// Serves on a dedicated thread until ``stop()`` is called or the task is cancelled;
+    /// Serves on a thread of its own until ``stop()`` is called or the task is cancelled;
     /// the cooperative thread pool is not blocked.
     public func run() async throws(RndzError) {
-        try await offPool(onCancel: { [self] in stop() }) { [self] (_) throws(RndzError) in
-            try run()
-        }
+        try await onOwnThread(onCancel: { [self] in stop() }) { [self] () throws(RndzError) in try run() }
     }
 
     /// Asks the server to stop; returns at once. Safe from any thread. A stopped server does

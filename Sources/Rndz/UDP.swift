@@ -83,8 +83,23 @@ public final class UDPListener: @unchecked Sendable {
     ///
     /// - Returns: the peer, or `nil` when the time ran out.
     public func nextPeer(timeout: Duration) throws(RndzError) -> Peer? {
+        try nextPeer(ms: UInt32(timeout.clampedMilliseconds(max: Int64(UInt32.max) - 1)))
+    }
+
+    /// Waits like ``nextPeer(timeout:)`` without holding a thread (`timeout` nil: no limit).
+    ///
+    /// - Returns: the peer, or `nil` when the time ran out.
+    /// - Throws: ``RndzError/canceled`` if the task is cancelled (at once).
+    public func nextPeer(timeout: Duration? = nil) async throws(RndzError) -> Peer? {
+        try await awaitListener(readyFD: nil, deadline: timeout.map { .now + $0 }) { () throws(RndzError) in
+            try nextPeer(ms: 0)
+        }
+    }
+
+    /// The next queued peer, waiting up to `ms` (C's `UINT32_MAX`: no limit); nil on timeout.
+    private func nextPeer(ms: UInt32) throws(RndzError) -> Peer? {
         var info = rndz_peer_info()
-        let rc = rndz_udp_listener_next_peer(handle, UInt32(timeout.clampedMilliseconds()), &info)
+        let rc = rndz_udp_listener_next_peer(handle, ms, &info)
         if rc == RNDZ_E_TIMEDOUT.rawValue { return nil }
         _ = try check(rc)
         let id = withUnsafeBytes(of: info.id) { raw in
@@ -93,24 +108,52 @@ public final class UDPListener: @unchecked Sendable {
         return Peer(id: id, address: try SocketAddress(info.addr), path: PathInfo(info))
     }
 
-    /// Waits like ``waitRegistered(timeout:)`` on a dedicated thread.
+    /// The peers that connect, as they do (see ``nextPeer(timeout:)``), until the consuming
+    /// task is cancelled (then the sequence ends). Peers are taken from the listener's queue
+    /// only as the sequence is iterated.
     ///
-    /// - Throws: also ``RndzError/canceled`` if the task is cancelled.
-    public func waitRegistered(timeout: Duration) async throws(RndzError) {
-        try await offPool { [self] (flag) throws(RndzError) in
-            // Wait in short slices so that cancellation is noticed.
-            let deadline = ContinuousClock.now + timeout
-            while true {
-                if flag.isCancelled { throw .canceled }
-                let left = (deadline - ContinuousClock.now).clampedMilliseconds()
-                let slice = UInt32(min(left, Int64(cancelSliceMs)))
-                let rc = rndz_udp_listener_wait_registered(handle, slice)
-                if rc == 0 { return }
-                if rc != RNDZ_E_TIMEDOUT.rawValue || left <= Int64(slice) {
-                    _ = try check(rc)
+    /// ```swift
+    /// for try await peer in listener.peers {
+    ///     print("\(peer.id) at \(peer.address)")
+    /// }
+    /// ```
+    public var peers: Peers { Peers(listener: self) }
+
+    /// The peers of a ``UDPListener``: see ``UDPListener/peers``.
+    public struct Peers: AsyncSequence, Sendable {
+        public typealias Element = Peer
+        public typealias Failure = RndzError
+
+        let listener: UDPListener
+
+        public func makeAsyncIterator() -> Iterator { Iterator(listener: listener) }
+
+        /// Iterates ``UDPListener/peers``.
+        public struct Iterator: AsyncIteratorProtocol, Sendable {
+            public typealias Element = Peer
+            public typealias Failure = RndzError
+
+            let listener: UDPListener
+            var finished = false
+
+            /// The next peer; nil once the task is cancelled (or the listener closed).
+            public mutating func next() async throws(RndzError) -> Peer? {
+                try await nextUntilEnd(&finished) { [listener] () async throws(RndzError) in
+                    try await listener.nextPeer()
                 }
             }
+
+            public mutating func next(isolation actor: isolated (any Actor)?) async throws(RndzError) -> Peer? {
+                try await next()
+            }
         }
+    }
+
+    /// Waits like ``waitRegistered(timeout:)`` without holding a thread.
+    ///
+    /// - Throws: also ``RndzError/canceled`` if the task is cancelled (at once).
+    public func waitRegistered(timeout: Duration) async throws(RndzError) {
+        try await awaitRegistered(deadline: .now + timeout) { rndz_udp_listener_wait_registered(handle, 0) }
     }
 
     /// Receives one datagram on the peer socket. Blocks until one arrives or `timeout`
@@ -123,37 +166,33 @@ public final class UDPListener: @unchecked Sendable {
     public func receive(maxLength: Int = Datagram.maxSize, timeout: Duration? = nil)
         throws(RndzError) -> Datagram?
     {
-        try receiveDatagram(fd: fileDescriptor, maxLength: maxLength, timeout: timeout, cancel: nil)
+        try receiveDatagram(fd: fileDescriptor, maxLength: maxLength, timeout: timeout)
     }
 
-    /// Receives like ``receive(maxLength:timeout:)`` on a dedicated thread.
+    /// Receives like ``receive(maxLength:timeout:)`` without holding a thread.
     ///
-    /// - Throws: also ``RndzError/canceled`` if the task is cancelled.
+    /// - Throws: also ``RndzError/canceled`` if the task is cancelled (at once).
     public func receive(maxLength: Int = Datagram.maxSize, timeout: Duration? = nil)
         async throws(RndzError) -> Datagram?
     {
-        try await offPool { [self] (flag) throws(RndzError) in
-            try receiveDatagram(fd: fileDescriptor, maxLength: maxLength, timeout: timeout, cancel: flag)
-        }
+        try await receiveDatagram(fd: fileDescriptor, maxLength: maxLength, timeout: timeout)
     }
 
     /// Sends one datagram from the peer socket to `address`. Returns the bytes sent.
     @discardableResult
     public func send(_ bytes: [UInt8], to address: SocketAddress) throws(RndzError) -> Int {
         try withBytes(bytes) { (b) throws(RndzError) in
-            try sendDatagram(fd: fileDescriptor, bytes: b, to: address, cancel: nil)
+            try sendDatagram(fd: fileDescriptor, bytes: b, to: address)
         }
     }
 
-    /// Sends like ``send(_:to:)`` on a dedicated thread (sending blocks only while the
+    /// Sends like ``send(_:to:)`` without holding a thread (sending waits only while the
     /// socket buffer is full).
+    ///
+    /// - Throws: also ``RndzError/canceled`` if the task is cancelled.
     @discardableResult
     public func send(_ bytes: [UInt8], to address: SocketAddress) async throws(RndzError) -> Int {
-        try await offPool { [self] (flag) throws(RndzError) in
-            try withBytes(bytes) { (b) throws(RndzError) in
-                try sendDatagram(fd: fileDescriptor, bytes: b, to: address, cancel: flag)
-            }
-        }
+        try await sendDatagram(fd: fileDescriptor, bytes: bytes, to: address)
     }
 }
 
@@ -210,18 +249,16 @@ public final class UDPSocket: @unchecked Sendable {
     @discardableResult
     public func send(_ bytes: [UInt8]) throws(RndzError) -> Int {
         try withBytes(bytes) { (b) throws(RndzError) in
-            try sendDatagram(fd: fileDescriptor, bytes: b, to: nil, cancel: nil)
+            try sendDatagram(fd: fileDescriptor, bytes: b, to: nil)
         }
     }
 
-    /// Sends like ``send(_:)`` on a dedicated thread.
+    /// Sends like ``send(_:)`` without holding a thread.
+    ///
+    /// - Throws: also ``RndzError/canceled`` if the task is cancelled.
     @discardableResult
     public func send(_ bytes: [UInt8]) async throws(RndzError) -> Int {
-        try await offPool { [self] (flag) throws(RndzError) in
-            try withBytes(bytes) { (b) throws(RndzError) in
-                try sendDatagram(fd: fileDescriptor, bytes: b, to: nil, cancel: flag)
-            }
-        }
+        try await sendDatagram(fd: fileDescriptor, bytes: bytes, to: nil)
     }
 
     /// Receives one datagram from the peer. Blocks until one arrives or `timeout` passes
@@ -236,19 +273,17 @@ public final class UDPSocket: @unchecked Sendable {
         throws(RndzError) -> [UInt8]?
     {
         try receiveDatagram(
-            fd: fileDescriptor, maxLength: maxLength, timeout: timeout, cancel: nil, skip: isPunch)?.bytes
+            fd: fileDescriptor, maxLength: maxLength, timeout: timeout, skip: isPunch)?.bytes
     }
 
-    /// Receives like ``receive(maxLength:timeout:)`` on a dedicated thread.
+    /// Receives like ``receive(maxLength:timeout:)`` without holding a thread.
     ///
-    /// - Throws: also ``RndzError/canceled`` if the task is cancelled.
+    /// - Throws: also ``RndzError/canceled`` if the task is cancelled (at once).
     public func receive(maxLength: Int = Datagram.maxSize, timeout: Duration? = nil)
         async throws(RndzError) -> [UInt8]?
     {
-        try await offPool { [self] (flag) throws(RndzError) in
-            try receiveDatagram(
-                fd: fileDescriptor, maxLength: maxLength, timeout: timeout, cancel: flag, skip: isPunch)?.bytes
-        }
+        try await receiveDatagram(
+            fd: fileDescriptor, maxLength: maxLength, timeout: timeout, skip: isPunch)?.bytes
     }
 }
 
@@ -306,9 +341,9 @@ public struct UDPConnector: Sendable {
         return socket
     }
 
-    /// Connects like ``connect(to:)`` on a dedicated thread, so the cooperative thread pool
-    /// is not blocked. The search is not interrupted by task cancellation; it ends within
-    /// ``ClientOptions/timeout``.
+    /// Connects like ``connect(to:)`` on one of a few threads kept for blocking calls, so the
+    /// cooperative thread pool is not blocked. The search is not interrupted by task
+    /// cancellation; it ends within ``ClientOptions/timeout``.
     public func connect(to target: String) async throws(RndzError) -> UDPSocket {
         try await offPool { [self] () throws(RndzError) in try connect(to: target) }
     }

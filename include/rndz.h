@@ -409,7 +409,7 @@ RNDZ_API int rndz_udp_listener_fd(rndz_udp_listener *l);
 RNDZ_API int rndz_udp_listener_local_addr(rndz_udp_listener *l, struct sockaddr_storage *out,
                                           socklen_t *len);
 /* Wait until at least one server answered a ping (0), or timeout_ms passed
- * (RNDZ_E_TIMEDOUT). */
+ * (RNDZ_E_TIMEDOUT), or the listener is being destroyed (RNDZ_E_CLOSED). */
 RNDZ_API int rndz_udp_listener_wait_registered(rndz_udp_listener *l, uint32_t timeout_ms);
 /* Wait up to timeout_ms (UINT32_MAX: no limit) for the next peer that connected: with a
  * peer that speaks probes (ours), once the path is verified both ways (verified = 1, with
@@ -418,6 +418,11 @@ RNDZ_API int rndz_udp_listener_wait_registered(rndz_udp_listener *l, uint32_t ti
  * kernel steers them to the listener's own socket. */
 RNDZ_API int rndz_udp_listener_next_peer(rndz_udp_listener *l, uint32_t timeout_ms,
                                          rndz_peer_info *info);
+/* A descriptor for event loops (epoll, poll, the Swift overlay's reactor): readable,
+ * level-triggered, while a peer is queued (rndz_udp_listener_next_peer(l, 0, ...) returns one
+ * at once) or after the listener is closed. Borrowed: owned by the listener; only wait on it,
+ * never read, write or close it. */
+RNDZ_API int rndz_udp_listener_ready_fd(rndz_udp_listener *l);
 /* Send Bye to every server, stop and join the background thread, close every socket, free.
  * Accepts NULL. */
 RNDZ_API void rndz_udp_listener_destroy(rndz_udp_listener *l);
@@ -466,6 +471,9 @@ RNDZ_API int rndz_tcp_listener_wait_registered(rndz_tcp_listener *l, uint32_t ti
  * wait at once. */
 RNDZ_API int rndz_tcp_listener_accept(rndz_tcp_listener *l, uint32_t timeout_ms,
                                       struct sockaddr_storage *peer, socklen_t *peer_len);
+/* As rndz_udp_listener_ready_fd, for accept: readable while a connection is queued
+ * (rndz_tcp_listener_accept(l, 0, ...) returns it at once) or after close. Borrowed. */
+RNDZ_API int rndz_tcp_listener_ready_fd(rndz_tcp_listener *l);
 /* Stop accepting: wakes every waiting accept (RNDZ_E_CLOSED), sends Bye, stops the background
  * thread. Safe to call while other threads wait in accept. Idempotent. */
 RNDZ_API int rndz_tcp_listener_close(rndz_tcp_listener *l);

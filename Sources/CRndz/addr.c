@@ -190,3 +190,27 @@ int rndz_addr_format(const struct sockaddr *sa, char *buf, size_t cap) {
     if (n < 0 || (size_t)n >= cap) return RNDZ_E_NOSPACE;
     return n;
 }
+
+bool rndz__addr_is_private(const struct sockaddr_storage *a) {
+    struct sockaddr_storage x = *a;
+    rndz__addr_unmap(&x);
+    if (x.ss_family == AF_INET) {
+        uint32_t v = ntohl(((struct sockaddr_in *)&x)->sin_addr.s_addr);
+        return (v >> 24) == 10 || (v >> 20) == 0xac1 || (v >> 16) == 0xc0a8 ||
+               (v >> 22) == (100u << 2 | 1u); /* 100.64.0.0/10 */
+    }
+    if (x.ss_family == AF_INET6)
+        return (((struct sockaddr_in6 *)&x)->sin6_addr.s6_addr[0] & 0xfe) == 0xfc;
+    return false;
+}
+
+uint16_t rndz__addr_port(const struct sockaddr_storage *a) {
+    if (a->ss_family == AF_INET) return ((const struct sockaddr_in *)a)->sin_port;
+    if (a->ss_family == AF_INET6) return ((const struct sockaddr_in6 *)a)->sin6_port;
+    return 0;
+}
+
+void rndz__addr_set_port(struct sockaddr_storage *a, uint16_t port) {
+    if (a->ss_family == AF_INET) ((struct sockaddr_in *)a)->sin_port = port;
+    else if (a->ss_family == AF_INET6) ((struct sockaddr_in6 *)a)->sin6_port = port;
+}

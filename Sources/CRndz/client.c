@@ -76,14 +76,8 @@ int rndz__client_init(rndz__client *c, const rndz_client_options *o) {
     return 0;
 }
 
-/* The port of `local`, in network order. */
-static uint16_t port_of(const struct sockaddr_storage *local) {
-    return local->ss_family == AF_INET ? ((const struct sockaddr_in *)local)->sin_port
-                                       : ((const struct sockaddr_in6 *)local)->sin6_port;
-}
-
 int rndz__client_bind(rndz__client *c, int socktype) {
-    if (port_of(&c->local) == 0) {
+    if (rndz__addr_port(&c->local) == 0) {
         /* With SO_REUSEPORT, port 0 may give us a port that another process of the same user
          * holds with SO_REUSEPORT too (a server on this host, say): the kernel counts it as
          * shareable, and then the two receive each other's datagrams. A plain socket gets a
@@ -95,12 +89,8 @@ int rndz__client_bind(rndz__client *c, int socktype) {
         if (probe >= 0) {
             struct sockaddr_storage b;
             socklen_t bl = sizeof b;
-            if (getsockname(probe, (struct sockaddr *)&b, &bl) == 0) {
-                if (c->local.ss_family == AF_INET)
-                    ((struct sockaddr_in *)&c->local)->sin_port = port_of(&b);
-                else
-                    ((struct sockaddr_in6 *)&c->local)->sin6_port = port_of(&b);
-            }
+            if (getsockname(probe, (struct sockaddr *)&b, &bl) == 0)
+                rndz__addr_set_port(&c->local, rndz__addr_port(&b));
             close(probe);
         }
     }
@@ -121,12 +111,8 @@ int rndz__client_bind(rndz__client *c, int socktype) {
     /* The first socket fixes the port; the following ones share it. */
     struct sockaddr_storage b;
     socklen_t bl = sizeof b;
-    if (getsockname(fd, (struct sockaddr *)&b, &bl) == 0) {
-        if (c->local.ss_family == AF_INET)
-            ((struct sockaddr_in *)&c->local)->sin_port = ((struct sockaddr_in *)&b)->sin_port;
-        else
-            ((struct sockaddr_in6 *)&c->local)->sin6_port = ((struct sockaddr_in6 *)&b)->sin6_port;
-    }
+    if (getsockname(fd, (struct sockaddr *)&b, &bl) == 0)
+        rndz__addr_set_port(&c->local, rndz__addr_port(&b));
     return fd;
 }
 
@@ -151,14 +137,6 @@ int rndz__client_server_index(const rndz__client *c, const struct sockaddr_stora
     return -1;
 }
 
-uint32_t rndz__client_jitter(uint32_t base_ms) {
-    if (base_ms > 25000) base_ms = 25000;
-    uint32_t spread = base_ms / 5; /* +-20% */
-    uint32_t v = base_ms - spread + (spread ? rndz__random() % (2 * spread + 1) : 0);
-    if (v > 25000) v = 25000;
-    return v ? v : 1;
-}
-
 int rndz__client_sign(const rndz__client *c, uint8_t *buf, int n, size_t cap,
                       const struct sockaddr_storage *to) {
     if (n < 0 || !c->signing || (to && rndz__client_server_index(c, to) < 0)) return n;
@@ -168,46 +146,50 @@ int rndz__client_sign(const rndz__client *c, uint8_t *buf, int n, size_t cap,
                              (size_t)n, cap);
 }
 
-int rndz__client_sign_frame(const rndz__client *c, uint8_t *buf, int n, size_t cap) {
-    if (n < 2 || !c->signing) return n;
-    int m = rndz__client_sign(c, buf + 2, n - 2, cap - 2, NULL);
-    if (m < 0) return m;
-    buf[0] = (uint8_t)(m >> 8);
-    buf[1] = (uint8_t)m;
-    return m + 2;
+int rndz__client_request(const rndz__client *c, rndz_cmd cmd, const char *peer,
+                         size_t peer_len, const rndz__ext *ext, bool frame,
+                         const struct sockaddr_storage *to, uint8_t *buf, size_t cap) {
+    size_t off = frame ? 2 : 0;
+    if (cap < off + RNDZ_MAX_MSG) return RNDZ_E_NOSPACE;
+    int n = rndz__encode(cmd, c->id, c->id_len, peer, peer_len, NULL, 0, buf + off, RNDZ_MAX_MSG);
+    /* extensions ride after the v1 fields (ext.h) */
+    if (n >= 0 && ext) n = rndz__ext_append(ext, buf + off, (size_t)n, RNDZ_MAX_MSG);
+    n = rndz__client_sign(c, buf + off, n, RNDZ_MAX_MSG, to); /* last: it covers every byte */
+    if (n < 0 || !frame) return n;
+    return rndz__frame_seal(buf, (size_t)n);
 }
 
-void rndz__client_sync_init(pthread_mutex_t *mu, pthread_cond_t *cv) {
-    pthread_mutex_init(mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(cv, &ca);
-    pthread_condattr_destroy(&ca);
+int rndz__client_send(int fd, const rndz__client *c, rndz_cmd cmd, const char *peer,
+                      size_t peer_len, const struct sockaddr_storage *to, const rndz__ext *ext) {
+    uint8_t buf[RNDZ_MAX_MSG];
+    int n = rndz__client_request(c, cmd, peer, peer_len, ext, false, to, buf, sizeof buf);
+    if (n < 0) return n;
+    ssize_t w = to ? sendto(fd, buf, (size_t)n, MSG_DONTWAIT, (const struct sockaddr *)to,
+                            rndz__addr_len((const struct sockaddr *)to))
+                   : send(fd, buf, (size_t)n, MSG_DONTWAIT);
+    return w < 0 ? -errno : 0;
 }
 
-void rndz__deadline_in(struct timespec *ts, uint32_t ms) {
-    clock_gettime(CLOCK_MONOTONIC, ts);
-    ts->tv_sec += ms / 1000;
-    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L) ts->tv_sec++, ts->tv_nsec -= 1000000000L;
+int rndz__client_send_frame(int fd, const rndz__client *c, rndz_cmd cmd, const char *peer,
+                            size_t peer_len, const rndz__ext *ext) {
+    uint8_t buf[2 + RNDZ_MAX_MSG];
+    int n = rndz__client_request(c, cmd, peer, peer_len, ext, true, NULL, buf, sizeof buf);
+    if (n < 0) return n;
+    /* Frames are tiny next to a socket buffer: a short write means the connection is stuck. */
+    ssize_t w = send(fd, buf, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (w < 0) return -errno;
+    return w == n ? 0 : -EAGAIN;
+}
+
+void rndz__copy_id(char *dst, const char *src, size_t len) {
+    if (len > RNDZ_MAX_ID) len = RNDZ_MAX_ID;
+    memcpy(dst, src, len);
+    dst[len] = 0;
 }
 
 void rndz__client_handover(const rndz__client *c, int fd) {
     rndz__sock_tcp_rto_max(fd, c->tcp_rto_max_ms);
     rndz__sock_tcp_log(fd, "tcp: connection handed over");
-}
-
-int rndz__client_wait_registered(pthread_mutex_t *mu, pthread_cond_t *cv, const bool *registered,
-                                 const bool *closed, uint32_t timeout_ms) {
-    struct timespec until;
-    rndz__deadline_in(&until, timeout_ms);
-    int rc = 0;
-    pthread_mutex_lock(mu);
-    while (!*registered && !*closed && rc == 0) rc = pthread_cond_timedwait(cv, mu, &until);
-    bool ok = *registered, gone = *closed;
-    pthread_mutex_unlock(mu);
-    return gone ? RNDZ_E_CLOSED : ok ? 0 : RNDZ_E_TIMEDOUT;
 }
 
 int rndz__client_peer_out(int fd, const rndz_peer_info *info, struct sockaddr_storage *peer,
@@ -217,14 +199,4 @@ int rndz__client_peer_out(int fd, const rndz_peer_info *info, struct sockaddr_st
         if (peer_len) *peer_len = rndz__addr_len((const struct sockaddr *)peer);
     }
     return fd;
-}
-
-void rndz__client_wait_queue(pthread_mutex_t *mu, pthread_cond_t *cv, const size_t *queued,
-                             const bool *closed, uint32_t timeout_ms) {
-    struct timespec until;
-    rndz__deadline_in(&until, timeout_ms == UINT32_MAX ? 0 : timeout_ms);
-    int rc = 0;
-    while (!*queued && !*closed && rc == 0)
-        rc = timeout_ms == UINT32_MAX ? pthread_cond_wait(cv, mu)
-                                      : pthread_cond_timedwait(cv, mu, &until);
 }

@@ -1,12 +1,11 @@
-/* client.h: what the UDP and TCP clients share: validated options, resolved servers, the
- * local address every socket of one client binds to. */
+/* client.h: what the UDP and TCP clients (udp_listen.c, udp_connect.c, tcp_listen.c,
+ * tcp_connect.c) share: validated options, resolved servers, the local address every socket
+ * of one client binds to, and the requests they send. */
 #ifndef RNDZ_CLIENT_H
 #define RNDZ_CLIENT_H
 
+#include "ext.h"
 #include "internal.h"
-
-#include <pthread.h>
-#include <time.h>
 
 #define RNDZ_MAX_SERVERS 16
 
@@ -42,33 +41,28 @@ RNDZ_INTERNAL int rndz__client_peer_addr(const rndz__client *c, const char *text
 /* Which server (index) an address is, or -1. */
 RNDZ_INTERNAL int rndz__client_server_index(const rndz__client *c,
                                             const struct sockaddr_storage *from);
-/* The listeners' background thread and their callers meet on a mutex and a condition
- * variable on the monotonic clock. */
-RNDZ_INTERNAL void rndz__client_sync_init(pthread_mutex_t *mu, pthread_cond_t *cv);
-/* Wait on `cv` (with `mu`) until *registered or *closed is set, or timeout_ms pass: 0,
- * RNDZ_E_CLOSED or RNDZ_E_TIMEDOUT (both listeners' wait_registered). */
-RNDZ_INTERNAL int rndz__client_wait_registered(pthread_mutex_t *mu, pthread_cond_t *cv,
-                                               const bool *registered, const bool *closed,
-                                               uint32_t timeout_ms);
-/* With `mu` held: wait on `cv` until *queued or *closed, or timeout_ms pass (UINT32_MAX: no
- * limit); returns with `mu` held (both listeners' queues of peers). */
-RNDZ_INTERNAL void rndz__client_wait_queue(pthread_mutex_t *mu, pthread_cond_t *cv,
-                                           const size_t *queued, const bool *closed,
-                                           uint32_t timeout_ms);
-/* The monotonic-clock time `ms` from now, for pthread_cond_timedwait. */
-RNDZ_INTERNAL void rndz__deadline_in(struct timespec *ts, uint32_t ms);
-
-/* A keepalive interval with +-20% jitter, never above 25 s (conntrack forgets one-way UDP
- * flows after 30 s, and the jitter must not push us past it). */
-RNDZ_INTERNAL uint32_t rndz__client_jitter(uint32_t base_ms);
 /* Sign an encoded request of n bytes in buf (capacity cap) with the client's credential, if it
  * has one and the request goes to a server (`to` NULL: a socket connected to a server);
  * punches to peers are left unsigned. n < 0 is passed through, so calls chain after an
  * encode. Returns the new length or an error. */
 RNDZ_INTERNAL int rndz__client_sign(const rndz__client *c, uint8_t *buf, int n, size_t cap,
                                     const struct sockaddr_storage *to);
-/* The same for a TCP frame (2-byte length, then the body), fixing the length. */
-RNDZ_INTERNAL int rndz__client_sign_frame(const rndz__client *c, uint8_t *buf, int n,
-                                          size_t cap);
+/* Encode a request from this client: cmd, the peer id, extension fields (ext may be NULL),
+ * signed when it goes to a server (`to` NULL: a socket connected to a server); `frame`: as a
+ * TCP frame, with its 2-byte length. Returns the length in buf or an error. */
+RNDZ_INTERNAL int rndz__client_request(const rndz__client *c, rndz_cmd cmd, const char *peer,
+                                       size_t peer_len, const rndz__ext *ext, bool frame,
+                                       const struct sockaddr_storage *to, uint8_t *buf,
+                                       size_t cap);
+/* Send a request as a datagram on `fd` (to `to`, or connected when NULL). 0 or an error. */
+RNDZ_INTERNAL int rndz__client_send(int fd, const rndz__client *c, rndz_cmd cmd,
+                                    const char *peer, size_t peer_len,
+                                    const struct sockaddr_storage *to, const rndz__ext *ext);
+/* Send a request as a frame on a connection to a server. 0 or an error. */
+RNDZ_INTERNAL int rndz__client_send_frame(int fd, const rndz__client *c, rndz_cmd cmd,
+                                          const char *peer, size_t peer_len,
+                                          const rndz__ext *ext);
+/* Copy an id from the wire into a NUL-terminated buffer of RNDZ_MAX_ID + 1 bytes. */
+RNDZ_INTERNAL void rndz__copy_id(char *dst, const char *src, size_t len);
 
 #endif

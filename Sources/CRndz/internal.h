@@ -37,6 +37,12 @@ RNDZ_INTERNAL void rndz__addr_unmap(struct sockaddr_storage *ss);
 RNDZ_INTERNAL void rndz__addr_map(struct sockaddr_storage *ss);
 /* Same address and port (after unmapping both). */
 RNDZ_INTERNAL bool rndz__addr_equal(const struct sockaddr *a, const struct sockaddr *b);
+/* The port of an AF_INET or AF_INET6 address, in network order (0 for other families). */
+RNDZ_INTERNAL uint16_t rndz__addr_port(const struct sockaddr_storage *a);
+/* Set the port (network order) of an AF_INET or AF_INET6 address. */
+RNDZ_INTERNAL void rndz__addr_set_port(struct sockaddr_storage *a, uint16_t port);
+/* Whether an address is private (RFC 1918, 100.64/10, fc00::/7): a LAN candidate. */
+RNDZ_INTERNAL bool rndz__addr_is_private(const struct sockaddr_storage *a);
 
 /* sock.c */
 typedef struct rndz__sockopts {
@@ -76,5 +82,8 @@ RNDZ_INTERNAL void rndz__sock_tcp_log(int fd, const char *who);
 RNDZ_INTERNAL int rndz__encode(rndz_cmd cmd, const char *id, size_t id_len, const char *peer,
                                size_t peer_len, const char *addr, size_t addr_len, uint8_t *buf,
                                size_t cap);
+/* Write the 2-byte big-endian length of a TCP frame whose body (body_len bytes) follows at
+ * frame + 2. Returns the frame's length, or RNDZ_E_TOOBIG over RNDZ_MAX_MSG. */
+RNDZ_INTERNAL int rndz__frame_seal(uint8_t *frame, size_t body_len);
 
 #endif

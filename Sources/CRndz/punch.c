@@ -5,19 +5,6 @@
 #include <netinet/in.h>
 #include <string.h>
 
-bool rndz__addr_is_private(const struct sockaddr_storage *a) {
-    struct sockaddr_storage x = *a;
-    rndz__addr_unmap(&x);
-    if (x.ss_family == AF_INET) {
-        uint32_t v = ntohl(((struct sockaddr_in *)&x)->sin_addr.s_addr);
-        return (v >> 24) == 10 || (v >> 20) == 0xac1 || (v >> 16) == 0xc0a8 ||
-               (v >> 22) == (100u << 2 | 1u); /* 100.64.0.0/10 */
-    }
-    if (x.ss_family == AF_INET6)
-        return (((struct sockaddr_in6 *)&x)->sin6_addr.s6_addr[0] & 0xfe) == 0xfc;
-    return false;
-}
-
 void rndz__punch_init(rndz__punch *p, uint64_t nonce, uint64_t now, uint32_t timeout_ms) {
     memset(p, 0, sizeof *p);
     p->nonce = nonce;

@@ -11,6 +11,7 @@
 #define RNDZ_PUNCH_H
 
 #include "ext.h"
+#include "probe.h"
 
 /* Probe pacing. The first probe goes at once. Retries start at FIRST_RETRY_MS: a little above
  * a typical continental round trip, so a fast path answers before the first retry, and a
@@ -59,7 +60,5 @@ RNDZ_INTERNAL size_t rndz__punch_tick(rndz__punch *p, uint64_t now, rndz__punch_
 /* An ack for probe `seq` came from `from` at `now`. */
 RNDZ_INTERNAL void rndz__punch_on_ack(rndz__punch *p, const struct sockaddr_storage *from,
                                       uint32_t seq, uint64_t now);
-/* Whether an address is private (RFC 1918, 100.64/10, fc00::/7): a LAN candidate. */
-RNDZ_INTERNAL bool rndz__addr_is_private(const struct sockaddr_storage *a);
 
 #endif

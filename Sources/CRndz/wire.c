@@ -260,10 +260,14 @@ int rndz__encode(rndz_cmd cmd, const char *id, size_t id_len, const char *peer, 
 int rndz_frame_encode(const rndz_msg *m, uint8_t *buf, size_t cap) {
     if (!buf || cap < 2) return buf ? RNDZ_E_NOSPACE : -EINVAL;
     int n = rndz_msg_encode(m, buf + 2, cap - 2);
-    if (n < 0) return n;
-    buf[0] = (uint8_t)(n >> 8);
-    buf[1] = (uint8_t)n;
-    return n + 2;
+    return n < 0 ? n : rndz__frame_seal(buf, (size_t)n);
+}
+
+int rndz__frame_seal(uint8_t *frame, size_t body_len) {
+    if (body_len > RNDZ_MAX_MSG) return RNDZ_E_TOOBIG;
+    frame[0] = (uint8_t)(body_len >> 8);
+    frame[1] = (uint8_t)body_len;
+    return (int)body_len + 2;
 }
 
 void rndz_framer_init(rndz_framer *f) {

@@ -25,6 +25,7 @@
 
 #include "auth.h"
 #include "ext.h"
+#include "probe.h"
 #include "fuzz.h"
 
 #include <string.h>

@@ -1,0 +1,384 @@
+/* udp_listen.c: the UDP listener (BRIEF, "Clients"; the connector is udp_connect.c).
+ *
+ * Listener: one socket per server, connected to it, plus one unconnected "peer" socket, all
+ * bound to the same local port. Linux hands a datagram to the connected socket whose remote
+ * matches and everything else to the unconnected one. A background thread pings every server
+ * and answers Fsync{P, B} with Rsync{P} to the server and the same bytes to B (the punch that
+ * opens our NAT toward B).
+
+ * Pings, loss detection and re-registration: srvlink.h; the thread, the registered/closed
+ * state and the queue of peers with its readiness fd: listener.h.
+ *
+ * Verified paths (ext.h, punch.h): the connector's Isync carries its local candidates and a
+ * session nonce. A listener that sees them in the Fsync answers with its own candidates in
+ * Rsync (instead of the v1 punch) and both sides probe every candidate of the other until an
+ * ack proves a path both ways. The listener's probes and acks go through a fourth socket on
+ * the same port: a reuseport program in the kernel steers every probe datagram to it, so the
+ * application's peer socket never sees one. With a v1 peer or server the extension fields are
+ * missing and both sides behave as rndz 0.1.5. */
+#include "client.h"
+#include "ifaddr.h"
+#include "listener.h"
+#include "punch.h"
+#include "srvlink.h"
+
+#include <poll.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Connect sessions a listener runs at once; the oldest gives way. */
+#define MAX_SESSIONS 32
+/* A listener answers a session's probes for at least this long after it began: the peer's
+ * connect timeout may be longer than ours (its default is 10 s). */
+#define SESSION_LINGER_MS 30000
+/* Peers reported by next_peer, waiting to be taken. */
+#define PEER_QUEUE 64
+
+typedef struct srv_sock {
+    int fd;
+    rndz__io io;
+    struct rndz_udp_listener *l;
+    size_t idx;
+    rndz__srvlink link;
+} srv_sock;
+
+typedef struct session {
+    bool used;
+    char peer_id[RNDZ_MAX_ID + 1];
+    rndz__punch p;
+    uint64_t started, ended, last_ack_sent;
+} session;
+
+struct rndz_udp_listener {
+    rndz__client c;
+    srv_sock srv[RNDZ_MAX_SERVERS];
+    int peer_fd;
+    int probe_fd; /* -1: the kernel cannot steer probes; act as a v1 listener */
+    rndz__io probe_io;
+    rndz__ext my_cands;
+    session sessions[MAX_SESSIONS];
+    rndz__lsn base;
+};
+
+static void push_peer(rndz_udp_listener *l, const rndz_peer_info *info) {
+    rndz__lsn_item item = {.fd = -1, .info = *info};
+    rndz__lsn_push(&l->base, &item); /* full: the oldest peer goes */
+}
+
+static session *find_session(rndz_udp_listener *l, uint64_t nonce) {
+    for (size_t i = 0; i < MAX_SESSIONS; i++)
+        if (l->sessions[i].used && l->sessions[i].p.nonce == nonce) return &l->sessions[i];
+    return NULL;
+}
+
+static session *new_session(rndz_udp_listener *l) {
+    session *oldest = &l->sessions[0];
+    for (size_t i = 0; i < MAX_SESSIONS; i++) {
+        if (!l->sessions[i].used) return &l->sessions[i];
+        if (l->sessions[i].started < oldest->started) oldest = &l->sessions[i];
+    }
+    return oldest;
+}
+
+/* Add the candidates of an extension (text from the wire) to a punch. */
+static void add_cands(const rndz__client *c, rndz__punch *p, const rndz__ext *e) {
+    for (size_t i = 0; i < e->ncands; i++) {
+        struct sockaddr_storage a;
+        if (rndz__client_peer_addr(c, e->cands[i], strlen(e->cands[i]), &a) == 0)
+            rndz__punch_add(p, &a, rndz__addr_is_private(&a));
+    }
+}
+
+static void on_fsync(rndz_udp_listener *l, srv_sock *s, const rndz_msg *m, const uint8_t *raw,
+                     size_t raw_len) {
+    struct sockaddr_storage peer;
+    char peer_id[RNDZ_MAX_ID + 1];
+    rndz__copy_id(peer_id, m->peer_id, m->peer_id_len);
+    if (rndz__client_peer_addr(&l->c, m->addr, m->addr_len, &peer)) {
+        RNDZ_LOG(RNDZ_LOG_WARN, "udp listener: Fsync with a bad address dropped");
+        return;
+    }
+    char text[RNDZ_ADDRSTRLEN];
+    rndz_addr_format((struct sockaddr *)&peer, text, sizeof text);
+    rndz__ext ext;
+    uint64_t now = rndz__now_ms();
+    if (l->probe_fd >= 0 && rndz__ext_decode(raw, raw_len, &ext) == 0 && ext.has_nonce) {
+        /* A peer that probes: answer with our candidates, then probe each of its own. */
+        session *se = find_session(l, ext.nonce);
+        if (!se) {
+            se = new_session(l);
+            memset(se, 0, sizeof *se);
+            se->used = true;
+            se->started = now;
+            rndz__copy_id(se->peer_id, m->peer_id, m->peer_id_len);
+            rndz__punch_init(&se->p, ext.nonce, now, l->c.timeout_ms);
+            rndz__punch_add(&se->p, &peer, rndz__addr_is_private(&peer));
+            add_cands(&l->c, &se->p, &ext);
+            RNDZ_LOG(RNDZ_LOG_INFO, "udp listener: peer %s at %s (+%zu candidates) wants to "
+                     "connect; probing", peer_id, text, ext.ncands);
+        }
+        rndz__ext mine = l->my_cands;
+        mine.has_nonce = true;
+        mine.nonce = ext.nonce;
+        int rc = rndz__client_send(s->fd, &l->c, RNDZ_REQ_RSYNC, m->peer_id, m->peer_id_len, NULL,
+                              &mine);
+        if (rc) RNDZ_LOG(RNDZ_LOG_DEBUG, "udp listener: Rsync to server: %s", rndz_strerror(rc));
+        return;
+    }
+    RNDZ_LOG(RNDZ_LOG_INFO, "udp listener: peer %s at %s wants to connect", peer_id, text);
+    /* v1: first the punch (the Rsync bytes, as v1 sends them) that opens our NAT toward the
+     * peer, then Rsync to the server, which redirects the peer to us: the punch is then on
+     * its way before the peer even learns our address. */
+    int rc = rndz__client_send(l->peer_fd, &l->c, RNDZ_REQ_RSYNC, m->peer_id, m->peer_id_len, &peer,
+                          NULL);
+    if (rc) RNDZ_LOG(RNDZ_LOG_DEBUG, "udp listener: punch to %s: %s", text, rndz_strerror(rc));
+    rc = rndz__client_send(s->fd, &l->c, RNDZ_REQ_RSYNC, m->peer_id, m->peer_id_len, NULL, NULL);
+    if (rc) RNDZ_LOG(RNDZ_LOG_DEBUG, "udp listener: Rsync to server: %s", rndz_strerror(rc));
+    rndz_peer_info info = {.addr = peer, .lan = rndz__addr_is_private(&peer)};
+    rndz__addr_unmap(&info.addr);
+    rndz__copy_id(info.id, m->peer_id, m->peer_id_len);
+    push_peer(l, &info);
+}
+
+static void srv_readable(void *ctx, uint32_t events) {
+    srv_sock *s = ctx;
+    rndz_udp_listener *l = s->l;
+    uint8_t buf[RNDZ_MAX_MSG + 1];
+    for (int i = 0; i < 64; i++) {
+        ssize_t n = recv(s->fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EAGAIN) return;
+            /* ECONNREFUSED: an ICMP error from the server (down or restarting); keep going */
+            RNDZ_LOG(RNDZ_LOG_DEBUG, "udp listener: server %s: %s", l->c.server_text[s->idx],
+                     rndz_strerror(-errno));
+            continue;
+        }
+        rndz_msg m;
+        if (rndz_msg_decode(buf, (size_t)n, 1, &m)) continue;
+        if (m.cmd == RNDZ_RSP_PONG) {
+            if (rndz__link_on_pong(&s->link, rndz__now_ms()))
+                RNDZ_LOG(RNDZ_LOG_INFO, "udp listener: registered with %s",
+                         l->c.server_text[s->idx]);
+            rndz__lsn_set_registered(&l->base);
+        } else if (m.cmd == RNDZ_RSP_FSYNC) {
+            on_fsync(l, s, &m, buf, (size_t)n);
+        }
+    }
+}
+
+static void session_verified(rndz_udp_listener *l, session *se, uint64_t now) {
+    rndz_peer_info info = {.rtt_ms = se->p.rtt_ms, .verified = 1,
+                           .elapsed_ms = (uint32_t)(now - se->started)};
+    info.addr = se->p.cand[se->p.winner];
+    rndz__addr_unmap(&info.addr);
+    info.lan = rndz__addr_is_private(&info.addr);
+    memcpy(info.id, se->peer_id, sizeof info.id < sizeof se->peer_id ? sizeof info.id
+                                                                      : sizeof se->peer_id);
+    char text[RNDZ_ADDRSTRLEN];
+    rndz_addr_format((struct sockaddr *)&info.addr, text, sizeof text);
+    RNDZ_LOG(RNDZ_LOG_INFO, "udp listener: peer %s verified at %s, rtt %u ms", se->peer_id, text,
+             info.rtt_ms);
+    se->ended = now;
+    push_peer(l, &info);
+}
+
+/* The listener's probe socket: probes get acks (only for sessions a server announced: we
+ * are no reflector), acks and confirms verify a session. */
+static void probe_readable(void *ctx, uint32_t events) {
+    rndz_udp_listener *l = ctx;
+    for (int i = 0; i < 64; i++) {
+        uint8_t b[RNDZ_PROBE_LEN + 1];
+        struct sockaddr_storage from;
+        socklen_t fl = sizeof from;
+        ssize_t n = recvfrom(l->probe_fd, b, sizeof b, MSG_DONTWAIT, (struct sockaddr *)&from, &fl);
+        if (n < 0) {
+            if (errno == EAGAIN) return;
+            continue;
+        }
+        int type;
+        uint32_t seq;
+        uint64_t nonce;
+        if (!rndz__probe_decode(b, (size_t)n, &type, &seq, &nonce)) continue;
+        session *se = find_session(l, nonce);
+        if (!se) continue;
+        uint64_t now = rndz__now_ms();
+        if (type == RNDZ_PROBE) {
+            rndz__probe_send(l->probe_fd, RNDZ_PROBE_ACK, seq, nonce, &from);
+            se->last_ack_sent = now;
+            continue;
+        }
+        if (se->p.state == RNDZ_PUNCH_VERIFIED) continue;
+        if (type == RNDZ_PROBE_ACK) {
+            rndz__punch_on_ack(&se->p, &from, seq, now);
+        } else { /* confirm: the connector picked this path; our ack proved it */
+            rndz__punch_add(&se->p, &from, rndz__addr_is_private(&from));
+            for (size_t k = 0; k < se->p.ncand; k++)
+                if (rndz__addr_equal((struct sockaddr *)&se->p.cand[k], (struct sockaddr *)&from))
+                    se->p.winner = (int)k;
+            uint64_t since = se->last_ack_sent ? now - se->last_ack_sent : 0;
+            se->p.rtt_ms = since ? (uint32_t)since : 1;
+            se->p.state = RNDZ_PUNCH_VERIFIED;
+        }
+        if (se->p.state == RNDZ_PUNCH_VERIFIED) session_verified(l, se, now);
+    }
+}
+
+static uint64_t sessions_tick(rndz_udp_listener *l, uint64_t now) {
+    uint64_t next = UINT64_MAX;
+    for (size_t i = 0; i < MAX_SESSIONS; i++) {
+        session *se = &l->sessions[i];
+        if (!se->used) continue;
+        rndz__punch_send sends[RNDZ_MAX_CANDS + 1];
+        uint64_t wake;
+        int before = se->p.state;
+        size_t n = rndz__punch_tick(&se->p, now, sends, RNDZ_ARRAY_LEN(sends), &wake);
+        for (size_t k = 0; k < n; k++)
+            rndz__probe_send(l->probe_fd, RNDZ_PROBE, sends[k].seq, se->p.nonce, &se->p.cand[sends[k].cand]);
+        if (before == RNDZ_PUNCH_RUNNING && se->p.state == RNDZ_PUNCH_VERIFIED)
+            session_verified(l, se, now); /* the LAN grace ended */
+        if (before == RNDZ_PUNCH_RUNNING && se->p.state == RNDZ_PUNCH_FAILED) {
+            RNDZ_LOG(RNDZ_LOG_INFO, "udp listener: no path to peer %s", se->peer_id);
+            se->ended = now;
+        }
+        /* A finished session keeps answering the peer's probes until the peer's own deadline
+         * could have passed: we may have verified through an ack of ours while every ack we
+         * sent was lost, and the peer still probes. */
+        if (se->p.state != RNDZ_PUNCH_RUNNING) {
+            uint64_t window = l->c.timeout_ms > SESSION_LINGER_MS ? l->c.timeout_ms
+                                                                  : SESSION_LINGER_MS;
+            uint64_t linger = se->started + window + 2000;
+            if (linger < se->ended + 2000) linger = se->ended + 2000;
+            if (now >= linger) se->used = false;
+            else wake = linger;
+        }
+        if (wake < next) next = wake;
+    }
+    return next;
+}
+
+static uint64_t listener_tick(void *ctx, uint64_t now) {
+    rndz_udp_listener *l = ctx;
+    uint64_t next = sessions_tick(l, now);
+    for (size_t i = 0; i < l->c.n_servers; i++) {
+        srv_sock *s = &l->srv[i];
+        unsigned act = rndz__link_tick(&s->link, now);
+        if (act & RNDZ_LINK_LOST)
+            RNDZ_LOG(RNDZ_LOG_WARN, "udp listener: server %s stopped answering; registering "
+                     "again", l->c.server_text[i]);
+        if (act & RNDZ_LINK_PING) {
+            int rc = rndz__client_send(s->fd, &l->c, RNDZ_REQ_PING, NULL, 0, NULL, NULL);
+            if (rc) RNDZ_LOG(RNDZ_LOG_DEBUG, "udp listener: ping %s: %s", l->c.server_text[i],
+                             rndz_strerror(rc));
+        }
+        uint64_t wake = rndz__link_wake(&s->link);
+        if (wake < next) next = wake;
+    }
+    return next;
+}
+
+static void listener_close(rndz_udp_listener *l) {
+    for (size_t i = 0; i < RNDZ_MAX_SERVERS; i++)
+        if (l->srv[i].fd >= 0) close(l->srv[i].fd);
+    if (l->peer_fd >= 0) close(l->peer_fd);
+    if (l->probe_fd >= 0) close(l->probe_fd);
+    rndz__lsn_free(&l->base);
+    free(l);
+}
+
+/* The probe socket joins the peer socket's reuseport group as index 1 (the peer socket is
+ * index 0: both are bound before any server socket, and a server socket that leaves the group
+ * later only moves sockets behind them); a program in the group sends every probe datagram
+ * to index 1. Without it (an old kernel), probes would reach the application: then we stay a
+ * v1 listener. */
+static int setup_probes(rndz_udp_listener *l) {
+    int fd = rndz__client_bind(&l->c, SOCK_DGRAM);
+    if (fd < 0) return fd; /* e.g. the socket-configuration callback said no */
+    int rc = rndz__probe_steer(l->peer_fd, 1, 0);
+    if (rc) {
+        RNDZ_LOG(RNDZ_LOG_WARN, "udp listener: cannot steer probes (%s): peers connect the v1 "
+                 "way, unverified", rndz_strerror(rc));
+        close(fd);
+        return 0;
+    }
+    l->probe_fd = fd;
+    l->probe_io = (rndz__io){fd, probe_readable, l};
+    if ((rc = rndz__loop_add(&l->base.loop, &l->probe_io, EPOLLIN))) return rc;
+    rndz__local_cands(&l->c.local, l->c.local.ss_family == AF_INET6, &l->my_cands);
+    return 0;
+}
+
+int rndz_udp_listener_create(const rndz_client_options *o, rndz_udp_listener **out) {
+    if (!out) return -EINVAL;
+    *out = NULL;
+    rndz_udp_listener *l = calloc(1, sizeof *l);
+    if (!l) return -ENOMEM;
+    l->peer_fd = l->probe_fd = -1;
+    for (size_t i = 0; i < RNDZ_MAX_SERVERS; i++) l->srv[i].fd = -1;
+    int rc = rndz__lsn_init(&l->base, PEER_QUEUE, true);
+    if (rc) goto fail;
+    if ((rc = rndz__client_init(&l->c, o))) goto fail;
+    /* The peer socket first: it fixes the port and is index 0 of the reuseport group. */
+    if ((rc = rndz__client_bind(&l->c, SOCK_DGRAM)) < 0) goto fail;
+    l->peer_fd = rc;
+    if ((rc = setup_probes(l))) goto fail;
+    for (size_t i = 0; i < l->c.n_servers; i++) {
+        srv_sock *s = &l->srv[i];
+        if ((rc = rndz__client_bind(&l->c, SOCK_DGRAM)) < 0) goto fail;
+        s->fd = rc;
+        s->l = l;
+        s->idx = i;
+        rndz__link_init(&s->link, false, l->c.keepalive_ms, rndz__random());
+        if (connect(s->fd, (struct sockaddr *)&l->c.servers[i],
+                    rndz__addr_len((struct sockaddr *)&l->c.servers[i])) < 0) {
+            rc = -errno;
+            goto fail;
+        }
+        s->io = (rndz__io){s->fd, srv_readable, s};
+        if ((rc = rndz__loop_add(&l->base.loop, &s->io, EPOLLIN))) goto fail;
+    }
+    /* The peer socket is the caller's: hand it over blocking, like any fresh socket. */
+    rndz__sock_set_nonblock(l->peer_fd, false);
+    if ((rc = rndz__lsn_start(&l->base, listener_tick, l))) goto fail;
+    *out = l;
+    return 0;
+fail:
+    listener_close(l);
+    return rc;
+}
+
+int rndz_udp_listener_next_peer(rndz_udp_listener *l, uint32_t timeout_ms,
+                                rndz_peer_info *info) {
+    if (!l) return -EINVAL;
+    rndz__lsn_item item;
+    int rc = rndz__lsn_pop(&l->base, timeout_ms, &item);
+    if (rc == 0 && info) *info = item.info;
+    return rc;
+}
+
+int rndz_udp_listener_ready_fd(rndz_udp_listener *l) { return l ? l->base.ready_fd : -EINVAL; }
+
+int rndz_udp_listener_fd(rndz_udp_listener *l) { return l ? l->peer_fd : -EINVAL; }
+
+int rndz_udp_listener_local_addr(rndz_udp_listener *l, struct sockaddr_storage *out,
+                                 socklen_t *len) {
+    if (!l || !out) return -EINVAL;
+    return rndz__sock_local(l->peer_fd, out, len);
+}
+
+int rndz_udp_listener_wait_registered(rndz_udp_listener *l, uint32_t timeout_ms) {
+    if (!l) return -EINVAL;
+    return rndz__lsn_wait_registered(&l->base, timeout_ms);
+}
+
+void rndz_udp_listener_destroy(rndz_udp_listener *l) {
+    if (!l) return;
+    rndz__lsn_close(&l->base);
+    for (size_t i = 0; i < l->c.n_servers; i++)
+        if (l->srv[i].fd >= 0)
+            rndz__client_send(l->srv[i].fd, &l->c, RNDZ_REQ_BYE, NULL, 0, NULL, NULL);
+    listener_close(l);
+}

@@ -221,13 +221,15 @@ func asyncIO<T>(
     }
 }
 
-/// How often a wait with nothing to watch asks C again (a listener's registration).
+/// How often a wait with no descriptor to watch asks C again: a listener's registration,
+/// which has no readiness descriptor.
 let listenerPollInterval = Duration.milliseconds(50)
 
 /// Waits for a listener's queue without a thread: `take` (the C call with timeout 0; nil
 /// when it timed out) until it gives something, waiting in between for `readyFD` (the
-/// listener's readiness descriptor) to be readable, or with no descriptor for the next tick
-/// of ``listenerPollInterval``. Returns nil when `deadline` passed.
+/// listener's readiness descriptor: `rndz_*_listener_ready_fd`) to be readable, or, with no
+/// descriptor, for the next tick of ``listenerPollInterval``. Returns nil when `deadline`
+/// passed.
 ///
 /// - Throws: ``RndzError/canceled`` when the task is cancelled (at once).
 func awaitListener<T>(

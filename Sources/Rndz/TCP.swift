@@ -29,6 +29,8 @@ public final class TCPListener: @unchecked Sendable {
     // only deinit calls, when no other reference exists.
     private let handle: OpaquePointer
     private let configBox: SocketConfigBox?
+    /// Readable while a connection is queued or once closed (borrowed from the listener).
+    private let readyFD: Int32
 
     /// The local address shared by the listening socket and the server connections.
     public let localAddress: SocketAddress
@@ -49,8 +51,10 @@ public final class TCPListener: @unchecked Sendable {
         guard let h else { throw .closed }
         var ss = sockaddr_storage()
         let lrc = rndz_tcp_listener_local_addr(h, &ss, nil)
+        let ready = rndz_tcp_listener_ready_fd(h)
         let local: SocketAddress
         do throws(RndzError) {
+            _ = try check(ready)
             _ = try check(lrc)
             local = try SocketAddress(ss)
         } catch {
@@ -59,6 +63,7 @@ public final class TCPListener: @unchecked Sendable {
         }
         self.handle = h
         self.configBox = box
+        self.readyFD = ready
         self.localAddress = local
         self.id = options.id
     }
@@ -96,7 +101,7 @@ public final class TCPListener: @unchecked Sendable {
     ///
     /// - Throws: also ``RndzError/canceled`` if the task is cancelled (at once).
     public func accept(timeout: Duration? = nil) async throws(RndzError) -> TCPStream {
-        let got = try await awaitListener(readyFD: nil, deadline: timeout.map { .now + $0 }) {
+        let got = try await awaitListener(readyFD: readyFD, deadline: timeout.map { .now + $0 }) {
             () throws(RndzError) -> TCPStream? in
             do throws(RndzError) { return try accept(ms: 0) } catch .timedOut { return nil }
         }

@@ -19,6 +19,8 @@ public final class UDPListener: @unchecked Sendable {
     // only deinit calls; the fd is only read and written through thread-safe system calls.
     private let handle: OpaquePointer
     private let configBox: SocketConfigBox?
+    /// Readable while a peer is queued (borrowed from the listener).
+    private let readyFD: Int32
 
     /// The unconnected peer socket. Borrowed: owned and closed by the listener; do not close
     /// it, and do not use it after the listener is gone.
@@ -43,10 +45,12 @@ public final class UDPListener: @unchecked Sendable {
         guard let h else { throw .closed }
         var ss = sockaddr_storage()
         let fd = rndz_udp_listener_fd(h)
+        let ready = rndz_udp_listener_ready_fd(h)
         let lrc = rndz_udp_listener_local_addr(h, &ss, nil)
         let local: SocketAddress
         do throws(RndzError) {
             _ = try check(fd)
+            _ = try check(ready)
             _ = try check(lrc)
             local = try SocketAddress(ss)
         } catch {
@@ -56,6 +60,7 @@ public final class UDPListener: @unchecked Sendable {
         self.handle = h
         self.configBox = box
         self.fileDescriptor = fd
+        self.readyFD = ready
         self.localAddress = local
         self.id = options.id
     }
@@ -91,7 +96,7 @@ public final class UDPListener: @unchecked Sendable {
     /// - Returns: the peer, or `nil` when the time ran out.
     /// - Throws: ``RndzError/canceled`` if the task is cancelled (at once).
     public func nextPeer(timeout: Duration? = nil) async throws(RndzError) -> Peer? {
-        try await awaitListener(readyFD: nil, deadline: timeout.map { .now + $0 }) { () throws(RndzError) in
+        try await awaitListener(readyFD: readyFD, deadline: timeout.map { .now + $0 }) { () throws(RndzError) in
             try nextPeer(ms: 0)
         }
     }

@@ -171,6 +171,11 @@ final class Reactor: Sendable {
         for c in ended { c.resume(returning: .closed) }
     }
 
+    /// The waits pending now, on `fd` or (nil) in all (for tests and diagnostics).
+    func pendingWaits(on fd: Int32? = nil) -> Int {
+        state.withLock { s in fd.map { s.watched[$0]?.waiters.count ?? 0 } ?? s.waiters.count }
+    }
+
     /// Adds a wait, unless it ends at once: then returns how. Also whether the event thread
     /// must wake (to sleep less). The cancellation check is under the lock: a cancellation
     /// whose handler ran before the wait was added is seen here, a later one finds the wait.

@@ -208,6 +208,32 @@ struct PairingTests {
         #expect(v1.receive()?.bytes == Array("back".utf8))
     }
 
+    /// The listener's peers as an AsyncSequence: the connector shows up, verified; the
+    /// sequence ends when the consuming task is cancelled.
+    @Test func peersSequenceYieldsConnectorsAndEndsOnCancel() async throws {
+        let server = try loopbackServer()
+        let servers = ["\(server.localAddress)"]
+        let alice = try UDPListener(options: ClientOptions(id: uniqueID("alice"), servers: servers))
+        try await alice.waitRegistered(timeout: .seconds(5))
+        #expect(try await alice.nextPeer(timeout: .milliseconds(20)) == nil)
+        final class Seen: Sendable { let peers = Mutex<[UDPListener.Peer]>([]) }
+        let seen = Seen()
+        let consumer = Task {
+            for try await peer in alice.peers { seen.peers.withLock { $0.append(peer) } }
+        }
+        let bobID = uniqueID("bob")
+        let bob = try await UDPConnector(options: ClientOptions(id: bobID, servers: servers)).connect(to: alice.id)
+        // Queued once the listener's probes verified the path.
+        #expect(eventually { seen.peers.withLock { $0.contains { $0.id == bobID } } })
+        let peer = try #require(seen.peers.withLock { $0.first { $0.id == bobID } })
+        #expect(peer.address.port == bob.localAddress.port)
+        #expect(peer.path.verified)
+        let start = ContinuousClock.now
+        consumer.cancel()
+        try await consumer.value  // ends without an error
+        #expect(ContinuousClock.now - start < .milliseconds(500))
+    }
+
     @Test func notFoundIsTypedAndFast() async throws {
         let server = try loopbackServer()
         var o = ClientOptions(id: uniqueID("c"), servers: ["\(server.localAddress)"])

@@ -14,9 +14,14 @@ private final class ThreadBody {
     init(_ run: @escaping @Sendable () -> Void) { self.run = run }
 }
 
-/// Runs `body` on a new detached thread. Returns nil, or the error if no thread could start.
-func spawnThread(_ body: @escaping @Sendable () -> Void) -> RndzError? {
-    let box = Unmanaged.passRetained(ThreadBody(body)).toOpaque()
+/// Runs `body` on a new detached thread, named `name` (at most 15 bytes; seen in
+/// /proc/<pid>/task/*/comm and debuggers) if given. Returns nil, or the error if no thread
+/// could start.
+func spawnThread(named name: String? = nil, _ body: @escaping @Sendable () -> Void) -> RndzError? {
+    let box = Unmanaged.passRetained(ThreadBody {
+        if let name { setThreadName(name) }
+        body()
+    }).toOpaque()
     var attr = pthread_attr_t()
     pthread_attr_init(&attr)
     defer { pthread_attr_destroy(&attr) }
@@ -32,6 +37,13 @@ func spawnThread(_ body: @escaping @Sendable () -> Void) -> RndzError? {
     }
     return nil
 }
+
+private typealias SetName = @convention(c) (pthread_t, UnsafePointer<CChar>) -> Int32
+/// `pthread_setname_np`, not in Swift's Glibc module.
+nonisolated(unsafe) private let pthreadSetName = libcFunction("pthread_setname_np", as: SetName.self)
+
+/// Names the calling thread.
+private func setThreadName(_ name: String) { _ = pthreadSetName(pthread_self(), name) }
 
 /// A few threads for the C calls that truly block (the connects, name resolution): at most
 /// `max(4, cores)`, started as needed and kept; more work waits in a queue. Waits on
@@ -74,7 +86,9 @@ final class BlockingPool: Sendable {
             return true
         }
         sem_post(tokens)
-        guard start, let failed = spawnThread({ [self] in worker() }) else { return nil }
+        guard start, let failed = spawnThread(named: "rndz-blocking", { [self] in worker() }) else {
+            return nil
+        }
         // Leave the job to the threads there are; with none, take it back.
         let orphan = state.withLock { s in
             s.threads -= 1
@@ -126,7 +140,7 @@ func onOwnThread<T: Sendable>(
     onCancel: @escaping @Sendable () -> Void = {},
     _ work: @escaping @Sendable () throws(RndzError) -> T
 ) async throws(RndzError) -> T {
-    try await runBlocking(onCancel: onCancel, work, start: spawnThread)
+    try await runBlocking(onCancel: onCancel, work) { spawnThread(named: "rndz-run", $0) }
 }
 
 private func runBlocking<T: Sendable>(

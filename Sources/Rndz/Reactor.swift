@@ -31,7 +31,7 @@ private typealias EpollCtl = @convention(c) (Int32, Int32, Int32, UnsafeMutableR
 private typealias EpollWait = @convention(c) (Int32, UnsafeMutableRawPointer?, Int32, Int32) -> Int32
 private typealias EventFD = @convention(c) (UInt32, Int32) -> Int32
 
-private func libcFunction<F>(_ name: String, as type: F.Type) -> F {
+func libcFunction<F>(_ name: String, as type: F.Type) -> F {
     guard let p = dlsym(nil, name) else { fatalError("rndz: \(name) is not available") }
     return unsafeBitCast(p, to: type)
 }
@@ -123,7 +123,7 @@ final class Reactor: Sendable {
         precondition(epfd >= 0 && wakeFD >= 0, "rndz: cannot create the event loop (errno \(errno))")
         precondition(control(epollCtlAdd, wakeFD, events: epollIn, data: wakeToken) == 0,
                      "rndz: cannot watch the event loop's eventfd (errno \(errno))")
-        let failed = spawnThread { [self] in run() }
+        let failed = spawnThread(named: "rndz-reactor") { [self] in run() }
         precondition(failed == nil, "rndz: cannot start the event thread: \(failed!)")
         Reactor.started.store(true, ordering: .releasing)
     }

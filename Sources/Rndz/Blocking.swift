@@ -279,25 +279,47 @@ func awaitRegistered(
     if done == nil { throw .timedOut }
 }
 
-/// One step of a listener's `AsyncSequence`: `next`'s element, or nil for good once the
-/// listener is closed or the task cancelled (`finished` then stays set).
-func nextUntilEnd<T>(
-    _ finished: inout Bool, _ next: () async throws(RndzError) -> T?
-) async throws(RndzError) -> T? {
-    if finished { return nil }
-    do throws(RndzError) {
-        if let v = try await next() { return v }
-        finished = true
-        return nil
-    } catch .closed {
-        finished = true
-        return nil
-    } catch .canceled {
-        finished = true
-        return nil
-    } catch {
-        finished = true
-        throw error
+/// What a listener hands out, as it does: ``TCPListener/connections``,
+/// ``UDPListener/peers``. The sequence ends (for good) once the listener is closed or the
+/// consuming task is cancelled; other errors are thrown, typed.
+public struct ListenerSequence<Element: Sendable>: AsyncSequence, Sendable {
+    public typealias Failure = RndzError
+
+    /// Waits for the next element (nil: none will come).
+    let produce: @Sendable () async throws(RndzError) -> Element?
+
+    public func makeAsyncIterator() -> Iterator { Iterator(produce: produce) }
+
+    /// Iterates a ``ListenerSequence``.
+    public struct Iterator: AsyncIteratorProtocol, Sendable {
+        public typealias Failure = RndzError
+
+        let produce: @Sendable () async throws(RndzError) -> Element?
+        var finished = false
+
+        /// The next element; nil once the listener is closed or the task cancelled.
+        public mutating func next() async throws(RndzError) -> Element? {
+            if finished { return nil }
+            do throws(RndzError) {
+                if let v = try await produce() { return v }
+                finished = true
+                return nil
+            } catch .closed {
+                finished = true
+                return nil
+            } catch .canceled {
+                finished = true
+                return nil
+            } catch {
+                finished = true
+                throw error
+            }
+        }
+
+        /// The same; the isolation does not matter (the wait is on the overlay's event thread).
+        public mutating func next(isolation actor: isolated (any Actor)?) async throws(RndzError) -> Element? {
+            try await next()
+        }
     }
 }
 
@@ -403,6 +425,24 @@ func sendDatagram(fd: Int32, bytes: [UInt8], to address: SocketAddress?) async t
     try await asyncIO(fd, .write, deadline: nil) { () throws(RndzError) in
         try withBytes(bytes) { (b) throws(RndzError) in try sendNow(fd: fd, bytes: b, to: address) }
     }!  // no deadline: never nil
+}
+
+/// Runs `body`; when it throws, runs `cleanUp` first (e.g. closes or destroys what `body`
+/// looked at).
+func cleaningUp<R>(_ cleanUp: () -> Void, _ body: () throws(RndzError) -> R) throws(RndzError) -> R {
+    do throws(RndzError) {
+        return try body()
+    } catch {
+        cleanUp()
+        throw error
+    }
+}
+
+/// The address a C `*_local_addr` call (`get`) reports.
+func cLocalAddress(_ get: (UnsafeMutablePointer<sockaddr_storage>) -> Int32) throws(RndzError) -> SocketAddress {
+    var ss = sockaddr_storage()
+    _ = try check(get(&ss))
+    return try SocketAddress(ss)
 }
 
 /// The local address of a socket.

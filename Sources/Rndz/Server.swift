@@ -70,15 +70,8 @@ public final class RndzServer: @unchecked Sendable {
         let rc = options.withC(box) { rndz_server_create($0, &h) }
         _ = try check(rc)
         guard let h else { throw .closed }
-        var ss = sockaddr_storage()
-        let lrc = rndz_server_local_addr(h, &ss, nil)
-        let local: SocketAddress
-        do throws(RndzError) {
-            _ = try check(lrc)
-            local = try SocketAddress(ss)
-        } catch {
-            rndz_server_destroy(h)
-            throw error
+        let local = try cleaningUp({ rndz_server_destroy(h) }) { () throws(RndzError) in
+            try cLocalAddress { rndz_server_local_addr(h, $0, nil) }
         }
         self.handle = h
         self.configBox = box

@@ -49,17 +49,8 @@ public final class TCPListener: @unchecked Sendable {
         let rc = try options.withC(box) { (o) throws(RndzError) in rndz_tcp_listener_create(o, &h) }
         _ = try check(rc)
         guard let h else { throw .closed }
-        var ss = sockaddr_storage()
-        let lrc = rndz_tcp_listener_local_addr(h, &ss, nil)
-        let ready = rndz_tcp_listener_ready_fd(h)
-        let local: SocketAddress
-        do throws(RndzError) {
-            _ = try check(ready)
-            _ = try check(lrc)
-            local = try SocketAddress(ss)
-        } catch {
-            rndz_tcp_listener_destroy(h)
-            throw error
+        let (ready, local) = try cleaningUp({ rndz_tcp_listener_destroy(h) }) { () throws(RndzError) in
+            (try check(rndz_tcp_listener_ready_fd(h)), try cLocalAddress { rndz_tcp_listener_local_addr(h, $0, nil) })
         }
         self.handle = h
         self.configBox = box
@@ -112,13 +103,7 @@ public final class TCPListener: @unchecked Sendable {
     private func accept(ms: UInt32) throws(RndzError) -> TCPStream {
         var ss = sockaddr_storage()
         let fd = try check(rndz_tcp_listener_accept(handle, ms, &ss, nil))
-        let peer: SocketAddress
-        do throws(RndzError) {
-            peer = try SocketAddress(ss)
-        } catch {
-            closeFD(fd)
-            throw error
-        }
+        let peer = try cleaningUp({ closeFD(fd) }) { () throws(RndzError) in try SocketAddress(ss) }
         return try TCPStream(owning: fd, peer: peer)
     }
 
@@ -132,39 +117,12 @@ public final class TCPListener: @unchecked Sendable {
     ///     Task { try await handle(stream) }
     /// }
     /// ```
-    public var connections: Connections { Connections(listener: self) }
+    public var connections: Connections {
+        Connections { [self] () async throws(RndzError) in try await accept() }
+    }
 
     /// The accepted connections of a ``TCPListener``: see ``TCPListener/connections``.
-    public struct Connections: AsyncSequence, Sendable {
-        public typealias Element = TCPStream
-        public typealias Failure = RndzError
-
-        let listener: TCPListener
-
-        public func makeAsyncIterator() -> Iterator { Iterator(listener: listener) }
-
-        /// Iterates ``TCPListener/connections``.
-        public struct Iterator: AsyncIteratorProtocol, Sendable {
-            public typealias Element = TCPStream
-            public typealias Failure = RndzError
-
-            let listener: TCPListener
-            var finished = false
-
-            /// The next connection; nil once the listener is closed or the task cancelled.
-            public mutating func next() async throws(RndzError) -> TCPStream? {
-                try await nextUntilEnd(&finished) { [listener] () async throws(RndzError) in
-                    try await listener.accept()
-                }
-            }
-
-            public mutating func next(isolation actor: isolated (any Actor)?) async throws(RndzError)
-                -> TCPStream?
-            {
-                try await next()
-            }
-        }
-    }
+    public typealias Connections = ListenerSequence<TCPStream>
 
     /// Stops accepting: every waiting accept fails with ``RndzError/closed`` and
     /// ``connections`` ends; sends `Bye` to the servers and stops the background thread.
@@ -204,12 +162,7 @@ public final class TCPStream: @unchecked Sendable {
 
     /// Takes ownership of a connected TCP socket. On error the fd is closed.
     init(owning fd: Int32, peer: SocketAddress, path: PathInfo = PathInfo()) throws(RndzError) {
-        do throws(RndzError) {
-            self.localAddress = try socketLocalAddress(fd)
-        } catch {
-            closeFD(fd)
-            throw error
-        }
+        self.localAddress = try cleaningUp({ closeFD(fd) }) { () throws(RndzError) in try socketLocalAddress(fd) }
         self.fileDescriptor = fd
         self.peer = peer
         self.path = path
@@ -242,26 +195,26 @@ public final class TCPStream: @unchecked Sendable {
 
     /// Runs `body` with the fd, which stays open until it returns.
     private func using<R>(_ body: (Int32) throws(RndzError) -> R) throws(RndzError) -> R {
-        let ok = state.withLock { s in
-            if s.closed { return false }
-            s.users += 1
-            return true
-        }
-        guard ok else { throw .closed }
+        try acquire()
         defer { release() }
         return try body(fileDescriptor)
     }
 
     /// The same for an async `body`.
     private func using<R>(_ body: (Int32) async throws(RndzError) -> R) async throws(RndzError) -> R {
+        try acquire()
+        defer { release() }
+        return try await body(fileDescriptor)
+    }
+
+    /// Starts a use of the fd, unless ``close()`` was called.
+    private func acquire() throws(RndzError) {
         let ok = state.withLock { s in
             if s.closed { return false }
             s.users += 1
             return true
         }
         guard ok else { throw .closed }
-        defer { release() }
-        return try await body(fileDescriptor)
     }
 
     /// Ends a use of the fd; the last one after ``close()`` closes it.

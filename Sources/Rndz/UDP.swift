@@ -43,19 +43,9 @@ public final class UDPListener: @unchecked Sendable {
         let rc = try options.withC(box) { (o) throws(RndzError) in rndz_udp_listener_create(o, &h) }
         _ = try check(rc)
         guard let h else { throw .closed }
-        var ss = sockaddr_storage()
-        let fd = rndz_udp_listener_fd(h)
-        let ready = rndz_udp_listener_ready_fd(h)
-        let lrc = rndz_udp_listener_local_addr(h, &ss, nil)
-        let local: SocketAddress
-        do throws(RndzError) {
-            _ = try check(fd)
-            _ = try check(ready)
-            _ = try check(lrc)
-            local = try SocketAddress(ss)
-        } catch {
-            rndz_udp_listener_destroy(h)
-            throw error
+        let (fd, ready, local) = try cleaningUp({ rndz_udp_listener_destroy(h) }) { () throws(RndzError) in
+            (try check(rndz_udp_listener_fd(h)), try check(rndz_udp_listener_ready_fd(h)),
+             try cLocalAddress { rndz_udp_listener_local_addr(h, $0, nil) })
         }
         self.handle = h
         self.configBox = box
@@ -122,37 +112,12 @@ public final class UDPListener: @unchecked Sendable {
     ///     print("\(peer.id) at \(peer.address)")
     /// }
     /// ```
-    public var peers: Peers { Peers(listener: self) }
+    public var peers: Peers {
+        Peers { [self] () async throws(RndzError) in try await nextPeer() }
+    }
 
     /// The peers of a ``UDPListener``: see ``UDPListener/peers``.
-    public struct Peers: AsyncSequence, Sendable {
-        public typealias Element = Peer
-        public typealias Failure = RndzError
-
-        let listener: UDPListener
-
-        public func makeAsyncIterator() -> Iterator { Iterator(listener: listener) }
-
-        /// Iterates ``UDPListener/peers``.
-        public struct Iterator: AsyncIteratorProtocol, Sendable {
-            public typealias Element = Peer
-            public typealias Failure = RndzError
-
-            let listener: UDPListener
-            var finished = false
-
-            /// The next peer; nil once the task is cancelled (or the listener closed).
-            public mutating func next() async throws(RndzError) -> Peer? {
-                try await nextUntilEnd(&finished) { [listener] () async throws(RndzError) in
-                    try await listener.nextPeer()
-                }
-            }
-
-            public mutating func next(isolation actor: isolated (any Actor)?) async throws(RndzError) -> Peer? {
-                try await next()
-            }
-        }
-    }
+    public typealias Peers = ListenerSequence<Peer>
 
     /// Waits like ``waitRegistered(timeout:)`` without holding a thread.
     ///
@@ -223,12 +188,7 @@ public final class UDPSocket: @unchecked Sendable {
 
     /// Takes ownership of a connected UDP socket. On error the fd is closed.
     init(owning fd: Int32, peer: SocketAddress, ourID: String, peerID: String) throws(RndzError) {
-        do throws(RndzError) {
-            self.localAddress = try socketLocalAddress(fd)
-        } catch {
-            close(fd)
-            throw error
-        }
+        self.localAddress = try cleaningUp({ close(fd) }) { () throws(RndzError) in try socketLocalAddress(fd) }
         self.fileDescriptor = fd
         self.peer = peer
         self.ourID = ourID

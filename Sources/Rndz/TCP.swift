@@ -12,7 +12,8 @@ import Musl
 /// (ping every ``ClientOptions/keepalive``, reconnecting with backoff when a server connection
 /// breaks) and, when a peer asks for us, connects from the same port toward it so that both
 /// NATs open for the flow. Peers' connections come out of ``accept(timeout:)`` or
-/// ``connections``.
+/// ``connections``. The `async` calls hold no thread while they wait (the overlay's event
+/// thread resumes them) and end at once when their task is cancelled.
 ///
 /// ```swift
 /// let listener = try TCPListener(options: ClientOptions(id: "alice", servers: ["rndz.example.org:8888"]))

@@ -10,7 +10,9 @@ import Musl
 /// registration alive from a background thread, and answers connection requests by punching
 /// toward the peer. Peers' datagrams arrive on ``fileDescriptor``, the peer socket, which
 /// shares the local port with the server sockets; ``receive(maxLength:timeout:)`` and
-/// ``send(_:to:)`` use it.
+/// ``send(_:to:)`` use it. Peers that connected come out of ``nextPeer(timeout:)`` or
+/// ``peers``. The `async` calls hold no thread while they wait (the overlay's event thread
+/// resumes them) and end at once when their task is cancelled.
 ///
 /// Releasing the last reference sends `Bye` to every server, stops the background thread and
 /// closes every socket (``fileDescriptor`` included).

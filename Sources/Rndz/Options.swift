@@ -148,12 +148,8 @@ extension ClientOptions {
             withExtendedLifetime(box) { call(o, target, &info) }
         }
         _ = try check(fd)
-        do throws(RndzError) {
-            return (fd, try SocketAddress(info.addr), info)
-        } catch {
-            close(fd)
-            throw error
-        }
+        let peer = try cleaningUp({ close(fd) }) { () throws(RndzError) in try SocketAddress(info.addr) }
+        return (fd, peer, info)
     }
 }
 

@@ -70,15 +70,8 @@ public final class RndzServer: @unchecked Sendable {
         let rc = options.withC(box) { rndz_server_create($0, &h) }
         _ = try check(rc)
         guard let h else { throw .closed }
-        var ss = sockaddr_storage()
-        let lrc = rndz_server_local_addr(h, &ss, nil)
-        let local: SocketAddress
-        do throws(RndzError) {
-            _ = try check(lrc)
-            local = try SocketAddress(ss)
-        } catch {
-            rndz_server_destroy(h)
-            throw error
+        let local = try cleaningUp({ rndz_server_destroy(h) }) { () throws(RndzError) in
+            try cLocalAddress { rndz_server_local_addr(h, $0, nil) }
         }
         self.handle = h
         self.configBox = box
@@ -98,12 +91,10 @@ public final class RndzServer: @unchecked Sendable {
         _ = try check(rndz_server_run(handle))
     }
 
-    /// Serves on a dedicated thread until ``stop()`` is called or the task is cancelled;
+    /// Serves on a thread of its own until ``stop()`` is called or the task is cancelled;
     /// the cooperative thread pool is not blocked.
     public func run() async throws(RndzError) {
-        try await offPool(onCancel: { [self] in stop() }) { [self] (_) throws(RndzError) in
-            try run()
-        }
+        try await onOwnThread(onCancel: { [self] in stop() }) { [self] () throws(RndzError) in try run() }
     }
 
     /// Asks the server to stop; returns at once. Safe from any thread. A stopped server does

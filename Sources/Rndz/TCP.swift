@@ -12,7 +12,8 @@ import Musl
 /// (ping every ``ClientOptions/keepalive``, reconnecting with backoff when a server connection
 /// breaks) and, when a peer asks for us, connects from the same port toward it so that both
 /// NATs open for the flow. Peers' connections come out of ``accept(timeout:)`` or
-/// ``connections``.
+/// ``connections``. The `async` calls hold no thread while they wait (the overlay's event
+/// thread resumes them) and end at once when their task is cancelled.
 ///
 /// ```swift
 /// let listener = try TCPListener(options: ClientOptions(id: "alice", servers: ["rndz.example.org:8888"]))
@@ -29,8 +30,8 @@ public final class TCPListener: @unchecked Sendable {
     // only deinit calls, when no other reference exists.
     private let handle: OpaquePointer
     private let configBox: SocketConfigBox?
-    /// Set by close(): rndz_tcp_listener_wait_registered does not report the close itself.
-    private let closedFlag = Atomic<Bool>(false)
+    /// Readable while a connection is queued or once closed (borrowed from the listener).
+    private let readyFD: Int32
 
     /// The local address shared by the listening socket and the server connections.
     public let localAddress: SocketAddress
@@ -49,57 +50,31 @@ public final class TCPListener: @unchecked Sendable {
         let rc = try options.withC(box) { (o) throws(RndzError) in rndz_tcp_listener_create(o, &h) }
         _ = try check(rc)
         guard let h else { throw .closed }
-        var ss = sockaddr_storage()
-        let lrc = rndz_tcp_listener_local_addr(h, &ss, nil)
-        let local: SocketAddress
-        do throws(RndzError) {
-            _ = try check(lrc)
-            local = try SocketAddress(ss)
-        } catch {
-            rndz_tcp_listener_destroy(h)
-            throw error
+        let (ready, local) = try cleaningUp({ rndz_tcp_listener_destroy(h) }) { () throws(RndzError) in
+            (try check(rndz_tcp_listener_ready_fd(h)), try cLocalAddress { rndz_tcp_listener_local_addr(h, $0, nil) })
         }
         self.handle = h
         self.configBox = box
+        self.readyFD = ready
         self.localAddress = local
         self.id = options.id
     }
 
     deinit { rndz_tcp_listener_destroy(handle) }
 
-    private var isClosed: Bool { closedFlag.load(ordering: .acquiring) }
-
     /// Waits until at least one server has answered a ping. Blocks.
     ///
     /// - Throws: ``RndzError/timedOut`` if none answered within `timeout`,
-    ///   ``RndzError/closed`` after ``close()``.
+    ///   ``RndzError/closed`` after ``close()`` (also when it is called meanwhile).
     public func waitRegistered(timeout: Duration) throws(RndzError) {
-        if isClosed { throw .closed }
-        let rc = rndz_tcp_listener_wait_registered(handle, UInt32(timeout.clampedMilliseconds()))
-        if rc != 0 && isClosed { throw .closed }
-        _ = try check(rc)
+        _ = try check(rndz_tcp_listener_wait_registered(handle, UInt32(timeout.clampedMilliseconds())))
     }
 
-    /// Waits like ``waitRegistered(timeout:)`` on a dedicated thread.
+    /// Waits like ``waitRegistered(timeout:)`` without holding a thread.
     ///
-    /// - Throws: also ``RndzError/canceled`` if the task is cancelled.
+    /// - Throws: also ``RndzError/canceled`` if the task is cancelled (at once).
     public func waitRegistered(timeout: Duration) async throws(RndzError) {
-        try await offPool { [self] (flag) throws(RndzError) in
-            // Wait in short slices so that cancellation is noticed.
-            let deadline = ContinuousClock.now + timeout
-            while true {
-                if flag.isCancelled { throw .canceled }
-                if isClosed { throw .closed }
-                let left = (deadline - ContinuousClock.now).clampedMilliseconds()
-                let slice = UInt32(min(left, Int64(cancelSliceMs)))
-                let rc = rndz_tcp_listener_wait_registered(handle, slice)
-                if rc == 0 { return }
-                if rc != RNDZ_E_TIMEDOUT.rawValue || left <= Int64(slice) {
-                    if isClosed { throw .closed }
-                    _ = try check(rc)
-                }
-            }
-        }
+        try await awaitRegistered(deadline: .now + timeout) { rndz_tcp_listener_wait_registered(handle, 0) }
     }
 
     /// Waits for a peer's connection (one the listening socket accepted, or one whose SYN
@@ -114,38 +89,22 @@ public final class TCPListener: @unchecked Sendable {
         return try accept(ms: ms)
     }
 
-    /// Accepts like ``accept(timeout:)`` on a dedicated thread.
+    /// Accepts like ``accept(timeout:)`` without holding a thread. Many tasks may wait at once.
     ///
-    /// - Throws: also ``RndzError/canceled`` if the task is cancelled.
+    /// - Throws: also ``RndzError/canceled`` if the task is cancelled (at once).
     public func accept(timeout: Duration? = nil) async throws(RndzError) -> TCPStream {
-        try await offPool { [self] (flag) throws(RndzError) in
-            // Wait in short slices so that cancellation is noticed.
-            let deadline = timeout.map { ContinuousClock.now + $0 }
-            while true {
-                if flag.isCancelled { throw .canceled }
-                var slice = UInt32(cancelSliceMs)
-                if let deadline {
-                    slice = UInt32(min((deadline - ContinuousClock.now).clampedMilliseconds(), Int64(slice)))
-                }
-                do throws(RndzError) {
-                    return try accept(ms: slice)
-                } catch .timedOut {
-                    if let deadline, ContinuousClock.now >= deadline { throw .timedOut }
-                }
-            }
+        let got = try await awaitListener(readyFD: readyFD, deadline: timeout.map { .now + $0 }) {
+            () throws(RndzError) -> TCPStream? in
+            do throws(RndzError) { return try accept(ms: 0) } catch .timedOut { return nil }
         }
+        guard let got else { throw .timedOut }
+        return got
     }
 
     private func accept(ms: UInt32) throws(RndzError) -> TCPStream {
         var ss = sockaddr_storage()
         let fd = try check(rndz_tcp_listener_accept(handle, ms, &ss, nil))
-        let peer: SocketAddress
-        do throws(RndzError) {
-            peer = try SocketAddress(ss)
-        } catch {
-            closeFD(fd)
-            throw error
-        }
+        let peer = try cleaningUp({ closeFD(fd) }) { () throws(RndzError) in try SocketAddress(ss) }
         return try TCPStream(owning: fd, peer: peer)
     }
 
@@ -159,54 +118,17 @@ public final class TCPListener: @unchecked Sendable {
     ///     Task { try await handle(stream) }
     /// }
     /// ```
-    public var connections: Connections { Connections(listener: self) }
+    public var connections: Connections {
+        Connections { [self] () async throws(RndzError) in try await accept() }
+    }
 
     /// The accepted connections of a ``TCPListener``: see ``TCPListener/connections``.
-    public struct Connections: AsyncSequence, Sendable {
-        public typealias Element = TCPStream
-        public typealias Failure = RndzError
-
-        let listener: TCPListener
-
-        public func makeAsyncIterator() -> Iterator { Iterator(listener: listener) }
-
-        public struct Iterator: AsyncIteratorProtocol, Sendable {
-            public typealias Element = TCPStream
-            public typealias Failure = RndzError
-
-            let listener: TCPListener
-            var finished = false
-
-            /// The next connection; nil once the listener is closed or the task cancelled.
-            public mutating func next() async throws(RndzError) -> TCPStream? {
-                if finished { return nil }
-                do throws(RndzError) {
-                    return try await listener.accept()
-                } catch .closed {
-                    finished = true
-                    return nil
-                } catch .canceled {
-                    finished = true
-                    return nil
-                } catch {
-                    finished = true
-                    throw error
-                }
-            }
-
-            public mutating func next(isolation actor: isolated (any Actor)?) async throws(RndzError)
-                -> TCPStream?
-            {
-                try await next()
-            }
-        }
-    }
+    public typealias Connections = ListenerSequence<TCPStream>
 
     /// Stops accepting: every waiting accept fails with ``RndzError/closed`` and
     /// ``connections`` ends; sends `Bye` to the servers and stops the background thread.
     /// Connections already accepted stay open. Safe to call from any thread, more than once.
     public func close() {
-        closedFlag.store(true, ordering: .releasing)
         _ = rndz_tcp_listener_close(handle)
     }
 }
@@ -241,12 +163,7 @@ public final class TCPStream: @unchecked Sendable {
 
     /// Takes ownership of a connected TCP socket. On error the fd is closed.
     init(owning fd: Int32, peer: SocketAddress, path: PathInfo = PathInfo()) throws(RndzError) {
-        do throws(RndzError) {
-            self.localAddress = try socketLocalAddress(fd)
-        } catch {
-            closeFD(fd)
-            throw error
-        }
+        self.localAddress = try cleaningUp({ closeFD(fd) }) { () throws(RndzError) in try socketLocalAddress(fd) }
         self.fileDescriptor = fd
         self.peer = peer
         self.path = path
@@ -257,8 +174,8 @@ public final class TCPStream: @unchecked Sendable {
         if !state.withLock({ $0.fdClosed }) { closeFD(fileDescriptor) }
     }
 
-    /// Closes the connection. Calls waiting in another thread return at once (a receive as
-    /// at end of stream); later calls fail with ``RndzError/closed``. Idempotent.
+    /// Closes the connection. Calls waiting in another thread or task return at once (a
+    /// receive as at end of stream); later calls fail with ``RndzError/closed``. Idempotent.
     public func close() {
         let closeNow: Bool? = state.withLock { s in
             if s.closed { return nil }
@@ -269,31 +186,49 @@ public final class TCPStream: @unchecked Sendable {
         }
         switch closeNow {
         case true?: closeFD(fileDescriptor)
-        case false?: shutdown(fileDescriptor, Int32(SHUT_RDWR))  // wakes the users; the last closes
+        case false?:
+            // Wakes the users (blocking ones through poll); the last one closes the fd.
+            shutdown(fileDescriptor, Int32(SHUT_RDWR))
+            Reactor.closing(fileDescriptor)
         case nil: break
         }
     }
 
     /// Runs `body` with the fd, which stays open until it returns.
     private func using<R>(_ body: (Int32) throws(RndzError) -> R) throws(RndzError) -> R {
+        try acquire()
+        defer { release() }
+        return try body(fileDescriptor)
+    }
+
+    /// The same for an async `body`.
+    private func using<R>(_ body: (Int32) async throws(RndzError) -> R) async throws(RndzError) -> R {
+        try acquire()
+        defer { release() }
+        return try await body(fileDescriptor)
+    }
+
+    /// Starts a use of the fd, unless ``close()`` was called.
+    private func acquire() throws(RndzError) {
         let ok = state.withLock { s in
             if s.closed { return false }
             s.users += 1
             return true
         }
         guard ok else { throw .closed }
-        defer {
-            let last = state.withLock { s in
-                s.users -= 1
-                if s.closed && s.users == 0 && !s.fdClosed {
-                    s.fdClosed = true
-                    return true
-                }
-                return false
+    }
+
+    /// Ends a use of the fd; the last one after ``close()`` closes it.
+    private func release() {
+        let last = state.withLock { s in
+            s.users -= 1
+            if s.closed && s.users == 0 && !s.fdClosed {
+                s.fdClosed = true
+                return true
             }
-            if last { closeFD(fileDescriptor) }
+            return false
         }
-        return try body(fileDescriptor)
+        if last { closeFD(fileDescriptor) }
     }
 
     /// Sends all of `bytes`, waiting for buffer space as needed.
@@ -301,16 +236,30 @@ public final class TCPStream: @unchecked Sendable {
     /// - Throws: e.g. `EPIPE` or `ECONNRESET` once the peer closed, ``RndzError/closed``
     ///   after ``close()``.
     public func send(_ bytes: [UInt8]) throws(RndzError) {
-        try using { (fd) throws(RndzError) in try sendAll(fd: fd, bytes, cancel: nil) }
+        try using { (fd) throws(RndzError) in
+            try withBytes(bytes) { (b) throws(RndzError) in
+                var off = 0
+                while off < b.count {
+                    off += try sendDatagram(fd: fd, bytes: UnsafeRawBufferPointer(rebasing: b[off...]), to: nil)
+                }
+            }
+        }
     }
 
-    /// Sends like ``send(_:)`` on a dedicated thread.
+    /// Sends like ``send(_:)`` without holding a thread.
     ///
     /// - Throws: also ``RndzError/canceled`` if the task is cancelled (part of `bytes` may
-    ///   have been sent).
+    ///   have been sent), ``RndzError/closed`` if ``close()`` is called meanwhile.
     public func send(_ bytes: [UInt8]) async throws(RndzError) {
-        try await offPool { [self] (flag) throws(RndzError) in
-            try using { (fd) throws(RndzError) in try sendAll(fd: fd, bytes, cancel: flag) }
+        try await using { (fd) async throws(RndzError) in
+            var off = 0
+            while off < bytes.count {
+                off += try await asyncIO(fd, .write, deadline: nil) { () throws(RndzError) in
+                    try withBytes(bytes) { (b) throws(RndzError) in
+                        try sendNow(fd: fd, bytes: UnsafeRawBufferPointer(rebasing: b[off...]), to: nil)
+                    }
+                }!  // no deadline: never nil
+            }
         }
     }
 
@@ -334,58 +283,55 @@ public final class TCPStream: @unchecked Sendable {
     /// - Throws: ``RndzError/timedOut`` when nothing arrived in time, e.g. `ECONNRESET`,
     ///   ``RndzError/closed`` after ``close()``.
     public func receive(maxLength: Int = 65_536, timeout: Duration? = nil) throws(RndzError) -> [UInt8]? {
-        try using { (fd) throws(RndzError) in
-            try receiveStream(fd: fd, maxLength: maxLength, timeout: timeout, cancel: nil)
+        precondition(maxLength > 0, "maxLength must be positive")
+        var buf = [UInt8](repeating: 0, count: maxLength)
+        let got = try using { (fd) throws(RndzError) in
+            try blockingIO(fd, .read, deadline: timeout.map { .now + $0 }) { () throws(RndzError) in
+                try receiveNow(fd: fd, into: &buf)
+            }
         }
+        guard let got else { throw .timedOut }
+        return got.isEmpty ? nil : got
     }
 
-    /// Receives like ``receive(maxLength:timeout:)`` on a dedicated thread.
+    /// Receives like ``receive(maxLength:timeout:)`` without holding a thread.
     ///
-    /// - Throws: also ``RndzError/canceled`` if the task is cancelled.
+    /// - Throws: also ``RndzError/canceled`` if the task is cancelled (at once).
     public func receive(maxLength: Int = 65_536, timeout: Duration? = nil) async throws(RndzError)
         -> [UInt8]?
     {
-        try await offPool { [self] (flag) throws(RndzError) in
-            try using { (fd) throws(RndzError) in
-                try receiveStream(fd: fd, maxLength: maxLength, timeout: timeout, cancel: flag)
+        precondition(maxLength > 0, "maxLength must be positive")
+        var buf = [UInt8](repeating: 0, count: maxLength)
+        let got: [UInt8]?
+        do throws(RndzError) {
+            got = try await using { (fd) async throws(RndzError) in
+                try await asyncIO(fd, .read, deadline: timeout.map { .now + $0 }) { () throws(RndzError) in
+                    try receiveNow(fd: fd, into: &buf)
+                }
             }
+        } catch .closed where isClosing {
+            return nil  // close() was called meanwhile: as at end of stream
         }
+        guard let got else { throw .timedOut }
+        return got.isEmpty ? nil : got
     }
+
+    /// ``close()`` was called.
+    private var isClosing: Bool { state.withLock { $0.closed } }
 }
 
 /// `close(2)`, under a name the types' own `close()` does not hide.
 private func closeFD(_ fd: Int32) { _ = close(fd) }
 
-/// Writes all of `bytes` to a stream socket.
-private func sendAll(fd: Int32, _ bytes: [UInt8], cancel: CancelFlag?) throws(RndzError) {
-    try withBytes(bytes) { (b) throws(RndzError) in
-        var off = 0
-        while off < b.count {
-            let rest = UnsafeRawBufferPointer(rebasing: b[off...])
-            off += try sendDatagram(fd: fd, bytes: rest, to: nil, cancel: cancel)
-        }
-    }
-}
-
-/// Reads what is available from a stream socket; nil at end of stream.
-private func receiveStream(fd: Int32, maxLength: Int, timeout: Duration?, cancel: CancelFlag?)
-    throws(RndzError) -> [UInt8]?
-{
-    precondition(maxLength > 0, "maxLength must be positive")
-    let deadline = timeout.map { ContinuousClock.now + $0 }
-    var buf = [UInt8](repeating: 0, count: maxLength)
+/// One `recv` that does not wait: the bytes, empty at the end of the stream, nil when
+/// nothing has arrived.
+private func receiveNow(fd: Int32, into buf: inout [UInt8]) throws(RndzError) -> [UInt8]? {
     while true {
-        guard try waitFD(fd, events: Int16(POLLIN), deadline: deadline, cancel: cancel) else {
-            throw .timedOut
-        }
         let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
-        if n < 0 {
-            if errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR { continue }
-            throw lastErrno()
-        }
-        if n == 0 { return nil }
-        buf.removeSubrange(n...)
-        return buf
+        if n >= 0 { return Array(buf[..<n]) }
+        if errno == EINTR { continue }
+        if errno == EAGAIN || errno == EWOULDBLOCK { return nil }
+        throw lastErrno()
     }
 }
 
@@ -417,9 +363,9 @@ public struct TCPConnector: Sendable {
         return try TCPStream(owning: c.fd, peer: c.peer, path: PathInfo(c.info))
     }
 
-    /// Connects like ``connect(to:)`` on a dedicated thread, so the cooperative thread pool
-    /// is not blocked. The connect is not interrupted by task cancellation; it ends within
-    /// ``ClientOptions/timeout``.
+    /// Connects like ``connect(to:)`` on one of a few threads kept for blocking calls, so the
+    /// cooperative thread pool is not blocked. The connect is not interrupted by task
+    /// cancellation; it ends within ``ClientOptions/timeout``.
     public func connect(to target: String) async throws(RndzError) -> TCPStream {
         try await offPool { [self] () throws(RndzError) in try connect(to: target) }
     }

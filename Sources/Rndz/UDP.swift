@@ -10,7 +10,9 @@ import Musl
 /// registration alive from a background thread, and answers connection requests by punching
 /// toward the peer. Peers' datagrams arrive on ``fileDescriptor``, the peer socket, which
 /// shares the local port with the server sockets; ``receive(maxLength:timeout:)`` and
-/// ``send(_:to:)`` use it.
+/// ``send(_:to:)`` use it. Peers that connected come out of ``nextPeer(timeout:)`` or
+/// ``peers``. The `async` calls hold no thread while they wait (the overlay's event thread
+/// resumes them) and end at once when their task is cancelled.
 ///
 /// Releasing the last reference sends `Bye` to every server, stops the background thread and
 /// closes every socket (``fileDescriptor`` included).
@@ -19,6 +21,8 @@ public final class UDPListener: @unchecked Sendable {
     // only deinit calls; the fd is only read and written through thread-safe system calls.
     private let handle: OpaquePointer
     private let configBox: SocketConfigBox?
+    /// Readable while a peer is queued (borrowed from the listener).
+    private let readyFD: Int32
 
     /// The unconnected peer socket. Borrowed: owned and closed by the listener; do not close
     /// it, and do not use it after the listener is gone.
@@ -41,21 +45,14 @@ public final class UDPListener: @unchecked Sendable {
         let rc = try options.withC(box) { (o) throws(RndzError) in rndz_udp_listener_create(o, &h) }
         _ = try check(rc)
         guard let h else { throw .closed }
-        var ss = sockaddr_storage()
-        let fd = rndz_udp_listener_fd(h)
-        let lrc = rndz_udp_listener_local_addr(h, &ss, nil)
-        let local: SocketAddress
-        do throws(RndzError) {
-            _ = try check(fd)
-            _ = try check(lrc)
-            local = try SocketAddress(ss)
-        } catch {
-            rndz_udp_listener_destroy(h)
-            throw error
+        let (fd, ready, local) = try cleaningUp({ rndz_udp_listener_destroy(h) }) { () throws(RndzError) in
+            (try check(rndz_udp_listener_fd(h)), try check(rndz_udp_listener_ready_fd(h)),
+             try cLocalAddress { rndz_udp_listener_local_addr(h, $0, nil) })
         }
         self.handle = h
         self.configBox = box
         self.fileDescriptor = fd
+        self.readyFD = ready
         self.localAddress = local
         self.id = options.id
     }
@@ -83,8 +80,23 @@ public final class UDPListener: @unchecked Sendable {
     ///
     /// - Returns: the peer, or `nil` when the time ran out.
     public func nextPeer(timeout: Duration) throws(RndzError) -> Peer? {
+        try nextPeer(ms: UInt32(timeout.clampedMilliseconds(max: Int64(UInt32.max) - 1)))
+    }
+
+    /// Waits like ``nextPeer(timeout:)`` without holding a thread (`timeout` nil: no limit).
+    ///
+    /// - Returns: the peer, or `nil` when the time ran out.
+    /// - Throws: ``RndzError/canceled`` if the task is cancelled (at once).
+    public func nextPeer(timeout: Duration? = nil) async throws(RndzError) -> Peer? {
+        try await awaitListener(readyFD: readyFD, deadline: timeout.map { .now + $0 }) { () throws(RndzError) in
+            try nextPeer(ms: 0)
+        }
+    }
+
+    /// The next queued peer, waiting up to `ms` (C's `UINT32_MAX`: no limit); nil on timeout.
+    private func nextPeer(ms: UInt32) throws(RndzError) -> Peer? {
         var info = rndz_peer_info()
-        let rc = rndz_udp_listener_next_peer(handle, UInt32(timeout.clampedMilliseconds()), &info)
+        let rc = rndz_udp_listener_next_peer(handle, ms, &info)
         if rc == RNDZ_E_TIMEDOUT.rawValue { return nil }
         _ = try check(rc)
         let id = withUnsafeBytes(of: info.id) { raw in
@@ -93,24 +105,27 @@ public final class UDPListener: @unchecked Sendable {
         return Peer(id: id, address: try SocketAddress(info.addr), path: PathInfo(info))
     }
 
-    /// Waits like ``waitRegistered(timeout:)`` on a dedicated thread.
+    /// The peers that connect, as they do (see ``nextPeer(timeout:)``), until the consuming
+    /// task is cancelled (then the sequence ends). Peers are taken from the listener's queue
+    /// only as the sequence is iterated.
     ///
-    /// - Throws: also ``RndzError/canceled`` if the task is cancelled.
+    /// ```swift
+    /// for try await peer in listener.peers {
+    ///     print("\(peer.id) at \(peer.address)")
+    /// }
+    /// ```
+    public var peers: Peers {
+        Peers { [self] () async throws(RndzError) in try await nextPeer() }
+    }
+
+    /// The peers of a ``UDPListener``: see ``UDPListener/peers``.
+    public typealias Peers = ListenerSequence<Peer>
+
+    /// Waits like ``waitRegistered(timeout:)`` without holding a thread.
+    ///
+    /// - Throws: also ``RndzError/canceled`` if the task is cancelled (at once).
     public func waitRegistered(timeout: Duration) async throws(RndzError) {
-        try await offPool { [self] (flag) throws(RndzError) in
-            // Wait in short slices so that cancellation is noticed.
-            let deadline = ContinuousClock.now + timeout
-            while true {
-                if flag.isCancelled { throw .canceled }
-                let left = (deadline - ContinuousClock.now).clampedMilliseconds()
-                let slice = UInt32(min(left, Int64(cancelSliceMs)))
-                let rc = rndz_udp_listener_wait_registered(handle, slice)
-                if rc == 0 { return }
-                if rc != RNDZ_E_TIMEDOUT.rawValue || left <= Int64(slice) {
-                    _ = try check(rc)
-                }
-            }
-        }
+        try await awaitRegistered(deadline: .now + timeout) { rndz_udp_listener_wait_registered(handle, 0) }
     }
 
     /// Receives one datagram on the peer socket. Blocks until one arrives or `timeout`
@@ -123,37 +138,33 @@ public final class UDPListener: @unchecked Sendable {
     public func receive(maxLength: Int = Datagram.maxSize, timeout: Duration? = nil)
         throws(RndzError) -> Datagram?
     {
-        try receiveDatagram(fd: fileDescriptor, maxLength: maxLength, timeout: timeout, cancel: nil)
+        try receiveDatagram(fd: fileDescriptor, maxLength: maxLength, timeout: timeout)
     }
 
-    /// Receives like ``receive(maxLength:timeout:)`` on a dedicated thread.
+    /// Receives like ``receive(maxLength:timeout:)`` without holding a thread.
     ///
-    /// - Throws: also ``RndzError/canceled`` if the task is cancelled.
+    /// - Throws: also ``RndzError/canceled`` if the task is cancelled (at once).
     public func receive(maxLength: Int = Datagram.maxSize, timeout: Duration? = nil)
         async throws(RndzError) -> Datagram?
     {
-        try await offPool { [self] (flag) throws(RndzError) in
-            try receiveDatagram(fd: fileDescriptor, maxLength: maxLength, timeout: timeout, cancel: flag)
-        }
+        try await receiveDatagram(fd: fileDescriptor, maxLength: maxLength, timeout: timeout)
     }
 
     /// Sends one datagram from the peer socket to `address`. Returns the bytes sent.
     @discardableResult
     public func send(_ bytes: [UInt8], to address: SocketAddress) throws(RndzError) -> Int {
         try withBytes(bytes) { (b) throws(RndzError) in
-            try sendDatagram(fd: fileDescriptor, bytes: b, to: address, cancel: nil)
+            try sendDatagram(fd: fileDescriptor, bytes: b, to: address)
         }
     }
 
-    /// Sends like ``send(_:to:)`` on a dedicated thread (sending blocks only while the
+    /// Sends like ``send(_:to:)`` without holding a thread (sending waits only while the
     /// socket buffer is full).
+    ///
+    /// - Throws: also ``RndzError/canceled`` if the task is cancelled.
     @discardableResult
     public func send(_ bytes: [UInt8], to address: SocketAddress) async throws(RndzError) -> Int {
-        try await offPool { [self] (flag) throws(RndzError) in
-            try withBytes(bytes) { (b) throws(RndzError) in
-                try sendDatagram(fd: fileDescriptor, bytes: b, to: address, cancel: flag)
-            }
-        }
+        try await sendDatagram(fd: fileDescriptor, bytes: bytes, to: address)
     }
 }
 
@@ -179,12 +190,7 @@ public final class UDPSocket: @unchecked Sendable {
 
     /// Takes ownership of a connected UDP socket. On error the fd is closed.
     init(owning fd: Int32, peer: SocketAddress, ourID: String, peerID: String) throws(RndzError) {
-        do throws(RndzError) {
-            self.localAddress = try socketLocalAddress(fd)
-        } catch {
-            close(fd)
-            throw error
-        }
+        self.localAddress = try cleaningUp({ close(fd) }) { () throws(RndzError) in try socketLocalAddress(fd) }
         self.fileDescriptor = fd
         self.peer = peer
         self.ourID = ourID
@@ -210,18 +216,16 @@ public final class UDPSocket: @unchecked Sendable {
     @discardableResult
     public func send(_ bytes: [UInt8]) throws(RndzError) -> Int {
         try withBytes(bytes) { (b) throws(RndzError) in
-            try sendDatagram(fd: fileDescriptor, bytes: b, to: nil, cancel: nil)
+            try sendDatagram(fd: fileDescriptor, bytes: b, to: nil)
         }
     }
 
-    /// Sends like ``send(_:)`` on a dedicated thread.
+    /// Sends like ``send(_:)`` without holding a thread.
+    ///
+    /// - Throws: also ``RndzError/canceled`` if the task is cancelled.
     @discardableResult
     public func send(_ bytes: [UInt8]) async throws(RndzError) -> Int {
-        try await offPool { [self] (flag) throws(RndzError) in
-            try withBytes(bytes) { (b) throws(RndzError) in
-                try sendDatagram(fd: fileDescriptor, bytes: b, to: nil, cancel: flag)
-            }
-        }
+        try await sendDatagram(fd: fileDescriptor, bytes: bytes, to: nil)
     }
 
     /// Receives one datagram from the peer. Blocks until one arrives or `timeout` passes
@@ -236,19 +240,17 @@ public final class UDPSocket: @unchecked Sendable {
         throws(RndzError) -> [UInt8]?
     {
         try receiveDatagram(
-            fd: fileDescriptor, maxLength: maxLength, timeout: timeout, cancel: nil, skip: isPunch)?.bytes
+            fd: fileDescriptor, maxLength: maxLength, timeout: timeout, skip: isPunch)?.bytes
     }
 
-    /// Receives like ``receive(maxLength:timeout:)`` on a dedicated thread.
+    /// Receives like ``receive(maxLength:timeout:)`` without holding a thread.
     ///
-    /// - Throws: also ``RndzError/canceled`` if the task is cancelled.
+    /// - Throws: also ``RndzError/canceled`` if the task is cancelled (at once).
     public func receive(maxLength: Int = Datagram.maxSize, timeout: Duration? = nil)
         async throws(RndzError) -> [UInt8]?
     {
-        try await offPool { [self] (flag) throws(RndzError) in
-            try receiveDatagram(
-                fd: fileDescriptor, maxLength: maxLength, timeout: timeout, cancel: flag, skip: isPunch)?.bytes
-        }
+        try await receiveDatagram(
+            fd: fileDescriptor, maxLength: maxLength, timeout: timeout, skip: isPunch)?.bytes
     }
 }
 
@@ -306,9 +308,9 @@ public struct UDPConnector: Sendable {
         return socket
     }
 
-    /// Connects like ``connect(to:)`` on a dedicated thread, so the cooperative thread pool
-    /// is not blocked. The search is not interrupted by task cancellation; it ends within
-    /// ``ClientOptions/timeout``.
+    /// Connects like ``connect(to:)`` on one of a few threads kept for blocking calls, so the
+    /// cooperative thread pool is not blocked. The search is not interrupted by task
+    /// cancellation; it ends within ``ClientOptions/timeout``.
     public func connect(to target: String) async throws(RndzError) -> UDPSocket {
         try await offPool { [self] () throws(RndzError) in try connect(to: target) }
     }

@@ -421,6 +421,28 @@ func isProtocolPacket(_ bytes: [UInt8]) -> WireMessage? {
     (try? WireMessage(request: bytes)) ?? (try? WireMessage(response: bytes))
 }
 
+/// Creates a listener with `create` and waits until it is registered (`waitRegistered`),
+/// then says so. Returns it, or nil and the exit code (a signal came first: success).
+func openListener<L>(
+    _ opts: ClientOptions, _ stop: StopSignal, _ v: Verbosity,
+    create: (ClientOptions) throws(RndzError) -> L,
+    waitRegistered: (L, Duration) throws(RndzError) -> Void,
+    localAddress: (L) -> SocketAddress
+) -> (L?, Int32) {
+    let listener: L
+    do {
+        listener = try create(opts)
+    } catch {
+        v.error("cannot register as '\(opts.id)': \(error)")
+        return (nil, ExitCode.failure)
+    }
+    guard awaitRegistration(stop, v, { (t) throws(RndzError) in try waitRegistered(listener, t) }) else {
+        return (nil, stop.isSet ? ExitCode.ok : ExitCode.failure)
+    }
+    printOut("registered as \(opts.id) on \(localAddress(listener))")
+    return (listener, ExitCode.ok)
+}
+
 /// Waits until `waitRegistered` succeeds (the listener pings on), saying so if it takes a
 /// while. Returns false if a signal came first or registration failed.
 func awaitRegistration(
@@ -447,17 +469,10 @@ func awaitRegistration(
 
 func runListener(_ opts: ClientOptions, _ v: Verbosity) -> Int32 {
     let stop = StopSignal()
-    let listener: UDPListener
-    do {
-        listener = try UDPListener(options: opts)
-    } catch {
-        v.error("cannot register as '\(opts.id)': \(error)")
-        return ExitCode.failure
-    }
-    guard awaitRegistration(stop, v, { (t) throws(RndzError) in try listener.waitRegistered(timeout: t) }) else {
-        return stop.isSet ? ExitCode.ok : ExitCode.failure
-    }
-    printOut("registered as \(opts.id) on \(listener.localAddress)")
+    let (opened, code) = openListener(
+        opts, stop, v, create: { (o) throws(RndzError) in try UDPListener(options: o) },
+        waitRegistered: { (l, t) throws(RndzError) in try l.waitRegistered(timeout: t) }, localAddress: \.localAddress)
+    guard let listener = opened else { return code }
     var seen = Set<SocketAddress>()
     while !stop.isSet {
         // Peers as the library learns of them (verified paths, or v1 peers), on stderr.
@@ -547,17 +562,10 @@ let tcpPeerReadTimeout = Duration.seconds(20)
 
 func runTCPListener(_ opts: ClientOptions, _ v: Verbosity) -> Int32 {
     let stop = StopSignal()
-    let listener: TCPListener
-    do {
-        listener = try TCPListener(options: opts)
-    } catch {
-        v.error("cannot register as '\(opts.id)': \(error)")
-        return ExitCode.failure
-    }
-    guard awaitRegistration(stop, v, { (t) throws(RndzError) in try listener.waitRegistered(timeout: t) }) else {
-        return stop.isSet ? ExitCode.ok : ExitCode.failure
-    }
-    printOut("registered as \(opts.id) on \(listener.localAddress)")
+    let (opened, code) = openListener(
+        opts, stop, v, create: { (o) throws(RndzError) in try TCPListener(options: o) },
+        waitRegistered: { (l, t) throws(RndzError) in try l.waitRegistered(timeout: t) }, localAddress: \.localAddress)
+    guard let listener = opened else { return code }
     while !stop.isSet {
         let stream: TCPStream
         do {

@@ -6,12 +6,6 @@ import Testing
 import Glibc
 #endif
 
-func loopbackServer(_ text: String = "127.0.0.1:0") throws -> RndzServer {
-    let server = try RndzServer(options: ServerOptions(listenAddress: try SocketAddress(parsing: text)))
-    try server.start()
-    return server
-}
-
 /// Polls `condition` until it holds or `timeout` passes.
 func eventually(timeout: Duration = .seconds(5), _ condition: () -> Bool) -> Bool {
     let deadline = ContinuousClock.now + timeout
@@ -135,16 +129,14 @@ struct PairingTests {
     @Test(arguments: ["127.0.0.1:0", "[::1]:0"])
     func pairs(_ listen: String) throws {
         let server = try loopbackServer(listen)
-        let servers = ["\(server.localAddress)"]
-        let aliceID = uniqueID("alice")
-        let alice = try UDPListener(options: ClientOptions(id: aliceID, servers: servers))
-        #expect(alice.id == aliceID)
+        let alice = try UDPListener(options: clientOptions("alice", server))
+        #expect(alice.id.hasPrefix("alice-"))
         #expect(alice.fileDescriptor >= 0)
         try alice.waitRegistered(timeout: .seconds(5))
         #expect(eventually { server.stats.udpPeers == 1 })
 
-        let bob = try UDPConnector(options: ClientOptions(id: uniqueID("bob"), servers: servers))
-            .connect(to: aliceID)
+        let bob = try UDPConnector(options: clientOptions("bob", server))
+            .connect(to: alice.id)
         #expect(bob.peer.port == alice.localAddress.port)
         #expect(bob.peer.family == server.localAddress.family)
         #expect(bob.localAddress.port != 0)
@@ -161,12 +153,10 @@ struct PairingTests {
     @Test(arguments: ["127.0.0.1:0", "[::1]:0"])
     func pairsAsync(_ listen: String) async throws {
         let server = try loopbackServer(listen)
-        let servers = ["\(server.localAddress)"]
-        let aliceID = uniqueID("alice")
-        let alice = try UDPListener(options: ClientOptions(id: aliceID, servers: servers))
+        let alice = try UDPListener(options: clientOptions("alice", server))
         try await alice.waitRegistered(timeout: .seconds(5))
-        let bob = try await UDPConnector(options: ClientOptions(id: uniqueID("bob"), servers: servers))
-            .connect(to: aliceID)
+        let bob = try await UDPConnector(options: clientOptions("bob", server))
+            .connect(to: alice.id)
         try await bob.send(Array("ping".utf8))
         var got: Datagram?
         while got == nil {
@@ -208,17 +198,36 @@ struct PairingTests {
         #expect(v1.receive()?.bytes == Array("back".utf8))
     }
 
-    @Test func notFoundIsTypedAndFast() async throws {
+    /// The listener's peers as an AsyncSequence: the connector shows up, verified; the
+    /// sequence ends when the consuming task is cancelled.
+    @Test func peersSequenceYieldsConnectorsAndEndsOnCancel() async throws {
         let server = try loopbackServer()
-        var o = ClientOptions(id: uniqueID("c"), servers: ["\(server.localAddress)"])
-        o.timeout = .seconds(5)
-        let start = ContinuousClock.now
-        #expect(throws: RndzError.notFound) { _ = try syncConnect(o, to: uniqueID("nobody")) }
-        await #expect(throws: RndzError.notFound) {
-            _ = try await UDPConnector(options: o).connect(to: uniqueID("nobody"))
+        let alice = try UDPListener(options: clientOptions("alice", server))
+        try await alice.waitRegistered(timeout: .seconds(5))
+        #expect(try await alice.nextPeer(timeout: .milliseconds(20)) == nil)
+        final class Seen: Sendable { let peers = Mutex<[UDPListener.Peer]>([]) }
+        let seen = Seen()
+        let consumer = Task {
+            for try await peer in alice.peers { seen.peers.withLock { $0.append(peer) } }
         }
-        // Every server said "not found": no need to wait for the timeout.
-        #expect(ContinuousClock.now - start < .seconds(3))
+        let bobOptions = clientOptions("bob", server)
+        let bobID = bobOptions.id
+        let bob = try await UDPConnector(options: bobOptions).connect(to: alice.id)
+        // Queued once the listener's probes verified the path.
+        #expect(eventually { seen.peers.withLock { $0.contains { $0.id == bobID } } })
+        let peer = try #require(seen.peers.withLock { $0.first { $0.id == bobID } })
+        #expect(peer.address.port == bob.localAddress.port)
+        #expect(peer.path.verified)
+        let start = ContinuousClock.now
+        consumer.cancel()
+        try await consumer.value  // ends without an error
+        #expect(ContinuousClock.now - start < .milliseconds(500))
+    }
+
+    @Test func notFoundIsTypedAndFast() async throws {
+        try await expectNotFoundFast(
+            sync: { (o, id) throws(RndzError) in _ = try syncConnect(o, to: id) },
+            async: { (o, id) async throws(RndzError) in _ = try await UDPConnector(options: o).connect(to: id) })
     }
 
     @Test func timedOutIsTypedAndDistinct() async throws {
@@ -226,17 +235,9 @@ struct PairingTests {
         var o = ClientOptions(id: uniqueID("c"), servers: ["\(silent.address)"])
         o.round = .milliseconds(100)
         o.timeout = .milliseconds(300)
-        let start = ContinuousClock.now
-        do {
-            _ = try syncConnect(o, to: "anyone")
-            Issue.record("connected to nobody")
-        } catch .notFound {
-            Issue.record("a silent server is not 'not found'")
-        } catch {
-            #expect(error == .timedOut)
-        }
-        #expect(ContinuousClock.now - start >= .milliseconds(250))
-        await #expect(throws: RndzError.timedOut) { _ = try await UDPConnector(options: o).connect(to: "anyone") }
+        await expectTimedOut(
+            o, sync: { (o, id) throws(RndzError) in _ = try syncConnect(o, to: id) },
+            async: { (o, id) async throws(RndzError) in _ = try await UDPConnector(options: o).connect(to: id) })
         // The connector asked in rounds.
         #expect(silent.receive(timeout: .milliseconds(100)) != nil)
         #expect(RndzError.timedOut != RndzError.notFound)
@@ -259,7 +260,7 @@ struct PairingTests {
 
     @Test func receiveTimesOutAndCancels() async throws {
         let server = try loopbackServer()
-        let l = try UDPListener(options: ClientOptions(id: uniqueID("l"), servers: ["\(server.localAddress)"]))
+        let l = try UDPListener(options: clientOptions("l", server))
         #expect(try syncReceive(l, timeout: .milliseconds(50)) == nil)
         #expect(try await l.receive(timeout: .milliseconds(50)) == nil)
         let t = Task { try await l.receive() }
@@ -272,7 +273,7 @@ struct PairingTests {
     @Test func byeOnDeinit() throws {
         let server = try loopbackServer()
         do {
-            let l = try UDPListener(options: ClientOptions(id: uniqueID("l"), servers: ["\(server.localAddress)"]))
+            let l = try UDPListener(options: clientOptions("l", server))
             try l.waitRegistered(timeout: .seconds(5))
             #expect(eventually { server.stats.udpPeers == 1 })
         }
@@ -280,23 +281,14 @@ struct PairingTests {
     }
 
     @Test func badOptions() throws {
+        try expectBadListenerOptionsRefused { (o) throws(RndzError) in _ = try UDPListener(options: o) }
         let server = try loopbackServer()
-        let s = ["\(server.localAddress)"]
-        #expect(throws: RndzError.badID) { _ = try UDPListener(options: ClientOptions(id: "", servers: s)) }
-        #expect(throws: RndzError.badID) {
-            _ = try UDPListener(options: ClientOptions(id: String(repeating: "x", count: 256), servers: s))
-        }
-        #expect(throws: RndzError.badID) { _ = try UDPListener(options: ClientOptions(id: "a\0b", servers: s)) }
-        #expect(throws: RndzError.noServer) { _ = try UDPListener(options: ClientOptions(id: "a", servers: [])) }
-        #expect(throws: RndzError.badAddress) { _ = try UDPListener(options: ClientOptions(id: "a", servers: ["nonsense"])) }
-        #expect(throws: RndzError.badID) {
-            _ = try UDPConnector(options: ClientOptions(id: "a", servers: s)).connect(to: "")
-        }
+        #expect(throws: RndzError.badID) { _ = try UDPConnector(options: clientOptions("a", server)).connect(to: "") }
     }
 
     @Test func explicitLocalAddress() throws {
         let server = try loopbackServer()
-        var o = ClientOptions(id: uniqueID("l"), servers: ["\(server.localAddress)"])
+        var o = clientOptions("l", server)
         o.localAddress = try SocketAddress(parsing: "127.0.0.1:0")
         let l = try UDPListener(options: o)
         #expect(l.localAddress.addressBytes == [127, 0, 0, 1])

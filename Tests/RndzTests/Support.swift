@@ -10,29 +10,35 @@ import Glibc
 import Musl
 #endif
 
+/// A socket of `type` bound to `text` (then `setUp`, which returns false on failure, with
+/// errno set), and the address it got.
+func boundSocket(_ type: Int32, _ text: String, setUp: (Int32) -> Bool = { _ in true }) throws
+    -> (Int32, SocketAddress)
+{
+    let local = try SocketAddress(parsing: text)
+    let family = local.family == .ipv4 ? AF_INET : AF_INET6
+    let fd = socket(family, type | Int32(SOCK_CLOEXEC.rawValue), 0)
+    guard fd >= 0 else { throw RndzError(errno: errno) }
+    guard local.withSockAddr({ bind(fd, $0, $1) }) == 0, setUp(fd) else {
+        let e = errno
+        close(fd)
+        throw RndzError(errno: e)
+    }
+    var ss = sockaddr_storage()
+    var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+    _ = withUnsafeMutablePointer(to: &ss) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+    }
+    return (fd, try SocketAddress(ss))
+}
+
 /// A plain UDP socket bound to a loopback port, for speaking raw bytes.
 final class RawUDP {
     let fd: Int32
     let address: SocketAddress
 
     init(bind text: String = "127.0.0.1:0") throws {
-        let local = try SocketAddress(parsing: text)
-        let family = local.family == .ipv4 ? AF_INET : AF_INET6
-        let fd = socket(family, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw RndzError(errno: errno) }
-        let rc = local.withSockAddr { bind(fd, $0, $1) }
-        guard rc == 0 else {
-            let e = errno
-            close(fd)
-            throw RndzError(errno: e)
-        }
-        var ss = sockaddr_storage()
-        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        _ = withUnsafeMutablePointer(to: &ss) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
-        }
-        self.fd = fd
-        address = try SocketAddress(ss)
+        (fd, address) = try boundSocket(Int32(SOCK_DGRAM.rawValue), text)
     }
 
     deinit { close(fd) }
@@ -78,23 +84,9 @@ final class RawTCPServer {
     let address: SocketAddress
 
     init(bind text: String = "127.0.0.1:0", listening: Bool = true) throws {
-        let local = try SocketAddress(parsing: text)
-        let family = local.family == .ipv4 ? AF_INET : AF_INET6
-        let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw RndzError(errno: errno) }
-        let rc = local.withSockAddr { bind(fd, $0, $1) }
-        guard rc == 0, !listening || listen(fd, 16) == 0 else {
-            let e = errno
-            close(fd)
-            throw RndzError(errno: e)
+        (fd, address) = try boundSocket(Int32(SOCK_STREAM.rawValue), text) { fd in
+            !listening || listen(fd, 16) == 0
         }
-        var ss = sockaddr_storage()
-        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        _ = withUnsafeMutablePointer(to: &ss) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
-        }
-        self.fd = fd
-        address = try SocketAddress(ss)
     }
 
     deinit { close(fd) }
@@ -357,4 +349,65 @@ final class Child {
         c.wait(timeout: timeout)
         return c
     }
+}
+
+// MARK: - Set-ups and checks the UDP and TCP suites share
+
+/// A started rendezvous server on loopback (port 0).
+func loopbackServer(_ text: String = "127.0.0.1:0") throws -> RndzServer {
+    let server = try RndzServer(options: ServerOptions(listenAddress: try SocketAddress(parsing: text)))
+    try server.start()
+    return server
+}
+
+/// Client options with a fresh id (`prefix` and a random part) for `server`.
+func clientOptions(_ prefix: String, _ server: RndzServer) -> ClientOptions {
+    ClientOptions(id: uniqueID(prefix), servers: ["\(server.localAddress)"])
+}
+
+/// A connect to an id nobody registered fails with `notFound`, blocking (`sync`) and async,
+/// without waiting for the timeout.
+func expectNotFoundFast(
+    sync: (ClientOptions, String) throws(RndzError) -> Void,
+    async: (ClientOptions, String) async throws(RndzError) -> Void
+) async throws {
+    let server = try loopbackServer()
+    var o = clientOptions("c", server)
+    o.timeout = .seconds(5)
+    let start = ContinuousClock.now
+    #expect(throws: RndzError.notFound) { try sync(o, uniqueID("nobody")) }
+    await #expect(throws: RndzError.notFound) { try await async(o, uniqueID("nobody")) }
+    // Every server said "not found": no need to wait for the timeout.
+    #expect(ContinuousClock.now - start < .seconds(3))
+}
+
+/// A connect through a server that never answers (options `o`) fails with `timedOut`, not
+/// `notFound`, blocking (`sync`) and async, after the timeout.
+func expectTimedOut(
+    _ o: ClientOptions,
+    sync: (ClientOptions, String) throws(RndzError) -> Void,
+    async: (ClientOptions, String) async throws(RndzError) -> Void
+) async {
+    let start = ContinuousClock.now
+    do {
+        try sync(o, "anyone")
+        Issue.record("connected to nobody")
+    } catch .notFound {
+        Issue.record("a silent server is not 'not found'")
+    } catch {
+        #expect(error == .timedOut)
+    }
+    #expect(ContinuousClock.now - start >= .milliseconds(250))
+    await #expect(throws: RndzError.timedOut) { try await async(o, "anyone") }
+}
+
+/// A listener (made by `make`) refuses bad ids and server lists, typed.
+func expectBadListenerOptionsRefused(_ make: (ClientOptions) throws(RndzError) -> Void) throws {
+    let server = try loopbackServer()
+    let s = ["\(server.localAddress)"]
+    #expect(throws: RndzError.badID) { try make(ClientOptions(id: "", servers: s)) }
+    #expect(throws: RndzError.badID) { try make(ClientOptions(id: String(repeating: "x", count: 256), servers: s)) }
+    #expect(throws: RndzError.badID) { try make(ClientOptions(id: "a\0b", servers: s)) }
+    #expect(throws: RndzError.noServer) { try make(ClientOptions(id: "a", servers: [])) }
+    #expect(throws: RndzError.badAddress) { try make(ClientOptions(id: "a", servers: ["nonsense"])) }
 }

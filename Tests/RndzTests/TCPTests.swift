@@ -44,7 +44,7 @@ func registeredTCPListener(_ server: RndzServer, id: String = uniqueID("alice"))
 
 /// The two ends of a connection made through `server`: (connector's, listener's accepted).
 func tcpPair(_ server: RndzServer, _ l: TCPListener) throws -> (TCPStream, TCPStream) {
-    let bob = try syncTCPConnect(ClientOptions(id: uniqueID("bob"), servers: ["\(server.localAddress)"]), to: l.id)
+    let bob = try syncTCPConnect(clientOptions("bob", server), to: l.id)
     let a = try syncAccept(l, timeout: .seconds(5))
     return (bob, a)
 }
@@ -55,16 +55,14 @@ struct TCPPairingTests {
     @Test(arguments: ["127.0.0.1:0", "[::1]:0"])
     func pairs(_ listen: String) throws {
         let server = try loopbackServer(listen)
-        let servers = ["\(server.localAddress)"]
-        let aliceID = uniqueID("alice")
-        let alice = try TCPListener(options: ClientOptions(id: aliceID, servers: servers))
-        #expect(alice.id == aliceID)
+        let alice = try TCPListener(options: clientOptions("alice", server))
+        #expect(alice.id.hasPrefix("alice-"))
         #expect(alice.localAddress.port != 0)
         try alice.waitRegistered(timeout: .seconds(5))
         #expect(eventually { server.stats.tcpPeers == 1 })
 
-        let bob = try TCPConnector(options: ClientOptions(id: uniqueID("bob"), servers: servers))
-            .connect(to: aliceID)
+        let bob = try TCPConnector(options: clientOptions("bob", server))
+            .connect(to: alice.id)
         #expect(bob.peer.port == alice.localAddress.port)
         #expect(bob.peer.family == server.localAddress.family)
         #expect(bob.localAddress.port != 0)
@@ -107,13 +105,11 @@ struct TCPPairingTests {
     @Test(arguments: ["127.0.0.1:0", "[::1]:0"])
     func pairsAsync(_ listen: String) async throws {
         let server = try loopbackServer(listen)
-        let servers = ["\(server.localAddress)"]
-        let aliceID = uniqueID("alice")
-        let alice = try TCPListener(options: ClientOptions(id: aliceID, servers: servers))
+        let alice = try TCPListener(options: clientOptions("alice", server))
         try await alice.waitRegistered(timeout: .seconds(5))
         async let accepted = alice.accept(timeout: .seconds(5))
-        let bob = try await TCPConnector(options: ClientOptions(id: uniqueID("bob"), servers: servers))
-            .connect(to: aliceID)
+        let bob = try await TCPConnector(options: clientOptions("bob", server))
+            .connect(to: alice.id)
         let a = try await accepted
         #expect(a.peer.port == bob.localAddress.port)
         #expect(bob.peer.port == alice.localAddress.port)
@@ -153,10 +149,9 @@ struct TCPPairingTests {
             }
             return streams
         }
-        let servers = ["\(server.localAddress)"]
         var bobs: [TCPStream] = []
         for _ in 0..<2 {
-            let bob = try await TCPConnector(options: ClientOptions(id: uniqueID("bob"), servers: servers))
+            let bob = try await TCPConnector(options: clientOptions("bob", server))
                 .connect(to: alice.id)
             #expect(try await bob.receive(timeout: .seconds(5)) == Array("hi".utf8))
             bobs.append(bob)
@@ -204,33 +199,18 @@ struct TCPPairingTests {
     }
 
     @Test func notFoundIsTypedAndFast() async throws {
-        let server = try loopbackServer()
-        var o = ClientOptions(id: uniqueID("c"), servers: ["\(server.localAddress)"])
-        o.timeout = .seconds(5)
-        let start = ContinuousClock.now
-        #expect(throws: RndzError.notFound) { _ = try syncTCPConnect(o, to: uniqueID("nobody")) }
-        await #expect(throws: RndzError.notFound) {
-            _ = try await TCPConnector(options: o).connect(to: uniqueID("nobody"))
-        }
-        // The server said "not found": no need to wait for the timeout.
-        #expect(ContinuousClock.now - start < .seconds(3))
+        try await expectNotFoundFast(
+            sync: { (o, id) throws(RndzError) in _ = try syncTCPConnect(o, to: id) },
+            async: { (o, id) async throws(RndzError) in _ = try await TCPConnector(options: o).connect(to: id) })
     }
 
     @Test func timedOutIsTypedAndDistinct() async throws {
         let silent = try RawTCPServer()  // accepts, never answers
         var o = ClientOptions(id: uniqueID("c"), servers: ["\(silent.address)"])
         o.timeout = .milliseconds(300)
-        let start = ContinuousClock.now
-        do {
-            _ = try syncTCPConnect(o, to: "anyone")
-            Issue.record("connected to nobody")
-        } catch .notFound {
-            Issue.record("a silent server is not 'not found'")
-        } catch {
-            #expect(error == .timedOut)
-        }
-        #expect(ContinuousClock.now - start >= .milliseconds(250))
-        await #expect(throws: RndzError.timedOut) { _ = try await TCPConnector(options: o).connect(to: "anyone") }
+        await expectTimedOut(
+            o, sync: { (o, id) throws(RndzError) in _ = try syncTCPConnect(o, to: id) },
+            async: { (o, id) async throws(RndzError) in _ = try await TCPConnector(options: o).connect(to: id) })
         // The silent server saw the connector's Isync, as a v1 frame.
         let c = try #require(silent.accept())
         let isync = try WireMessage(request: try #require(c.readFrame()))
@@ -351,16 +331,9 @@ struct TCPPairingTests {
     }
 
     @Test func badOptions() throws {
+        try expectBadListenerOptionsRefused { (o) throws(RndzError) in _ = try TCPListener(options: o) }
         let server = try loopbackServer()
-        let s = ["\(server.localAddress)"]
-        #expect(throws: RndzError.badID) { _ = try TCPListener(options: ClientOptions(id: "", servers: s)) }
-        #expect(throws: RndzError.badID) {
-            _ = try TCPListener(options: ClientOptions(id: String(repeating: "x", count: 256), servers: s))
-        }
-        #expect(throws: RndzError.badID) { _ = try TCPListener(options: ClientOptions(id: "a\0b", servers: s)) }
-        #expect(throws: RndzError.noServer) { _ = try TCPListener(options: ClientOptions(id: "a", servers: [])) }
-        #expect(throws: RndzError.badAddress) { _ = try TCPListener(options: ClientOptions(id: "a", servers: ["nonsense"])) }
-        let c = TCPConnector(options: ClientOptions(id: "a", servers: s))
+        let c = TCPConnector(options: clientOptions("a", server))
         #expect(throws: RndzError.badID) { _ = try c.connect(to: "") }
         #expect(throws: RndzError.badID) { _ = try c.connect(to: "x\0y") }
         #expect(throws: RndzError.noServer) {
@@ -371,7 +344,7 @@ struct TCPPairingTests {
     @Test func explicitLocalAddressAndSocketConfigure() throws {
         let server = try loopbackServer()
         let types = Mutex<Set<Int32>>([])
-        var o = ClientOptions(id: uniqueID("l"), servers: ["\(server.localAddress)"])
+        var o = clientOptions("l", server)
         o.localAddress = try SocketAddress(parsing: "127.0.0.1:0")
         o.socketConfigure = { _, _, type in types.withLock { _ = $0.insert(type) } }
         let l = try TCPListener(options: o)

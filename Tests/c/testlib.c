@@ -1,4 +1,5 @@
-/* testlib.c: see testlib.h. */
+/* testlib.c: see testlib.h. It also holds the one definition of the checks (check.h). */
+#define TL_CHECK_IMPLEMENTATION
 #include "testlib.h"
 
 #include <arpa/inet.h>
@@ -16,10 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
-int tl_failures;
-int tl_checks;
 static const char *tl_name = "test";
-static char tl_case_name[160];
 
 static void on_alarm(int sig) {
     (void)sig;
@@ -60,8 +58,7 @@ unsigned tl_ms(unsigned ms) { return ms * tl_slow(); }
 
 int tl_finish(void) {
     alarm(0);
-    printf("%s: %d checks, %d failed\n", tl_name, tl_checks, tl_failures);
-    return tl_failures ? 1 : 0;
+    return tl_summary(tl_name);
 }
 
 void tl_note(const char *fmt, ...) {
@@ -71,69 +68,6 @@ void tl_note(const char *fmt, ...) {
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     va_end(ap);
-}
-
-void tl_case(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(tl_case_name, sizeof tl_case_name, fmt, ap);
-    va_end(ap);
-}
-
-static void fail_head(const char *file, int line) {
-    tl_failures++;
-    fprintf(stderr, "%s:%d: FAIL", file, line);
-    if (tl_case_name[0]) fprintf(stderr, " [%s]", tl_case_name);
-    fputs(": ", stderr);
-}
-
-bool tl_check(bool ok, const char *file, int line, const char *expr) {
-    tl_checks++;
-    if (ok) return true;
-    fail_head(file, line);
-    fprintf(stderr, "%s\n", expr);
-    return false;
-}
-
-bool tl_check_eq_int(long long a, long long b, const char *file, int line, const char *ea,
-                     const char *eb) {
-    tl_checks++;
-    if (a == b) return true;
-    fail_head(file, line);
-    fprintf(stderr, "%s == %s: got %lld, want %lld\n", ea, eb, a, b);
-    return false;
-}
-
-bool tl_check_eq_rc(long long a, long long b, const char *file, int line, const char *ea,
-                    const char *eb) {
-    tl_checks++;
-    if (a == b) return true;
-    fail_head(file, line);
-    fprintf(stderr, "%s == %s: got %lld (%s), want %lld (%s)\n", ea, eb, a,
-            a < 0 && a > -100000 ? rndz_err_name((int)a) : "-", b,
-            b < 0 && b > -100000 ? rndz_err_name((int)b) : "-");
-    return false;
-}
-
-bool tl_check_eq_mem(const void *a, size_t alen, const void *b, size_t blen, const char *file,
-                     int line, const char *ea, const char *eb) {
-    tl_checks++;
-    if (alen == blen && (alen == 0 || memcmp(a, b, alen) == 0)) return true;
-    char ha[512], hb[512];
-    fail_head(file, line);
-    fprintf(stderr, "%s == %s:\n    got  (%zu) %s\n    want (%zu) %s\n", ea, eb, alen,
-            tl_tohex(a, alen, ha, sizeof ha), blen, tl_tohex(b, blen, hb, sizeof hb));
-    return false;
-}
-
-bool tl_check_eq_str(const char *a, const char *b, const char *file, int line, const char *ea,
-                     const char *eb) {
-    tl_checks++;
-    if (a && b && strcmp(a, b) == 0) return true;
-    fail_head(file, line);
-    fprintf(stderr, "%s == %s: got \"%s\", want \"%s\"\n", ea, eb, a ? a : "(null)",
-            b ? b : "(null)");
-    return false;
 }
 
 /* --- hex --------------------------------------------------------------------------------- */
@@ -161,20 +95,6 @@ long tl_hex(const char *hex, uint8_t *out, size_t cap) {
         }
     }
     return hi < 0 ? (long)n : -1;
-}
-
-const char *tl_tohex(const void *data, size_t len, char *buf, size_t cap) {
-    const uint8_t *d = data;
-    size_t o = 0;
-    buf[0] = 0;
-    for (size_t i = 0; i < len; i++) {
-        if (o + 8 >= cap) {
-            snprintf(buf + o, cap - o, "...");
-            break;
-        }
-        o += (size_t)snprintf(buf + o, cap - o, i ? " %02x" : "%02x", d[i]);
-    }
-    return buf;
 }
 
 /* --- time -------------------------------------------------------------------------------- */

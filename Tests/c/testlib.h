@@ -18,8 +18,9 @@
 
 /* --- assertions ------------------------------------------------------------------------ */
 
-extern int tl_failures;
-extern int tl_checks;
+/* CHECK, CHECK_EQ_INT, CHECK_RC, CHECK_EQ_MEM, CHECK_EQ_STR, CHECK_EQ_SN, tl_case(): the
+ * check style every C test program shares (check.h; the unit tests use it too). */
+#include "check.h"
 
 /* Start a test program: names it in the summary and arms a watchdog (seconds; the
  * environment variable RNDZ_TEST_TIMEOUT overrides it, e.g. under valgrind). */
@@ -28,40 +29,17 @@ void tl_init(const char *name, unsigned watchdog_s);
  * RNDZ_TEST_SLOW overrides. tl_ms(ms) = ms * tl_slow(). */
 unsigned tl_slow(void);
 unsigned tl_ms(unsigned ms);
-/* Print "name: N checks, M failed" and return the exit status (0 = all passed). */
+/* Print "name: N checks, M failed" (tl_summary) and return the exit status (0 = all passed). */
 int tl_finish(void);
 /* Print a line prefixed with the test name (to stderr). */
 void tl_note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-/* Name the case currently running, shown with every failure. */
-void tl_case(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-bool tl_check(bool ok, const char *file, int line, const char *expr);
-bool tl_check_eq_int(long long a, long long b, const char *file, int line, const char *ea,
-                     const char *eb);
-bool tl_check_eq_rc(long long a, long long b, const char *file, int line, const char *ea,
-                    const char *eb);
-bool tl_check_eq_mem(const void *a, size_t alen, const void *b, size_t blen, const char *file,
-                     int line, const char *ea, const char *eb);
-bool tl_check_eq_str(const char *a, const char *b, const char *file, int line, const char *ea,
-                     const char *eb);
-
-#define CHECK(c) tl_check(!!(c), __FILE__, __LINE__, #c)
-#define CHECK_EQ_INT(a, b) tl_check_eq_int((long long)(a), (long long)(b), __FILE__, __LINE__, #a, #b)
-/* Like CHECK_EQ_INT but prints rndz_err_name() of both sides. */
-#define CHECK_RC(a, b) tl_check_eq_rc((long long)(a), (long long)(b), __FILE__, __LINE__, #a, #b)
-#define CHECK_EQ_MEM(a, alen, b, blen)                                                       \
-    tl_check_eq_mem((a), (alen), (b), (blen), __FILE__, __LINE__, #a, #b)
-#define CHECK_EQ_STR(a, b) tl_check_eq_str((a), (b), __FILE__, __LINE__, #a, #b)
-/* A counted string (not NUL-terminated) equal to a C string. */
-#define CHECK_EQ_SN(s, n, cstr) CHECK_EQ_MEM((s), (n), (cstr), strlen(cstr))
 
 /* --- hex ------------------------------------------------------------------------------- */
 
 /* Parse hex digits (spaces and tabs ignored) into out. Returns the byte count, or -1 on a bad
  * digit, an odd count or overflow of cap. */
 long tl_hex(const char *hex, uint8_t *out, size_t cap);
-/* Format bytes as "0a 02 63 31" into buf (truncated with "..." if cap is short). */
-const char *tl_tohex(const void *data, size_t len, char *buf, size_t cap);
+/* (tl_tohex, the other way, is in check.h.) */
 
 /* --- time ------------------------------------------------------------------------------ */
 

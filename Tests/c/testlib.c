@@ -182,6 +182,12 @@ long tl_sendto(int fd, const void *data, size_t len, const char *to) {
     return tl_sendto_sa(fd, data, len, &ss);
 }
 
+long tl_udp_request(int fd, const void *req, size_t n, const char *to, void *reply, size_t cap,
+                    struct sockaddr_storage *from, unsigned timeout_ms) {
+    CHECK_EQ_INT(tl_sendto(fd, req, n, to), (long)n);
+    return tl_recv_wait(fd, reply, cap, from, timeout_ms);
+}
+
 long tl_recv(int fd, void *buf, size_t cap, struct sockaddr_storage *from) {
     struct sockaddr_storage tmp;
     socklen_t sl = sizeof tmp;
@@ -389,6 +395,143 @@ long tl_recv_data(int fd, void *buf, size_t cap, struct sockaddr_storage *from,
         if (!tl_is_protocol(buf, (size_t)n)) return n;
         if (skipped) (*skipped)++;
     }
+}
+
+/* --- our server on loopback ---------------------------------------------------------------- */
+
+void tl_server_options(rndz_server_options *o, const char *listen) {
+    rndz_server_options_init(o);
+    o->listen_addr = listen;
+}
+
+static bool is_wildcard(const struct sockaddr_storage *ss) {
+    if (ss->ss_family == AF_INET)
+        return ((const struct sockaddr_in *)ss)->sin_addr.s_addr == htonl(INADDR_ANY);
+    const struct in6_addr *a = &((const struct sockaddr_in6 *)ss)->sin6_addr;
+    return IN6_IS_ADDR_UNSPECIFIED(a);
+}
+
+bool tl_server_start(tl_server *v, const rndz_server_options *o) {
+    memset(v, 0, sizeof *v);
+    if (!CHECK_RC(rndz_server_create(o, &v->s), 0)) {
+        v->s = NULL;
+        return false;
+    }
+    CHECK_RC(rndz_server_local_addr(v->s, &v->sa, NULL), 0);
+    v->port = tl_addr_port(&v->sa);
+    CHECK(v->port > 0);
+    if (is_wildcard(&v->sa)) snprintf(v->text, sizeof v->text, "127.0.0.1:%d", v->port);
+    else tl_addr_text(&v->sa, v->text, sizeof v->text);
+    snprintf(v->text6, sizeof v->text6, "[::1]:%d", v->port);
+    if (CHECK_RC(rndz_server_start(v->s), 0)) return true;
+    tl_server_stop(v);
+    return false;
+}
+
+bool tl_server_open(tl_server *v, const char *listen) {
+    rndz_server_options o;
+    tl_server_options(&o, listen);
+    return tl_server_start(v, &o);
+}
+
+void tl_server_stop(tl_server *v) {
+    rndz_server_destroy(v->s);
+    v->s = NULL;
+}
+
+rndz_server_stats tl_server_stats(tl_server *v) {
+    rndz_server_stats st;
+    memset(&st, 0, sizeof st);
+    CHECK_RC(rndz_server_stats_get(v->s, &st), 0);
+    return st;
+}
+
+rndz_server_stats tl_server_await(tl_server *v, size_t stat, uint64_t want, bool at_least,
+                                  unsigned ms) {
+    uint64_t end = tl_now_ms() + ms;
+    rndz_server_stats st;
+    for (;;) {
+        memset(&st, 0, sizeof st);
+        bool last = tl_now_ms() >= end;
+        if (last) CHECK_RC(rndz_server_stats_get(v->s, &st), 0);
+        else rndz_server_stats_get(v->s, &st);
+        uint64_t got;
+        memcpy(&got, (const char *)&st + stat, sizeof got);
+        if (got == want || (at_least && got > want)) {
+            if (!last) CHECK_RC(rndz_server_stats_get(v->s, &st), 0);
+            return st;
+        }
+        if (last) return st;
+        tl_sleep_ms(2);
+    }
+}
+
+/* --- our clients ------------------------------------------------------------------------------ */
+
+void tl_client_options(rndz_client_options *o, const char *id, const char *const *servers,
+                       size_t n) {
+    rndz_client_options_init(o);
+    o->id = id;
+    o->servers = servers;
+    o->n_servers = n;
+}
+
+rndz_udp_listener *tl_udp_listener(const rndz_client_options *o) {
+    rndz_udp_listener *l = NULL;
+    if (!CHECK_RC(rndz_udp_listener_create(o, &l), 0)) return NULL;
+    CHECK_RC(rndz_udp_listener_wait_registered(l, tl_ms(3000)), 0);
+    return l;
+}
+
+rndz_tcp_listener *tl_tcp_listener(const rndz_client_options *o) {
+    rndz_tcp_listener *l = NULL;
+    if (!CHECK_RC(rndz_tcp_listener_create(o, &l), 0)) return NULL;
+    CHECK_RC(rndz_tcp_listener_wait_registered(l, tl_ms(3000)), 0);
+    return l;
+}
+
+static uint64_t now_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static void *tcp_job_thread(void *arg) {
+    tl_tcp_job *j = arg;
+    uint64_t t0 = now_us();
+    j->rc = rndz_tcp_connect(&j->o, j->target, &j->peer, NULL);
+    j->elapsed_us = now_us() - t0;
+    return NULL;
+}
+
+void tl_tcp_job_run(tl_tcp_job *j) {
+    if (pthread_create(&j->thread, NULL, tcp_job_thread, j) != 0) die("pthread_create");
+}
+
+int tl_tcp_job_join(tl_tcp_job *j) {
+    pthread_join(j->thread, NULL);
+    return j->rc;
+}
+
+/* --- leaks ------------------------------------------------------------------------------------ */
+
+tl_mark tl_mark_now(bool threads) {
+    return (tl_mark){tl_count_fds(), threads ? tl_count_threads() : -1};
+}
+
+void tl_mark_check(const tl_mark *m) {
+    CHECK_EQ_INT(tl_count_fds(), m->fds);
+    if (m->threads >= 0) CHECK_EQ_INT(tl_threads_settled(m->threads), m->threads);
+}
+
+long tl_rss_kb(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmRSS: %ld", &kb) == 1) break;
+    if (f) fclose(f);
+    return kb;
 }
 
 /* --- vectors ----------------------------------------------------------------------------- */

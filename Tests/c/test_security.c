@@ -122,6 +122,15 @@ static void ask(int fd, tl_server *v, const char *id, int field, const char *pee
 
 static int udp_at(const char *addr) { return tl_udp_socket_at(addr, 1000); }
 
+/* carol asks for alice (signed by `signer`, or not): alice is gone, a Redirect with no
+ * address comes back. */
+static void expect_alice_gone(int c, tl_server *v, const char *signer) {
+    ask(c, v, "carol", F_ISYNC, "alice", signer);
+    char addr[RNDZ_ADDRSTRLEN + 1] = "x";
+    expect_rsp(c, RNDZ_RSP_REDIRECT, "carol", "alice", addr);
+    CHECK_EQ_STR(addr, "");
+}
+
 /* Options of one of our clients here: bound to 127.0.0.1, with its credential (or NULL). */
 static void client(rndz_client_options *o, const char *id, const char *const *servers,
                    const uint8_t *credential) {
@@ -198,10 +207,7 @@ static void test_no_auth_bye_and_hijack(void) {
     send_to(m, b, n, &v);
     st = stats_after(&v, 7);
     CHECK_EQ_INT(st.udp_peers, 1);
-    ask(c, &v, "carol", F_ISYNC, "alice", NULL);
-    char addr[RNDZ_ADDRSTRLEN + 1] = "x";
-    expect_rsp(c, RNDZ_RSP_REDIRECT, "carol", "alice", addr);
-    CHECK_EQ_STR(addr, "");
+    expect_alice_gone(c, &v, NULL);
     close(a);
     close(m);
     close(c);
@@ -350,10 +356,7 @@ static void test_auth_hijack(void) {
     /* alice's own signed Bye, from her address, removes her */
     ask(a, &v, "alice", F_BYE, NULL, "alice");
     tl_sleep_ms(tl_ms(50));
-    ask(c, &v, "carol", F_ISYNC, "alice", "carol");
-    addr[0] = 'x';
-    expect_rsp(c, RNDZ_RSP_REDIRECT, "carol", "alice", addr);
-    CHECK_EQ_STR(addr, "");
+    expect_alice_gone(c, &v, "carol");
     close(a);
     close(m);
     close(c);

@@ -43,6 +43,15 @@ static int tcp_socket(int family, const struct sockaddr_storage *bind_to, bool r
     return fd;
 }
 
+/* A raw TCP socket bound to 127.0.0.1:0 (shareable if reuse); *where gets its address. */
+static int tcp_bound(struct sockaddr_storage *where, bool reuse) {
+    rndz_addr_parse("127.0.0.1:0", where, NULL);
+    int fd = tcp_socket(AF_INET, where, reuse);
+    socklen_t sl = sizeof *where;
+    getsockname(fd, (struct sockaddr *)where, &sl);
+    return fd;
+}
+
 static socklen_t sa_len(const struct sockaddr_storage *ss) {
     return ss->ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
 }
@@ -349,6 +358,20 @@ static rndz_client_options client_opts(const char *id, const char **servers, siz
 }
 
 /* Data both ways over a connected pair. */
+static void exchange(int x, int y);
+
+/* The connector got fd (or an error): the listener accepts its side, they exchange data, both
+ * are closed. */
+static void accept_and_talk(rndz_tcp_listener *l, int fd) {
+    CHECK(fd >= 0);
+    int a = rndz_tcp_listener_accept(l, tl_ms(3000), NULL, NULL);
+    CHECK(a >= 0);
+    if (fd >= 0 && a >= 0) exchange(fd, a);
+    if (fd >= 0) close(fd);
+    if (a >= 0) close(a);
+}
+
+/* Data both ways over a connected pair. */
 static void exchange(int x, int y) {
     tl_set_timeout(x, tl_ms(3000));
     tl_set_timeout(y, tl_ms(3000));
@@ -406,8 +429,7 @@ static void test_connect_timeout(void) {
     tl_case("TCP connect to a silent server times out");
     /* a listening socket that never answers: connect succeeds, no Redirect comes */
     struct sockaddr_storage any;
-    rndz_addr_parse("127.0.0.1:0", &any, NULL);
-    int ls = tcp_socket(AF_INET, &any, false);
+    int ls = tcp_bound(&any, false);
     CHECK_EQ_INT(listen(ls, 4), 0);
     char text[RNDZ_ADDRSTRLEN];
     tl_local_text(ls, text, sizeof text);
@@ -428,10 +450,7 @@ static void test_v1_listener_with_our_connector(void) {
     tl_server v;
     if (!start_server(&v, "127.0.0.1:0", 0)) return;
     struct sockaddr_storage local;
-    rndz_addr_parse("127.0.0.1:0", &local, NULL);
-    int ls = tcp_socket(AF_INET, &local, true);
-    socklen_t ll = sizeof local;
-    getsockname(ls, (struct sockaddr *)&local, &ll);
+    int ls = tcp_bound(&local, true);
     CHECK_EQ_INT(listen(ls, 8), 0);
     int srv = tcp_connect(&v.sa, &local);
     CHECK(srv >= 0);
@@ -476,10 +495,7 @@ static void test_v1_connector_with_our_listener(void) {
     rndz_client_options lo = client_opts("c1", servers, 1);
     rndz_tcp_listener *l = tl_tcp_listener(&lo);
     struct sockaddr_storage local;
-    rndz_addr_parse("127.0.0.1:0", &local, NULL);
-    int srv = tcp_socket(AF_INET, &local, true);
-    socklen_t ll = sizeof local;
-    getsockname(srv, (struct sockaddr *)&local, &ll);
+    int srv = tcp_bound(&local, true);
     CHECK_EQ_INT(connect(srv, (struct sockaddr *)&v.sa, sa_len(&v.sa)), 0);
     send_vec(srv, "tcp.isync"); /* c2 asks for c1 */
     uint8_t buf[2048];
@@ -496,12 +512,7 @@ static void test_v1_connector_with_our_listener(void) {
         fd = tcp_connect(&peer, &local);
         if (fd < 0) tl_sleep_ms(50);
     }
-    CHECK(fd >= 0);
-    int a = rndz_tcp_listener_accept(l, tl_ms(3000), NULL, NULL);
-    CHECK(a >= 0);
-    if (fd >= 0 && a >= 0) exchange(fd, a);
-    if (fd >= 0) close(fd);
-    if (a >= 0) close(a);
+    accept_and_talk(l, fd);
     close(srv);
     rndz_tcp_listener_destroy(l);
     tl_server_stop(&v);
@@ -511,10 +522,7 @@ static void test_v1_connector_with_our_listener(void) {
 static void test_v1_server_with_our_clients(void) {
     tl_case("raw v1 TCP server, our listener and connector");
     struct sockaddr_storage sa;
-    rndz_addr_parse("127.0.0.1:0", &sa, NULL);
-    int ls = tcp_socket(AF_INET, &sa, false);
-    socklen_t sl = sizeof sa;
-    getsockname(ls, (struct sockaddr *)&sa, &sl);
+    int ls = tcp_bound(&sa, false);
     CHECK_EQ_INT(listen(ls, 8), 0);
     char st[RNDZ_ADDRSTRLEN];
     rndz_addr_format((struct sockaddr *)&sa, st, sizeof st);
@@ -550,13 +558,7 @@ static void test_v1_server_with_our_clients(void) {
     rndz_msg r = {.cmd = RNDZ_RSP_REDIRECT, .peer_id = "c1", .peer_id_len = 2, .addr = laddr,
                   .addr_len = strlen(laddr)};
     send_frame(cc, &r);
-    tl_tcp_job_join(&j);
-    CHECK(j.rc >= 0);
-    int a = rndz_tcp_listener_accept(l, tl_ms(3000), NULL, NULL);
-    CHECK(a >= 0);
-    if (a >= 0 && j.rc >= 0) exchange(j.rc, a);
-    if (a >= 0) close(a);
-    if (j.rc >= 0) close(j.rc);
+    accept_and_talk(l, tl_tcp_job_join(&j));
     close(cc);
     close(lc);
     close(ls);
@@ -586,13 +588,7 @@ static void test_server_restart(void) {
     tl_note("listener registered again %llu ms after the restart",
             (unsigned long long)(tl_now_ms() - t0));
     rndz_client_options co = client_opts("C", servers, 1);
-    int fd = rndz_tcp_connect(&co, "L", NULL, NULL);
-    CHECK(fd >= 0);
-    int a = rndz_tcp_listener_accept(l, tl_ms(3000), NULL, NULL);
-    CHECK(a >= 0);
-    if (fd >= 0 && a >= 0) exchange(fd, a);
-    if (fd >= 0) close(fd);
-    if (a >= 0) close(a);
+    accept_and_talk(l, rndz_tcp_connect(&co, "L", NULL, NULL));
     rndz_tcp_listener_destroy(l);
     tl_server_stop(&v);
 }

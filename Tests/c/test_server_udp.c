@@ -86,6 +86,24 @@ static size_t msg(uint8_t *out, const char *id, int field, const char *peer, con
 enum { F_PING = 2, F_ISYNC = 3, F_FSYNC = 4, F_RSYNC = 5, F_BYE = 6 };       /* Request */
 enum { F_PONG = 2, F_REDIRECT = 3, F_RFSYNC = 4 };                         /* Response */
 
+/* Send tl_v1_bytes(id, field, peer) from fd. */
+static void send_msg(srv *v, int fd, const char *id, int field, const char *peer, int family) {
+    uint8_t b[512];
+    srv_send(v, fd, b, msg(b, id, field, peer, NULL), family);
+}
+
+/* A Ping of `size` bytes (a 2-byte id length, then id bytes `fill`), into b. */
+static size_t big_ping(uint8_t *b, size_t size, char fill) {
+    size_t idl = size - 5;
+    b[0] = 0x0a;
+    b[1] = (uint8_t)(idl | 0x80);
+    b[2] = (uint8_t)(idl >> 7);
+    memset(b + 3, fill, idl);
+    b[3 + idl] = 0x12;
+    b[4 + idl] = 0x00;
+    return size;
+}
+
 /* Register `id` from fd with a Ping; the Pong has the same bytes, from the server's port. */
 static bool ping_as(srv *v, int fd, const char *id, int family) {
     uint8_t b[512];
@@ -299,15 +317,8 @@ static void test_server_malformed(void) {
         bad++;
     }
     /* oversize: a Ping whose id makes the datagram 1501 and 4000 bytes */
-    for (int size = 1501; size <= 4000; size += 2499) {
-        size_t idl = (size_t)size - 5;
-        b[0] = 0x0a;
-        b[1] = (uint8_t)(idl | 0x80);
-        b[2] = (uint8_t)(idl >> 7);
-        memset(b + 3, 'x', idl);
-        b[3 + idl] = 0x12;
-        b[4 + idl] = 0x00;
-        srv_send(&v, x, b, (size_t)size, AF_INET);
+    for (size_t size = 1501; size <= 4000; size += 2499) {
+        srv_send(&v, x, b, big_ping(b, size, 'x'), AF_INET);
         bad++;
     }
     quiet(&v, x); /* nothing answered */
@@ -317,14 +328,7 @@ static void test_server_malformed(void) {
     expect_bytes(x, b, (size_t)n, v.t.port);
     v.want_tx++;
     /* and a 1500-byte ping is fine */
-    size_t idl = 1495;
-    b[0] = 0x0a;
-    b[1] = (uint8_t)(idl | 0x80);
-    b[2] = (uint8_t)(idl >> 7);
-    memset(b + 3, 'y', idl);
-    b[3 + idl] = 0x12;
-    b[4 + idl] = 0x00;
-    srv_send(&v, x, b, 1500, AF_INET);
+    srv_send(&v, x, b, big_ping(b, 1500, 'y'), AF_INET);
     expect_bytes(x, b, 1500, v.t.port);
     v.want_tx++;
     rndz_server_stats st = stats(&v);
@@ -447,38 +451,32 @@ static void test_server_dual_stack(void) {
     CHECK_EQ_INT(ss.ss_family, AF_INET6);
     int a4 = tl_udp_socket(AF_INET, 1000), b4 = tl_udp_socket(AF_INET, 1000);
     int a6 = tl_udp_socket(AF_INET6, 1000);
-    uint8_t b[512];
     char t[RNDZ_ADDRSTRLEN];
     ping_as(&v, a4, "a4", AF_INET);
     ping_as(&v, a6, "a6", AF_INET6);
 
     tl_case("dual stack: v4 asks v4");
-    size_t n = msg(b, "b4", F_ISYNC, "a4", NULL);
-    srv_send(&v, b4, b, n, AF_INET);
+    send_msg(&v, b4, "b4", F_ISYNC, "a4", AF_INET);
     text_of(b4, t);
     CHECK(strncmp(t, "127.0.0.1:", 10) == 0);
     expect_msg(a4, "a4", F_RFSYNC, "b4", t, v.t.port);
 
     tl_case("dual stack: v4 asks v6");
-    n = msg(b, "b4", F_ISYNC, "a6", NULL);
-    srv_send(&v, b4, b, n, AF_INET);
+    send_msg(&v, b4, "b4", F_ISYNC, "a6", AF_INET);
     expect_msg(a6, "a6", F_RFSYNC, "b4", t, v.t.port);
 
     tl_case("dual stack: v6 asks v4");
-    n = msg(b, "a6", F_ISYNC, "a4", NULL);
-    srv_send(&v, a6, b, n, AF_INET6);
+    send_msg(&v, a6, "a6", F_ISYNC, "a4", AF_INET6);
     text_of(a6, t);
     CHECK(strncmp(t, "[::1]:", 6) == 0);
     expect_msg(a4, "a4", F_RFSYNC, "a6", t, v.t.port);
 
     tl_case("dual stack: v4 rsyncs v6");
-    n = msg(b, "a4", F_RSYNC, "a6", NULL);
-    srv_send(&v, a4, b, n, AF_INET);
+    send_msg(&v, a4, "a4", F_RSYNC, "a6", AF_INET);
     expect_msg(a6, "a6", F_REDIRECT, "a4", text_of(a4, t), v.t.port);
 
     tl_case("dual stack: not found to v4");
-    n = msg(b, "b4", F_ISYNC, "zz", NULL);
-    srv_send(&v, b4, b, n, AF_INET);
+    send_msg(&v, b4, "b4", F_ISYNC, "zz", AF_INET);
     expect_msg(b4, "b4", F_REDIRECT, "zz", NULL, v.t.port);
     close(a4);
     close(b4);

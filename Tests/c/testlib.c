@@ -232,19 +232,9 @@ bool tl_silent(int fd, unsigned ms) {
     return tl_recv_wait(fd, buf, sizeof buf, NULL, ms) < 0;
 }
 
-int tl_count_fds(void) {
-    DIR *d = opendir("/proc/self/fd");
-    if (!d) return -1;
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        if (e->d_name[0] != '.') n++;
-    closedir(d);
-    return n - 1; /* the DIR's own fd */
-}
-
-int tl_count_threads(void) {
-    DIR *d = opendir("/proc/self/task");
+/* Entries of a directory (not . and ..), -1 if it cannot be read. */
+static int count_dir(const char *path) {
+    DIR *d = opendir(path);
     if (!d) return -1;
     int n = 0;
     struct dirent *e;
@@ -253,6 +243,13 @@ int tl_count_threads(void) {
     closedir(d);
     return n;
 }
+
+int tl_count_fds(void) {
+    int n = count_dir("/proc/self/fd");
+    return n < 0 ? -1 : n - 1; /* the DIR's own fd */
+}
+
+int tl_count_threads(void) { return count_dir("/proc/self/task"); }
 
 int tl_threads_settled(int want) {
     uint64_t t0 = tl_now_ms();

@@ -86,6 +86,30 @@ static size_t msg(uint8_t *out, const char *id, int field, const char *peer, con
 enum { F_PING = 2, F_ISYNC = 3, F_FSYNC = 4, F_RSYNC = 5, F_BYE = 6 };       /* Request */
 enum { F_PONG = 2, F_REDIRECT = 3, F_RFSYNC = 4 };                         /* Response */
 
+/* The server's answer on fd: exactly these bytes / this vector / this message (checked as
+ * expect_* do), counted as one datagram it sent. */
+static bool reply_bytes(srv *v, int fd, const uint8_t *want, size_t wlen) {
+    v->want_tx++;
+    return expect_bytes(fd, want, wlen, v->t.port);
+}
+
+static bool reply_vector(srv *v, int fd, const char *name) {
+    v->want_tx++;
+    return expect_vector(fd, name, v->t.port);
+}
+
+static bool reply_msg(srv *v, int fd, const char *id, int field, const char *peer,
+                      const char *addr) {
+    v->want_tx++;
+    return expect_msg(fd, id, field, peer, addr, v->t.port);
+}
+
+/* Send vector `name` from fd. */
+static void send_vector(srv *v, int fd, const char *name) {
+    const tl_vector *t = tl_vector_get(name);
+    srv_send(v, fd, t->bytes, t->len, AF_INET);
+}
+
 /* Send tl_v1_bytes(id, field, peer) from fd. */
 static void send_msg(srv *v, int fd, const char *id, int field, const char *peer, int family) {
     uint8_t b[512];
@@ -109,19 +133,14 @@ static bool ping_as(srv *v, int fd, const char *id, int family) {
     uint8_t b[512];
     size_t n = msg(b, id, F_PING, NULL, NULL);
     srv_send(v, fd, b, n, family);
-    v->want_tx++;
-    return expect_bytes(fd, b, n, v->t.port);
+    return reply_bytes(v, fd, b, n);
 }
 
 /* Wait until the server has handled everything sent before: a fresh socket pings and waits
  * for the Pong (datagrams to one socket are handled in order). */
 static void barrier(srv *v) {
     int fd = tl_udp_socket(AF_INET, 1000);
-    uint8_t b[64];
-    size_t n = msg(b, "barrier", F_PING, NULL, NULL);
-    srv_send(v, fd, b, n, AF_INET);
-    expect_bytes(fd, b, n, v->t.port); /* Pong has the same bytes as Ping */
-    v->want_tx++;
+    ping_as(v, fd, "barrier", AF_INET);
     close(fd);
     /* The server has several workers (SO_REUSEPORT sockets, one per core by default), and
      * the kernel spreads client sockets over them: datagrams from different sockets are not
@@ -186,10 +205,8 @@ static void test_server_basic(void) {
     /* ping -> pong, exactly the captured bytes */
     tl_case("ping/pong");
     int a = tl_udp_socket(AF_INET, 1000); /* c1 */
-    const tl_vector *ping = tl_vector_get("udp.ping");
-    srv_send(&v, a, ping->bytes, ping->len, AF_INET);
-    expect_vector(a, "udp.pong", v.t.port);
-    v.want_tx++;
+    send_vector(&v, a, "udp.ping");
+    reply_vector(&v, a, "udp.pong");
 
     /* sanity of the hand-built bytes against the captures */
     tl_case("hand-built bytes");
@@ -202,38 +219,30 @@ static void test_server_basic(void) {
     /* isync to a known id: the target gets Fsync{X, X's address}; X gets nothing */
     tl_case("isync known");
     int bfd = tl_udp_socket(AF_INET, 1000); /* c2 */
-    const tl_vector *isync = tl_vector_get("udp.isync");
-    srv_send(&v, bfd, isync->bytes, isync->len, AF_INET);
-    expect_msg(a, "c1", F_RFSYNC, "c2", text_of(bfd, t), v.t.port);
-    v.want_tx++;
+    send_vector(&v, bfd, "udp.isync");
+    reply_msg(&v, a, "c1", F_RFSYNC, "c2", text_of(bfd, t));
     quiet(&v, bfd);
 
     /* isync to an unknown id: Redirect with an empty addr, exactly the capture */
     tl_case("isync unknown");
     int c = tl_udp_socket(AF_INET, 1000); /* c3 */
-    const tl_vector *unk = tl_vector_get("udp.isync.unknown");
-    srv_send(&v, c, unk->bytes, unk->len, AF_INET);
-    expect_vector(c, "udp.redirect.empty", v.t.port);
-    v.want_tx++;
+    send_vector(&v, c, "udp.isync.unknown");
+    reply_vector(&v, c, "udp.redirect.empty");
     quiet(&v, a);
 
     /* rsync: the target (c2, registered by its isync) gets Redirect{c1, c1's address} */
     tl_case("rsync");
-    const tl_vector *rsync = tl_vector_get("udp.rsync");
-    srv_send(&v, a, rsync->bytes, rsync->len, AF_INET);
-    expect_msg(bfd, "c2", F_REDIRECT, "c1", text_of(a, t), v.t.port);
-    v.want_tx++;
+    send_vector(&v, a, "udp.rsync");
+    reply_msg(&v, bfd, "c2", F_REDIRECT, "c1", text_of(a, t));
     quiet(&v, a);
 
     /* a ping from a new address moves the id */
     tl_case("re-register from a new address");
     int a2 = tl_udp_socket(AF_INET, 1000);
-    srv_send(&v, a2, ping->bytes, ping->len, AF_INET);
-    expect_vector(a2, "udp.pong", v.t.port);
-    v.want_tx++;
-    srv_send(&v, bfd, isync->bytes, isync->len, AF_INET);
-    expect_msg(a2, "c1", F_RFSYNC, "c2", text_of(bfd, t), v.t.port);
-    v.want_tx++;
+    send_vector(&v, a2, "udp.ping");
+    reply_vector(&v, a2, "udp.pong");
+    send_vector(&v, bfd, "udp.isync");
+    reply_msg(&v, a2, "c1", F_RFSYNC, "c2", text_of(bfd, t));
     quiet(&v, a);
 
     /* bye forgets: o2 is known, says bye (the captured bytes), then is not found */
@@ -243,14 +252,11 @@ static void test_server_basic(void) {
     ping_as(&v, d, "o2", AF_INET);
     n = msg(b, "e1", F_ISYNC, "o2", NULL);
     srv_send(&v, e, b, n, AF_INET);
-    expect_msg(d, "o2", F_RFSYNC, "e1", text_of(e, t), v.t.port);
-    v.want_tx++;
-    const tl_vector *bye = tl_vector_get("udp.bye");
-    srv_send(&v, d, bye->bytes, bye->len, AF_INET);
+    reply_msg(&v, d, "o2", F_RFSYNC, "e1", text_of(e, t));
+    send_vector(&v, d, "udp.bye");
     quiet(&v, d); /* bye has no answer */
     srv_send(&v, e, b, n, AF_INET);
-    expect_msg(e, "e1", F_REDIRECT, "o2", NULL, v.t.port);
-    v.want_tx++;
+    reply_msg(&v, e, "e1", F_REDIRECT, "o2", NULL);
     quiet(&v, d);
 
     /* the odd-input probes: exactly what the reference server answered */
@@ -264,8 +270,7 @@ static void test_server_basic(void) {
         if (vs[i].reply_none) {
             quiet(&v, p);
         } else {
-            expect_bytes(p, vs[i].reply, vs[i].reply_len, v.t.port);
-            v.want_tx++;
+            reply_bytes(&v, p, vs[i].reply, vs[i].reply_len);
         }
         close(p);
     }
@@ -325,12 +330,10 @@ static void test_server_malformed(void) {
     /* still serving: a ping from the same socket */
     n = (long)msg(b, "still", F_PING, NULL, NULL);
     srv_send(&v, x, b, (size_t)n, AF_INET);
-    expect_bytes(x, b, (size_t)n, v.t.port);
-    v.want_tx++;
+    reply_bytes(&v, x, b, (size_t)n);
     /* and a 1500-byte ping is fine */
     srv_send(&v, x, b, big_ping(b, 1500, 'y'), AF_INET);
-    expect_bytes(x, b, 1500, v.t.port);
-    v.want_tx++;
+    reply_bytes(&v, x, b, 1500);
     rndz_server_stats st = stats(&v);
     CHECK_EQ_INT(st.udp_malformed, bad);
     CHECK_EQ_INT(st.udp_rx, v.sent);
@@ -384,15 +387,13 @@ static void test_server_expiry(void) {
     size_t ni = msg(isync, "q1", F_ISYNC, "e1", NULL);
     uint64_t t0 = tl_now_ms();
     srv_send(&v, e, b, n, AF_INET);
-    expect_bytes(e, b, n, v.t.port);
-    v.want_tx++;
+    reply_bytes(&v, e, b, n);
     /* Ask for e1 every step while k1 keeps pinging; e1 must vanish after `expiry`. */
     uint64_t gone_at = 0;
     uint8_t buf[512];
     while (tl_now_ms() - t0 < tl_ms(2000)) {
         srv_send(&v, k, ping_k, nk, AF_INET);
-        expect_bytes(k, ping_k, nk, v.t.port);
-        v.want_tx++;
+        reply_bytes(&v, k, ping_k, nk);
         uint64_t asked = tl_now_ms();
         srv_send(&v, q, isync, ni, AF_INET);
         struct sockaddr_storage from;
@@ -406,8 +407,7 @@ static void test_server_expiry(void) {
             break;
         }
         /* still known: e1 got the Fsync */
-        expect_msg(e, "e1", F_RFSYNC, "q1", text_of(q, t), v.t.port);
-        v.want_tx++;
+        reply_msg(&v, e, "e1", F_RFSYNC, "q1", text_of(q, t));
     }
     CHECK(gone_at != 0);
     if (gone_at) {
@@ -419,8 +419,7 @@ static void test_server_expiry(void) {
     /* k1, refreshed all along, is still known */
     n = msg(b, "q1", F_ISYNC, "k1", NULL);
     srv_send(&v, q, b, n, AF_INET);
-    expect_msg(k, "k1", F_RFSYNC, "q1", text_of(q, t), v.t.port);
-    v.want_tx++;
+    reply_msg(&v, k, "k1", F_RFSYNC, "q1", text_of(q, t));
     rndz_server_stats st = stats(&v);
     CHECK_EQ_INT(st.udp_expired, 1);
     CHECK_EQ_INT(st.udp_peers, 2); /* k1, q1 */
@@ -449,38 +448,41 @@ static void test_server_dual_stack(void) {
     struct sockaddr_storage ss;
     CHECK_RC(rndz_server_local_addr(v.t.s, &ss, NULL), 0);
     CHECK_EQ_INT(ss.ss_family, AF_INET6);
-    int a4 = tl_udp_socket(AF_INET, 1000), b4 = tl_udp_socket(AF_INET, 1000);
-    int a6 = tl_udp_socket(AF_INET6, 1000);
-    char t[RNDZ_ADDRSTRLEN];
-    ping_as(&v, a4, "a4", AF_INET);
-    ping_as(&v, a6, "a6", AF_INET6);
-
-    tl_case("dual stack: v4 asks v4");
-    send_msg(&v, b4, "b4", F_ISYNC, "a4", AF_INET);
-    text_of(b4, t);
-    CHECK(strncmp(t, "127.0.0.1:", 10) == 0);
-    expect_msg(a4, "a4", F_RFSYNC, "b4", t, v.t.port);
-
-    tl_case("dual stack: v4 asks v6");
-    send_msg(&v, b4, "b4", F_ISYNC, "a6", AF_INET);
-    expect_msg(a6, "a6", F_RFSYNC, "b4", t, v.t.port);
-
-    tl_case("dual stack: v6 asks v4");
-    send_msg(&v, a6, "a6", F_ISYNC, "a4", AF_INET6);
-    text_of(a6, t);
-    CHECK(strncmp(t, "[::1]:", 6) == 0);
-    expect_msg(a4, "a4", F_RFSYNC, "a6", t, v.t.port);
-
-    tl_case("dual stack: v4 rsyncs v6");
-    send_msg(&v, a4, "a4", F_RSYNC, "a6", AF_INET);
-    expect_msg(a6, "a6", F_REDIRECT, "a4", text_of(a4, t), v.t.port);
-
-    tl_case("dual stack: not found to v4");
-    send_msg(&v, b4, "b4", F_ISYNC, "zz", AF_INET);
-    expect_msg(b4, "b4", F_REDIRECT, "zz", NULL, v.t.port);
-    close(a4);
-    close(b4);
-    close(a6);
+    enum { A4, B4, A6 };
+    static const char *const ids[] = {"a4", "b4", "a6"};
+    static const int fam[] = {AF_INET, AF_INET, AF_INET6};
+    int fd[3];
+    for (int k = 0; k < 3; k++) fd[k] = tl_udp_socket(fam[k], 1000);
+    ping_as(&v, fd[A4], ids[A4], fam[A4]);
+    ping_as(&v, fd[A6], ids[A6], fam[A6]);
+    static const struct {
+        const char *name;
+        int from, field;  /* who asks, with what */
+        const char *peer; /* about whom */
+        int to, rsp;      /* who gets the answer, which */
+        bool found;       /* the answer names the asker, with its address in its own form */
+    } cases[] = {
+        {"v4 asks v4", B4, F_ISYNC, "a4", A4, F_RFSYNC, true},
+        {"v4 asks v6", B4, F_ISYNC, "a6", A6, F_RFSYNC, true},
+        {"v6 asks v4", A6, F_ISYNC, "a4", A4, F_RFSYNC, true},
+        {"v4 rsyncs v6", A4, F_RSYNC, "a6", A6, F_REDIRECT, true},
+        {"not found to v4", B4, F_ISYNC, "zz", B4, F_REDIRECT, false},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        tl_case("dual stack: %s", cases[i].name);
+        int from = cases[i].from, to = cases[i].to;
+        send_msg(&v, fd[from], ids[from], cases[i].field, cases[i].peer, fam[from]);
+        char t[RNDZ_ADDRSTRLEN];
+        const char *addr = NULL;
+        if (cases[i].found) {
+            addr = text_of(fd[from], t);
+            const char *form = fam[from] == AF_INET6 ? "[::1]:" : "127.0.0.1:";
+            CHECK(strncmp(t, form, strlen(form)) == 0);
+        }
+        expect_msg(fd[to], ids[to], cases[i].rsp, cases[i].found ? ids[from] : cases[i].peer,
+                   addr, v.t.port);
+    }
+    for (int k = 0; k < 3; k++) close(fd[k]);
     srv_close(&v);
     tl_case("%s", "");
 }
@@ -548,8 +550,7 @@ static void test_server_workers(void) {
         size_t n = msg(b, id[i], F_ISYNC, id[k], NULL);
         srv_send(&v, fd[i], b, n, AF_INET);
         tl_case("workers: %s asks for %s", id[i], id[k]);
-        expect_msg(fd[k], id[k], F_RFSYNC, id[i], text_of(fd[i], t), v.t.port);
-        v.want_tx++;
+        reply_msg(&v, fd[k], id[k], F_RFSYNC, id[i], text_of(fd[i], t));
     }
     tl_case("workers: stats");
     st = settled_stats(&v);
@@ -732,23 +733,26 @@ static void test_v1_listener_our_connector(void) {
 
 /* Receive at the raw server; answer the listener's pings (exact bytes) with Pong and count
  * them; return the first datagram that is not a ping from the listener. */
+typedef struct listener_pings {
+    int port;   /* the listener's */
+    int *count; /* may be NULL */
+} listener_pings;
+
+static bool answer_ping(int s, const uint8_t *buf, size_t n, const struct sockaddr_storage *from,
+                        void *user) {
+    listener_pings *lp = user;
+    const tl_vector *ping = tl_vector_get("udp.ping"), *pong = tl_vector_get("udp.pong");
+    if (tl_addr_port(from) != lp->port || n != ping->len || memcmp(buf, ping->bytes, n) != 0)
+        return false;
+    if (lp->count) (*lp->count)++;
+    tl_sendto_sa(s, pong->bytes, pong->len, from);
+    return true;
+}
+
 static long v1srv_recv(int s, int listener_port, uint8_t *buf, size_t cap,
                        struct sockaddr_storage *from, unsigned timeout_ms, int *pings) {
-    const tl_vector *ping = tl_vector_get("udp.ping"), *pong = tl_vector_get("udp.pong");
-    uint64_t deadline = tl_now_ms() + timeout_ms;
-    for (;;) {
-        uint64_t now = tl_now_ms();
-        if (now >= deadline) return -1;
-        long n = tl_recv_wait(s, buf, cap, from, (unsigned)(deadline - now));
-        if (n < 0) return -1;
-        if (tl_addr_port(from) == listener_port && (size_t)n == ping->len &&
-            memcmp(buf, ping->bytes, ping->len) == 0) {
-            if (pings) (*pings)++;
-            tl_sendto_sa(s, pong->bytes, pong->len, from);
-            continue;
-        }
-        return n;
-    }
+    listener_pings lp = {listener_port, pings};
+    return tl_recv_skip(s, buf, cap, from, timeout_ms, answer_ping, &lp);
 }
 
 static void test_v1_server_our_clients(void) {

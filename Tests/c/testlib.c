@@ -381,17 +381,32 @@ bool tl_is_protocol(const uint8_t *buf, size_t len) {
     return rndz_msg_decode(buf, len, 0, &m) == 0 || rndz_msg_decode(buf, len, 1, &m) == 0;
 }
 
-long tl_recv_data(int fd, void *buf, size_t cap, struct sockaddr_storage *from,
-                  unsigned timeout_ms, int *skipped) {
+long tl_recv_skip(int fd, void *buf, size_t cap, struct sockaddr_storage *from,
+                  unsigned timeout_ms, tl_skip_fn skip, void *user) {
+    struct sockaddr_storage tmp;
+    if (!from) from = &tmp;
     uint64_t deadline = tl_now_ms() + timeout_ms;
     for (;;) {
         uint64_t now = tl_now_ms();
         if (now >= deadline) return -1;
         long n = tl_recv_wait(fd, buf, cap, from, (unsigned)(deadline - now));
         if (n < 0) return -1;
-        if (!tl_is_protocol(buf, (size_t)n)) return n;
-        if (skipped) (*skipped)++;
+        if (!skip(fd, buf, (size_t)n, from, user)) return n;
     }
+}
+
+static bool skip_protocol(int fd, const uint8_t *buf, size_t len,
+                          const struct sockaddr_storage *from, void *user) {
+    (void)fd, (void)from;
+    int *skipped = user;
+    if (!tl_is_protocol(buf, len)) return false;
+    if (skipped) (*skipped)++;
+    return true;
+}
+
+long tl_recv_data(int fd, void *buf, size_t cap, struct sockaddr_storage *from,
+                  unsigned timeout_ms, int *skipped) {
+    return tl_recv_skip(fd, buf, cap, from, timeout_ms, skip_protocol, skipped);
 }
 
 /* --- our server on loopback ---------------------------------------------------------------- */

@@ -132,6 +132,12 @@ bool tl_is_protocol(const uint8_t *buf, size_t len);
  * them in *skipped if not NULL). -1 on timeout. */
 long tl_recv_data(int fd, void *buf, size_t cap, struct sockaddr_storage *from,
                   unsigned timeout_ms, int *skipped);
+/* Receive the next datagram that skip() does not take, within timeout_ms (-1 on timeout).
+ * skip() sees every datagram (it may answer it) and returns true to pass over it. */
+typedef bool (*tl_skip_fn)(int fd, const uint8_t *buf, size_t len,
+                           const struct sockaddr_storage *from, void *user);
+long tl_recv_skip(int fd, void *buf, size_t cap, struct sockaddr_storage *from,
+                  unsigned timeout_ms, tl_skip_fn skip, void *user);
 
 /* --- our server on loopback ------------------------------------------------------------ */
 

@@ -40,15 +40,9 @@ static const uint8_t OTHER_SECRET[32] = "another server's secret, 32 byt";
 
 /* --- helpers ----------------------------------------------------------------------------- */
 
-typedef struct srv {
-    rndz_server *s;
-    char text[RNDZ_ADDRSTRLEN];
-    struct sockaddr_storage sa;
-} srv;
-
+/* The options of every server here: 127.0.0.1:0, two workers, the test secret or none. */
 static void srv_opts(rndz_server_options *o, bool secret) {
-    rndz_server_options_init(o);
-    o->listen_addr = "127.0.0.1:0";
+    tl_server_options(o, "127.0.0.1:0");
     o->workers = 2;
     if (secret) {
         o->secret = SECRET;
@@ -56,34 +50,18 @@ static void srv_opts(rndz_server_options *o, bool secret) {
     }
 }
 
-static bool srv_start(srv *v, const rndz_server_options *o) {
-    memset(v, 0, sizeof *v);
-    if (!CHECK_RC(rndz_server_create(o, &v->s), 0)) return false;
-    rndz_server_local_addr(v->s, &v->sa, NULL);
-    rndz_addr_format((struct sockaddr *)&v->sa, v->text, sizeof v->text);
-    return CHECK_RC(rndz_server_start(v->s), 0);
+/* A server with those options, started. */
+static bool srv_up(tl_server *v, bool secret) {
+    rndz_server_options o;
+    srv_opts(&o, secret);
+    return tl_server_start(v, &o);
 }
 
-static void srv_stop(srv *v) {
-    rndz_server_destroy(v->s);
-    v->s = NULL;
-}
-
-static rndz_server_stats stats(srv *v) {
-    rndz_server_stats st;
-    CHECK_RC(rndz_server_stats_get(v->s, &st), 0);
-    return st;
-}
+static rndz_server_stats stats(tl_server *v) { return tl_server_stats(v); }
 
 /* Counters are updated as the workers go: wait (briefly) until udp_rx reaches `rx`. */
-static rndz_server_stats stats_after(srv *v, uint64_t rx) {
-    uint64_t end = tl_now_ms() + tl_ms(2000);
-    rndz_server_stats st = stats(v);
-    while (st.udp_rx < rx && tl_now_ms() < end) {
-        tl_sleep_ms(2);
-        st = stats(v);
-    }
-    return st;
+static rndz_server_stats stats_after(tl_server *v, uint64_t rx) {
+    return tl_server_await(v, TL_STAT(udp_rx), rx, true, tl_ms(2000));
 }
 
 static void cred_of(const char *id, const uint8_t *secret, uint8_t out[RNDZ_CREDENTIAL_LEN]) {
@@ -103,7 +81,7 @@ static size_t req(uint8_t *b, size_t cap, const char *id, int field, const char 
     return m > 0 ? (size_t)m : n;
 }
 
-static void send_to(int fd, const void *b, size_t n, srv *v) {
+static void send_to(int fd, const void *b, size_t n, tl_server *v) {
     CHECK_EQ_INT(tl_sendto(fd, b, n, v->text), (long)n);
 }
 
@@ -126,16 +104,47 @@ static bool expect_rsp(int fd, rndz_cmd cmd, const char *id, const char *peer, c
 
 static bool silent(int fd) { return CHECK(tl_silent(fd, QUIET)); }
 
+/* Register `id` from fd with a Ping (signed by `signer`, NULL: unsigned) and expect its Pong. */
+static bool ping_as(int fd, tl_server *v, const char *id, const char *signer) {
+    uint8_t b[600];
+    size_t n = req(b, sizeof b, id, F_PING, NULL, signer, NULL, 0);
+    send_to(fd, b, n, v);
+    return expect_rsp(fd, RNDZ_RSP_PONG, id, NULL, NULL);
+}
+
+/* Send one request from fd: `id` asks about `peer` (field F_ISYNC, F_RSYNC, F_BYE...). */
+static void ask(int fd, tl_server *v, const char *id, int field, const char *peer,
+                const char *signer) {
+    uint8_t b[600];
+    size_t n = req(b, sizeof b, id, field, peer, signer, NULL, 0);
+    send_to(fd, b, n, v);
+}
+
 static int udp_at(const char *addr) { return tl_udp_socket_at(addr, 1000); }
+
+/* carol asks for alice (signed by `signer`, or not): alice is gone, a Redirect with no
+ * address comes back. */
+static void expect_alice_gone(int c, tl_server *v, const char *signer) {
+    ask(c, v, "carol", F_ISYNC, "alice", signer);
+    char addr[RNDZ_ADDRSTRLEN + 1] = "x";
+    expect_rsp(c, RNDZ_RSP_REDIRECT, "carol", "alice", addr);
+    CHECK_EQ_STR(addr, "");
+}
+
+/* Options of one of our clients here: bound to 127.0.0.1, with its credential (or NULL). */
+static void client(rndz_client_options *o, const char *id, const char *const *servers,
+                   const uint8_t *credential) {
+    tl_client_options(o, id, servers, 1);
+    o->local_addr = "127.0.0.1:0";
+    o->credential = credential;
+}
 
 /* --- v1 without a secret ----------------------------------------------------------------- */
 
 static void test_v1_without_secret(void) {
     tl_case("v1 bytes against a server without a secret");
-    rndz_server_options o;
-    srv_opts(&o, false);
-    srv v;
-    if (!srv_start(&v, &o)) return;
+    tl_server v;
+    if (!srv_up(&v, false)) return;
     int c1 = udp_at("127.0.0.1:0"), c2 = udp_at("127.0.0.1:0");
     /* the captured Ping gets the captured Pong, byte for byte */
     const tl_vector *ping = tl_vector_get("udp.ping"), *pong = tl_vector_get("udp.pong");
@@ -163,43 +172,34 @@ static void test_v1_without_secret(void) {
     CHECK_EQ_INT(st.udp_peers, 3);
     close(c1);
     close(c2);
-    srv_stop(&v);
+    tl_server_stop(&v);
 }
 
 /* Without a secret: a Bye from another address is ignored; a Ping from another address
  * still moves the id (v1 semantics: what only a secret prevents, SECURITY.md). */
 static void test_no_auth_bye_and_hijack(void) {
     tl_case("no secret: foreign Bye refused, Ping moves the id (v1)");
-    rndz_server_options o;
-    srv_opts(&o, false);
-    srv v;
-    if (!srv_start(&v, &o)) return;
+    tl_server v;
+    if (!srv_up(&v, false)) return;
     int a = udp_at("127.0.0.1:0"), m = udp_at("127.0.0.66:0"), c = udp_at("127.0.0.1:0");
     uint8_t b[256];
-    size_t n = req(b, sizeof b, "alice", F_PING, NULL, NULL, NULL, 0);
-    send_to(a, b, n, &v);
-    expect_rsp(a, RNDZ_RSP_PONG, "alice", NULL, NULL);
+    ping_as(a, &v, "alice", NULL);
     /* mallory says Bye for alice */
-    n = req(b, sizeof b, "alice", F_BYE, NULL, NULL, NULL, 0);
-    send_to(m, b, n, &v);
+    ask(m, &v, "alice", F_BYE, NULL, NULL);
     silent(m);
     rndz_server_stats st = stats_after(&v, 2);
     CHECK_EQ_INT(st.udp_peers, 1);
     /* alice is still where she was */
-    n = req(b, sizeof b, "carol", F_ISYNC, "alice", NULL, NULL, 0);
-    send_to(c, b, n, &v);
+    ask(c, &v, "carol", F_ISYNC, "alice", NULL);
     expect_rsp(a, RNDZ_RSP_FSYNC, "alice", "carol", NULL);
     silent(m);
     /* v1: a Ping from mallory for alice moves alice to mallory */
-    n = req(b, sizeof b, "alice", F_PING, NULL, NULL, NULL, 0);
-    send_to(m, b, n, &v);
-    expect_rsp(m, RNDZ_RSP_PONG, "alice", NULL, NULL);
-    n = req(b, sizeof b, "carol", F_ISYNC, "alice", NULL, NULL, 0);
-    send_to(c, b, n, &v);
+    ping_as(m, &v, "alice", NULL);
+    ask(c, &v, "carol", F_ISYNC, "alice", NULL);
     expect_rsp(m, RNDZ_RSP_FSYNC, "alice", "carol", NULL);
     silent(a);
     /* and a Bye from alice's old address is now foreign too */
-    n = req(b, sizeof b, "alice", F_BYE, NULL, NULL, NULL, 0);
+    size_t n = req(b, sizeof b, "alice", F_BYE, NULL, NULL, NULL, 0);
     send_to(a, b, n, &v);
     tl_sleep_ms(tl_ms(50));
     CHECK_EQ_INT(stats(&v).udp_peers, 2);
@@ -207,25 +207,19 @@ static void test_no_auth_bye_and_hijack(void) {
     send_to(m, b, n, &v);
     st = stats_after(&v, 7);
     CHECK_EQ_INT(st.udp_peers, 1);
-    n = req(b, sizeof b, "carol", F_ISYNC, "alice", NULL, NULL, 0);
-    send_to(c, b, n, &v);
-    char addr[RNDZ_ADDRSTRLEN + 1] = "x";
-    expect_rsp(c, RNDZ_RSP_REDIRECT, "carol", "alice", addr);
-    CHECK_EQ_STR(addr, "");
+    expect_alice_gone(c, &v, NULL);
     close(a);
     close(m);
     close(c);
-    srv_stop(&v);
+    tl_server_stop(&v);
 }
 
 /* --- with a secret ---------------------------------------------------------------------- */
 
 static void test_auth_without_credential(void) {
     tl_case("secret: nothing works without a credential");
-    rndz_server_options o;
-    srv_opts(&o, true);
-    srv v;
-    if (!srv_start(&v, &o)) return;
+    tl_server v;
+    if (!srv_up(&v, true)) return;
     int x = udp_at("127.0.0.1:0");
     /* the captured v1 bytes: all dropped, no answer */
     static const char *const names[] = {"udp.ping", "udp.isync", "udp.rsync", "udp.bye",
@@ -251,11 +245,7 @@ static void test_auth_without_credential(void) {
     snprintf(srvtext, sizeof srvtext, "%s", v.text);
     const char *servers[] = {srvtext};
     rndz_client_options co;
-    rndz_client_options_init(&co);
-    co.id = "lonely";
-    co.servers = servers;
-    co.n_servers = 1;
-    co.local_addr = "127.0.0.1:0";
+    client(&co, "lonely", servers, NULL);
     rndz_udp_listener *l = NULL;
     CHECK_RC(rndz_udp_listener_create(&co, &l), 0);
     CHECK_RC(rndz_udp_listener_wait_registered(l, tl_ms(700)), RNDZ_E_TIMEDOUT);
@@ -283,17 +273,15 @@ static void test_auth_without_credential(void) {
     CHECK_EQ_INT(st.tcp_peers, 0);
     CHECK_EQ_INT(st.udp_peers, 0);
     close(x);
-    srv_stop(&v);
+    tl_server_stop(&v);
 }
 
 /* A client with its own credential (mallory's) cannot register, move, drop or speak as
  * another id (alice); a replay of alice's own datagram is refused from anywhere. */
 static void test_auth_hijack(void) {
     tl_case("secret: hijack, foreign Bye, replay, stale");
-    rndz_server_options o;
-    srv_opts(&o, true);
-    srv v;
-    if (!srv_start(&v, &o)) return;
+    tl_server v;
+    if (!srv_up(&v, true)) return;
     int a = udp_at("127.0.0.1:0"), m = udp_at("127.0.0.66:0"), c = udp_at("127.0.0.1:0");
     uint8_t ping_a[256], b[256];
     size_t pa = req(ping_a, sizeof ping_a, "alice", F_PING, NULL, "alice", NULL, 0);
@@ -343,18 +331,14 @@ static void test_auth_hijack(void) {
     CHECK_EQ_INT(st.udp_tx, 1); /* alice's one Pong */
 
     /* alice is still at her address: carol (signed) asks for her */
-    n = req(b, sizeof b, "carol", F_ISYNC, "alice", "carol", NULL, 0);
-    send_to(c, b, n, &v);
+    ask(c, &v, "carol", F_ISYNC, "alice", "carol");
     char addr[RNDZ_ADDRSTRLEN + 1], mine[RNDZ_ADDRSTRLEN];
     expect_rsp(a, RNDZ_RSP_FSYNC, "alice", "carol", addr);
     CHECK_EQ_STR(addr, tl_local_text(c, mine, sizeof mine));
     silent(m);
     /* mallory may register as mallory, and ask for alice like anyone */
-    n = req(b, sizeof b, "mallory", F_PING, NULL, "mallory", NULL, 0);
-    send_to(m, b, n, &v);
-    expect_rsp(m, RNDZ_RSP_PONG, "mallory", NULL, NULL);
-    n = req(b, sizeof b, "mallory", F_ISYNC, "alice", "mallory", NULL, 0);
-    send_to(m, b, n, &v);
+    ping_as(m, &v, "mallory", "mallory");
+    ask(m, &v, "mallory", F_ISYNC, "alice", "mallory");
     expect_rsp(a, RNDZ_RSP_FSYNC, "alice", "mallory", NULL);
     /* TCP: alice's credential is needed there too; a replayed frame closes the connection */
     int t = socket(AF_INET, SOCK_STREAM, 0);
@@ -370,65 +354,48 @@ static void test_auth_hijack(void) {
     close(t);
     CHECK_EQ_INT(stats(&v).auth_replayed, 3);
     /* alice's own signed Bye, from her address, removes her */
-    n = req(b, sizeof b, "alice", F_BYE, NULL, "alice", NULL, 0);
-    send_to(a, b, n, &v);
+    ask(a, &v, "alice", F_BYE, NULL, "alice");
     tl_sleep_ms(tl_ms(50));
-    n = req(b, sizeof b, "carol", F_ISYNC, "alice", "carol", NULL, 0);
-    send_to(c, b, n, &v);
-    addr[0] = 'x';
-    expect_rsp(c, RNDZ_RSP_REDIRECT, "carol", "alice", addr);
-    CHECK_EQ_STR(addr, "");
+    expect_alice_gone(c, &v, "carol");
     close(a);
     close(m);
     close(c);
-    srv_stop(&v);
+    tl_server_stop(&v);
+}
+
+/* One TCP pairing through the server: connector `cid` (with its credential, or NULL) to
+ * listener `lid`, which must be registered with l; returns the connector's time in us (-1 if
+ * it failed). */
+static long tcp_pair_us(tl_server *v, rndz_tcp_listener *l, const char *cid, const char *lid,
+                        const uint8_t *credential) {
+    const char *servers[] = {v->text};
+    tl_tcp_job tj = {.target = lid};
+    client(&tj.o, cid, servers, credential);
+    tj.o.timeout_ms = tl_ms(5000);
+    tl_tcp_job_run(&tj);
+    int acc = rndz_tcp_listener_accept(l, tl_ms(5000), NULL, NULL);
+    tl_tcp_job_join(&tj);
+    CHECK(tj.rc >= 0);
+    CHECK(acc >= 0);
+    if (tj.rc >= 0) close(tj.rc);
+    if (acc >= 0) close(acc);
+    return tj.rc >= 0 ? (long)tj.elapsed_us : -1;
 }
 
 /* Our clients with their credentials, through a server with a secret; and a credential held
  * for the wrong id does not register. */
-typedef struct tcp_job {
-    rndz_client_options o;
-    const char *target;
-    int rc;
-    uint64_t us;
-    pthread_t th;
-} tcp_job;
-
-static uint64_t now_us(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
-static void *tcp_job_run(void *arg) {
-    tcp_job *j = arg;
-    uint64_t t0 = now_us();
-    j->rc = rndz_tcp_connect(&j->o, j->target, NULL, NULL);
-    j->us = now_us() - t0;
-    return NULL;
-}
-
 static void test_auth_clients(void) {
     tl_case("secret: our clients with credentials");
-    rndz_server_options o;
-    srv_opts(&o, true);
-    srv v;
-    if (!srv_start(&v, &o)) return;
+    tl_server v;
+    if (!srv_up(&v, true)) return;
     const char *servers[] = {v.text};
     uint8_t ca[32], cc[32], cm[32];
     cred_of("alice", NULL, ca);
     cred_of("carol", NULL, cc);
     cred_of("mallory", NULL, cm);
     rndz_client_options lo;
-    rndz_client_options_init(&lo);
-    lo.id = "alice";
-    lo.servers = servers;
-    lo.n_servers = 1;
-    lo.local_addr = "127.0.0.1:0";
-    lo.credential = ca;
-    rndz_udp_listener *l = NULL;
-    CHECK_RC(rndz_udp_listener_create(&lo, &l), 0);
-    CHECK_RC(rndz_udp_listener_wait_registered(l, tl_ms(3000)), 0);
+    client(&lo, "alice", servers, ca);
+    rndz_udp_listener *l = tl_udp_listener(&lo);
     tl_connect_job j;
     tl_connect_prepare(&j, "carol", servers, 1, "alice", 0, tl_ms(5000));
     j.o.credential = cc;
@@ -447,56 +414,33 @@ static void test_auth_clients(void) {
     /* TCP */
     lo.id = "alice";
     lo.credential = ca;
-    rndz_tcp_listener *tl = NULL;
-    CHECK_RC(rndz_tcp_listener_create(&lo, &tl), 0);
-    CHECK_RC(rndz_tcp_listener_wait_registered(tl, tl_ms(3000)), 0);
-    tcp_job tj = {.target = "alice"};
-    rndz_client_options_init(&tj.o);
-    tj.o.id = "carol";
-    tj.o.servers = servers;
-    tj.o.n_servers = 1;
-    tj.o.local_addr = "127.0.0.1:0";
-    tj.o.timeout_ms = tl_ms(5000);
-    tj.o.credential = cc;
-    pthread_create(&tj.th, NULL, tcp_job_run, &tj);
-    int acc = rndz_tcp_listener_accept(tl, tl_ms(5000), NULL, NULL);
-    pthread_join(tj.th, NULL);
-    CHECK(tj.rc >= 0);
-    CHECK(acc >= 0);
-    if (tj.rc >= 0) close(tj.rc);
-    if (acc >= 0) close(acc);
+    rndz_tcp_listener *tl = tl_tcp_listener(&lo);
+    if (tl) tcp_pair_us(&v, tl, "carol", "alice", cc);
     rndz_tcp_listener_destroy(tl);
     rndz_server_stats st = stats(&v);
     CHECK_EQ_INT(st.auth_replayed, 0); /* our clients never trip the replay check */
-    srv_stop(&v);
+    tl_server_stop(&v);
 }
 
 /* --- limits ------------------------------------------------------------------------------ */
 
 static void test_id_limit(void) {
     tl_case("max_id_len");
-    rndz_server_options o;
-    srv_opts(&o, false);
-    srv v;
-    if (!srv_start(&v, &o)) return;
+    tl_server v;
+    if (!srv_up(&v, false)) return;
     int x = udp_at("127.0.0.1:0");
     char id[400];
     memset(id, 'i', sizeof id);
-    uint8_t b[600];
     id[RNDZ_MAX_ID_LEN] = 0;
-    size_t n = req(b, sizeof b, id, F_PING, NULL, NULL, NULL, 0);
-    send_to(x, b, n, &v);
-    expect_rsp(x, RNDZ_RSP_PONG, id, NULL, NULL); /* the default limit: fine */
+    ping_as(x, &v, id, NULL); /* the default limit: fine */
     id[RNDZ_MAX_ID_LEN] = 'i';
     id[RNDZ_MAX_ID_LEN + 1] = 0;
-    n = req(b, sizeof b, id, F_PING, NULL, NULL, NULL, 0);
-    send_to(x, b, n, &v);
-    n = req(b, sizeof b, "short", F_ISYNC, id, NULL, NULL, 0); /* a long target */
-    send_to(x, b, n, &v);
+    ask(x, &v, id, F_PING, NULL, NULL);
+    ask(x, &v, "short", F_ISYNC, id, NULL); /* a long target */
     silent(x);
     CHECK_EQ_INT(stats_after(&v, 3).id_refused, 2);
     close(x);
-    srv_stop(&v);
+    tl_server_stop(&v);
 }
 
 typedef struct counter {
@@ -527,7 +471,7 @@ static void *count_run(void *arg) {
 
 /* Send `total` requests id "f<i>" field `field` for `target` from `nsrc` sockets on as many
  * loopback addresses, in sendmmsg batches. Returns the datagrams sent. */
-static long flood(srv *v, int field, const char *target, long total, int nsrc, int base) {
+static long flood(tl_server *v, int field, const char *target, long total, int nsrc, int base) {
     int fds[64];
     for (int i = 0; i < nsrc; i++) {
         char a[32];
@@ -567,16 +511,13 @@ static void test_flood(void) {
     tl_case("flood of 100,000 Isync for one target");
     rndz_server_options o;
     srv_opts(&o, false);
-    srv v;
-    if (!srv_start(&v, &o)) return;
+    tl_server v;
+    if (!tl_server_start(&v, &o)) return;
     int victim = udp_at("127.0.0.1:0");
     int big = 4 << 20;
     setsockopt(victim, SOL_SOCKET, SO_RCVBUFFORCE, &big, sizeof big); /* count, not drop */
     setsockopt(victim, SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
-    uint8_t b[256];
-    size_t n = req(b, sizeof b, "victim", F_PING, NULL, NULL, NULL, 0);
-    send_to(victim, b, n, &v);
-    expect_rsp(victim, RNDZ_RSP_PONG, "victim", NULL, NULL);
+    ping_as(victim, &v, "victim", NULL);
     counter c = {.fd = victim};
     pthread_create(&c.th, NULL, count_run, &c);
     uint64_t t0 = tl_now_ms();
@@ -604,15 +545,12 @@ static void test_flood(void) {
     /* the target still gets Fsync at the capped rate afterwards, from a new requester */
     tl_sleep_ms(tl_ms(250)); /* 2 tokens at 10/s */
     int x = udp_at("127.0.0.1:0");
-    n = req(b, sizeof b, "late", F_ISYNC, "victim", NULL, NULL, 0);
-    send_to(x, b, n, &v);
+    ask(x, &v, "late", F_ISYNC, "victim", NULL);
     expect_rsp(victim, RNDZ_RSP_FSYNC, "victim", "late", NULL);
 
     /* Rsync: Redirects toward one target are capped the same way */
     int victim2 = udp_at("127.0.0.1:0");
-    n = req(b, sizeof b, "victim2", F_PING, NULL, NULL, NULL, 0);
-    send_to(victim2, b, n, &v);
-    expect_rsp(victim2, RNDZ_RSP_PONG, "victim2", NULL, NULL);
+    ping_as(victim2, &v, "victim2", NULL);
     counter c2 = {.fd = victim2};
     pthread_create(&c2.th, NULL, count_run, &c2);
     t0 = tl_now_ms();
@@ -626,13 +564,11 @@ static void test_flood(void) {
     tl_note("flood: %ld Rsync for one target: it received %d Redirect (cap %ld)", sent, got, cap);
     CHECK(got >= (int)o.fsync_burst && got <= cap);
     /* still serving */
-    n = req(b, sizeof b, "after", F_PING, NULL, NULL, NULL, 0);
-    send_to(x, b, n, &v);
-    expect_rsp(x, RNDZ_RSP_PONG, "after", NULL, NULL);
+    ping_as(x, &v, "after", NULL);
     close(x);
     close(victim);
     close(victim2);
-    srv_stop(&v);
+    tl_server_stop(&v);
 }
 
 /* A TCP connection from a given source address, non-blocking connect; -1 on failure. */
@@ -650,31 +586,8 @@ static int tcp_from(const char *src, const struct sockaddr_storage *to) {
     return fd;
 }
 
-static bool wait_conns(srv *v, uint64_t want, unsigned ms) {
-    uint64_t end = tl_now_ms() + ms;
-    while (stats(v).tcp_conns != want && tl_now_ms() < end) tl_sleep_ms(5);
-    return stats(v).tcp_conns == want;
-}
-
-/* One TCP pairing through the server: listener `lid` must be registered; returns the
- * connector's time in us (-1 if it failed). */
-static long tcp_pair_ms(srv *v, rndz_tcp_listener *l, const char *cid, const char *lid) {
-    const char *servers[] = {v->text};
-    tcp_job tj = {.target = lid};
-    rndz_client_options_init(&tj.o);
-    tj.o.id = cid;
-    tj.o.servers = servers;
-    tj.o.n_servers = 1;
-    tj.o.local_addr = "127.0.0.1:0";
-    tj.o.timeout_ms = tl_ms(5000);
-    pthread_create(&tj.th, NULL, tcp_job_run, &tj);
-    int acc = rndz_tcp_listener_accept(l, tl_ms(5000), NULL, NULL);
-    pthread_join(tj.th, NULL);
-    CHECK(tj.rc >= 0);
-    CHECK(acc >= 0);
-    if (tj.rc >= 0) close(tj.rc);
-    if (acc >= 0) close(acc);
-    return tj.rc >= 0 ? (long)tj.us : -1;
+static bool wait_conns(tl_server *v, uint64_t want, unsigned ms) {
+    return tl_server_await(v, TL_STAT(tcp_conns), want, false, ms).tcp_conns == want;
 }
 
 static void test_idle_tcp(void) {
@@ -687,21 +600,17 @@ static void test_idle_tcp(void) {
     }
     rl.rlim_cur = rl.rlim_max;
     setrlimit(RLIMIT_NOFILE, &rl);
-    rndz_server_options o;
-    srv_opts(&o, false);
-    srv v;
-    if (!srv_start(&v, &o)) return;
+    tl_server v;
+    if (!srv_up(&v, false)) return;
     const char *servers[] = {v.text};
     rndz_client_options lo;
-    rndz_client_options_init(&lo);
-    lo.id = "tl";
-    lo.servers = servers;
-    lo.n_servers = 1;
-    lo.local_addr = "127.0.0.1:0";
-    rndz_tcp_listener *l = NULL;
-    CHECK_RC(rndz_tcp_listener_create(&lo, &l), 0);
-    CHECK_RC(rndz_tcp_listener_wait_registered(l, tl_ms(3000)), 0);
-    long base = tcp_pair_ms(&v, l, "tc0", "tl");
+    client(&lo, "tl", servers, NULL);
+    rndz_tcp_listener *l = tl_tcp_listener(&lo);
+    if (!l) {
+        tl_server_stop(&v);
+        return;
+    }
+    long base = tcp_pair_us(&v, l, "tc0", "tl", NULL);
     CHECK(wait_conns(&v, 1, tl_ms(3000))); /* the listener's; the connector's has closed */
     uint64_t conns0 = 1;
     static int idle[1000];
@@ -714,8 +623,8 @@ static void test_idle_tcp(void) {
     }
     CHECK_EQ_INT(made, 1000);
     CHECK(wait_conns(&v, conns0 + 1000, tl_ms(5000)));
-    long with_idle = tcp_pair_ms(&v, l, "tc1", "tl");
-    long again = tcp_pair_ms(&v, l, "tc2", "tl");
+    long with_idle = tcp_pair_us(&v, l, "tc1", "tl", NULL);
+    long again = tcp_pair_us(&v, l, "tc2", "tl", NULL);
     tl_note("idle TCP: pairing took %ld us alone, %ld and %ld us with 1,000 idle connections "
             "from 1,000 addresses (%llu open)", base, with_idle, again,
             (unsigned long long)stats(&v).tcp_conns);
@@ -726,7 +635,7 @@ static void test_idle_tcp(void) {
     for (int i = 0; i < 1000; i++)
         if (idle[i] >= 0) close(idle[i]);
     rndz_tcp_listener_destroy(l);
-    srv_stop(&v);
+    tl_server_stop(&v);
 }
 
 /* true if the server closed this connection (EOF or reset) within ms */
@@ -744,8 +653,8 @@ static void test_tcp_caps(void) {
     srv_opts(&o, false);
     o.max_tcp_conns = 40;
     o.max_tcp_conns_per_ip = 10;
-    srv v;
-    if (!srv_start(&v, &o)) return;
+    tl_server v;
+    if (!tl_server_start(&v, &o)) return;
     int fds[60], n = 0;
     for (int i = 0; i < 15; i++) fds[n++] = tcp_from("127.0.20.7:0", &v.sa);
     CHECK(wait_conns(&v, 10, tl_ms(3000)));
@@ -770,20 +679,10 @@ static void test_tcp_caps(void) {
     close(again);
     for (int i = 1; i < n; i++)
         if (fds[i] >= 0) close(fds[i]);
-    srv_stop(&v);
+    tl_server_stop(&v);
 }
 
 /* --- soak -------------------------------------------------------------------------------- */
-
-static long rss_kb(void) {
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    long kb = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "VmRSS: %ld", &kb) == 1) break;
-    if (f) fclose(f);
-    return kb;
-}
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 static uint64_t rnd(void) {
@@ -875,13 +774,13 @@ static size_t mutate(uint8_t *out, const seed *seeds, size_t nseeds) {
 static void soak(long mb) {
     tl_case("soak %ld MB", mb);
     rndz_server_options o;
-    srv v[2];
+    tl_server v[2];
     srv_opts(&o, false);
     o.max_peers = 2000; /* fills during the warm-up: later growth would be a leak */
-    if (!srv_start(&v[0], &o)) return;
+    if (!tl_server_start(&v[0], &o)) return;
     srv_opts(&o, true);
     o.max_peers = 2000;
-    if (!srv_start(&v[1], &o)) return;
+    if (!tl_server_start(&v[1], &o)) return;
     static seed seeds[64];
     size_t nseeds = make_seeds(seeds, 64);
     enum { NSRC = 16, BATCH = 64 };
@@ -897,7 +796,7 @@ static void soak(long mb) {
     uint64_t total = (uint64_t)mb << 20, bytes = 0, warm = total / 10, sent[2] = {0, 0};
     uint64_t dropped[2] = {0, 0};
     if (warm < (5u << 20)) warm = total / 2;
-    long rss0 = -1, rss_start = rss_kb();
+    long rss0 = -1, rss_start = tl_rss_kb();
     uint64_t t0 = tl_now_ms(), waited = 0;
     uint8_t drain[2048];
     for (uint64_t round = 0; bytes < total; round++) {
@@ -936,11 +835,11 @@ static void soak(long mb) {
                 usleep(200);
             }
         }
-        if (rss0 < 0 && bytes >= warm) rss0 = rss_kb();
+        if (rss0 < 0 && bytes >= warm) rss0 = tl_rss_kb();
     }
     uint64_t ms = tl_now_ms() - t0;
     tl_sleep_ms(tl_ms(200));
-    long rss1 = rss_kb();
+    long rss1 = tl_rss_kb();
     rndz_server_stats a = stats(&v[0]), b = stats(&v[1]);
     tl_note("soak: %.1f MB in %llu datagrams in %.1f s; servers took %llu + %llu (no secret: "
             "%llu malformed, %llu peers; secret: %llu auth failed, %llu replayed); RSS %ld KiB "
@@ -970,8 +869,8 @@ static void soak(long mb) {
     close(x);
     close(y);
     for (int i = 0; i < NSRC; i++) close(fds[i]);
-    srv_stop(&v[0]);
-    srv_stop(&v[1]);
+    tl_server_stop(&v[0]);
+    tl_server_stop(&v[1]);
 }
 
 int main(int argc, char **argv) {

@@ -43,6 +43,15 @@ static int tcp_socket(int family, const struct sockaddr_storage *bind_to, bool r
     return fd;
 }
 
+/* A raw TCP socket bound to 127.0.0.1:0 (shareable if reuse); *where gets its address. */
+static int tcp_bound(struct sockaddr_storage *where, bool reuse) {
+    rndz_addr_parse("127.0.0.1:0", where, NULL);
+    int fd = tcp_socket(AF_INET, where, reuse);
+    socklen_t sl = sizeof *where;
+    getsockname(fd, (struct sockaddr *)where, &sl);
+    return fd;
+}
+
 static socklen_t sa_len(const struct sockaddr_storage *ss) {
     return ss->ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
 }
@@ -136,61 +145,43 @@ static bool closed_within(int fd, unsigned ms) {
     }
 }
 
-static rndz_server *start_server(const char *addr, uint32_t idle_ms,
-                                 struct sockaddr_storage *where, char *text) {
+/* Our server on `addr` (idle timeout idle_ms, 0: the default); false if it did not start. */
+static bool start_server(tl_server *v, const char *addr, uint32_t idle_ms) {
     rndz_server_options o;
-    rndz_server_options_init(&o);
-    o.listen_addr = addr;
+    tl_server_options(&o, addr);
     if (idle_ms) o.tcp_idle_ms = idle_ms;
     /* every client here is 127.0.0.1 (10,000 at once below); the per-address cap is tested in
      * test_security */
     o.max_tcp_conns_per_ip = UINT32_MAX;
-    rndz_server *s = NULL;
-    int rc = rndz_server_create(&o, &s);
-    CHECK_RC(rc, 0);
-    if (rc) exit(1);
-    CHECK_RC(rndz_server_start(s), 0);
-    rndz_server_local_addr(s, where, NULL);
-    rndz_addr_format((struct sockaddr *)where, text, RNDZ_ADDRSTRLEN);
-    return s;
+    return tl_server_start(v, &o);
 }
 
-static rndz_server_stats stats(rndz_server *s) {
-    rndz_server_stats st;
-    rndz_server_stats_get(s, &st);
-    return st;
-}
+static rndz_server_stats stats(tl_server *v) { return tl_server_stats(v); }
 
-/* Poll the server's stats until pred holds or ms pass. */
-static bool wait_peers(rndz_server *s, uint64_t peers, unsigned ms) {
-    uint64_t end = tl_now_ms() + ms;
-    while (tl_now_ms() < end) {
-        if (stats(s).tcp_peers == peers) return true;
-        tl_sleep_ms(10);
-    }
-    return stats(s).tcp_peers == peers;
+/* Poll the server's stats until it has `peers` TCP ids registered or ms pass. */
+static bool wait_peers(tl_server *v, uint64_t peers, unsigned ms) {
+    return tl_server_await(v, TL_STAT(tcp_peers), peers, false, ms).tcp_peers == peers;
 }
 
 /* --- server semantics with the captured bytes -------------------------------------------- */
 
 static void test_vectors_against_server(void) {
     tl_case("tcp vectors against our server");
-    struct sockaddr_storage sa;
-    char st[RNDZ_ADDRSTRLEN];
-    rndz_server *s = start_server("127.0.0.1:0", 0, &sa, st);
+    tl_server v;
+    if (!start_server(&v, "127.0.0.1:0", 0)) return;
 
-    int c1 = tcp_connect(&sa, NULL);
+    int c1 = tcp_connect(&v.sa, NULL);
     CHECK(c1 >= 0);
     send_vec(c1, "tcp.ping");
     expect_vec(c1, "tcp.pong");
 
     /* c3 asks for nobody: the exact not-found bytes */
-    int c3 = tcp_connect(&sa, NULL);
+    int c3 = tcp_connect(&v.sa, NULL);
     send_vec(c3, "tcp.isync.unknown");
     expect_vec(c3, "tcp.redirect.empty");
 
     /* c2 asks for c1: c1 gets Fsync{c2, c2's address}; c2 gets nothing yet */
-    int c2 = tcp_connect(&sa, NULL);
+    int c2 = tcp_connect(&v.sa, NULL);
     send_vec(c2, "tcp.isync");
     uint8_t buf[2048];
     rndz_msg m;
@@ -215,15 +206,14 @@ static void test_vectors_against_server(void) {
     close(c1);
     close(c2);
     close(c3);
-    rndz_server_destroy(s);
+    tl_server_stop(&v);
 }
 
 static void test_split_and_merged_frames(void) {
     tl_case("split and merged frames");
-    struct sockaddr_storage sa;
-    char st[RNDZ_ADDRSTRLEN];
-    rndz_server *s = start_server("127.0.0.1:0", 0, &sa, st);
-    int c = tcp_connect(&sa, NULL);
+    tl_server v;
+    if (!start_server(&v, "127.0.0.1:0", 0)) return;
+    int c = tcp_connect(&v.sa, NULL);
     const tl_vector *ping = tl_vector_get("tcp.ping");
     /* one byte at a time */
     for (size_t i = 0; i < ping->len; i++) {
@@ -245,33 +235,32 @@ static void test_split_and_merged_frames(void) {
     CHECK_EQ_INT(send(c, three + n - 3, 3, MSG_NOSIGNAL), 3);
     expect_vec(c, "tcp.pong");
     close(c);
-    rndz_server_destroy(s);
+    tl_server_stop(&v);
 }
 
 static void test_bad_frames(void) {
-    struct sockaddr_storage sa;
-    char st[RNDZ_ADDRSTRLEN];
-    rndz_server *s = start_server("127.0.0.1:0", 0, &sa, st);
+    tl_server v;
+    if (!start_server(&v, "127.0.0.1:0", 0)) return;
 
     tl_case("oversize frame closes the connection");
-    int c = tcp_connect(&sa, NULL);
+    int c = tcp_connect(&v.sa, NULL);
     send_vec(c, "tcp.ping");
     expect_vec(c, "tcp.pong");
-    CHECK(wait_peers(s, 1, 1000));
+    CHECK(wait_peers(&v, 1, 1000));
     send_hex(c, "05 dd"); /* 1501 bytes announced */
     CHECK(closed_within(c, 2000));
-    CHECK(wait_peers(s, 0, 1000)); /* and its registration went with it */
-    CHECK(stats(s).tcp_malformed >= 1);
+    CHECK(wait_peers(&v, 0, 1000)); /* and its registration went with it */
+    CHECK(stats(&v).tcp_malformed >= 1);
     close(c);
 
     tl_case("undecodable body closes the connection");
-    c = tcp_connect(&sa, NULL);
+    c = tcp_connect(&v.sa, NULL);
     send_hex(c, "00 03 ff ff ff");
     CHECK(closed_within(c, 2000));
     close(c);
 
     tl_case("a 1500-byte frame is accepted (and dropped as undecodable)");
-    c = tcp_connect(&sa, NULL);
+    c = tcp_connect(&v.sa, NULL);
     uint8_t big[2 + 1500];
     big[0] = 0x05;
     big[1] = 0xdc;
@@ -281,33 +270,32 @@ static void test_bad_frames(void) {
     close(c);
 
     tl_case("Bye drops the connection and the id");
-    c = tcp_connect(&sa, NULL);
+    c = tcp_connect(&v.sa, NULL);
     send_vec(c, "tcp.ping");
     expect_vec(c, "tcp.pong");
-    CHECK(wait_peers(s, 1, 1000));
+    CHECK(wait_peers(&v, 1, 1000));
     rndz_msg bye = {.cmd = RNDZ_REQ_BYE, .id = "c1", .id_len = 2};
     send_frame(c, &bye);
     CHECK(closed_within(c, 2000));
-    CHECK(wait_peers(s, 0, 1000));
+    CHECK(wait_peers(&v, 0, 1000));
     close(c);
 
     tl_case("a silent half-open connection does not stall others");
-    int mute = tcp_connect(&sa, NULL);
+    int mute = tcp_connect(&v.sa, NULL);
     send_hex(mute, "00 10 0a"); /* a frame that never completes */
-    c = tcp_connect(&sa, NULL);
+    c = tcp_connect(&v.sa, NULL);
     send_vec(c, "tcp.ping");
     expect_vec(c, "tcp.pong");
     close(c);
     close(mute);
-    rndz_server_destroy(s);
+    tl_server_stop(&v);
 }
 
 static void test_idle_timeout(void) {
     tl_case("idle timeout (shortened to 300 ms)");
-    struct sockaddr_storage sa;
-    char st[RNDZ_ADDRSTRLEN];
-    rndz_server *s = start_server("127.0.0.1:0", 300, &sa, st);
-    int c = tcp_connect(&sa, NULL);
+    tl_server v;
+    if (!start_server(&v, "127.0.0.1:0", 300)) return;
+    int c = tcp_connect(&v.sa, NULL);
     send_vec(c, "tcp.ping");
     expect_vec(c, "tcp.pong");
     /* still there while it talks */
@@ -321,33 +309,32 @@ static void test_idle_timeout(void) {
     uint64_t took = tl_now_ms() - t0;
     CHECK(took >= 250);
     CHECK(took < tl_ms(1500));
-    CHECK(wait_peers(s, 0, 1000));
+    CHECK(wait_peers(&v, 0, 1000));
     close(c);
-    rndz_server_destroy(s);
+    tl_server_stop(&v);
 }
 
 static void test_ownership(void) {
     tl_case("a registration belongs to the connection that made it last");
-    struct sockaddr_storage sa;
-    char st[RNDZ_ADDRSTRLEN];
-    rndz_server *s = start_server("127.0.0.1:0", 0, &sa, st);
-    int a = tcp_connect(&sa, NULL), b = tcp_connect(&sa, NULL);
+    tl_server v;
+    if (!start_server(&v, "127.0.0.1:0", 0)) return;
+    int a = tcp_connect(&v.sa, NULL), b = tcp_connect(&v.sa, NULL);
     send_vec(a, "tcp.ping"); /* c1 on a */
     expect_vec(a, "tcp.pong");
     send_vec(b, "tcp.ping"); /* c1 reconnects on b */
     expect_vec(b, "tcp.pong");
     close(a); /* the old connection goes: c1 must stay registered (on b) */
     tl_sleep_ms(100);
-    CHECK(wait_peers(s, 1, 1000));
-    int c2 = tcp_connect(&sa, NULL);
+    CHECK(wait_peers(&v, 1, 1000));
+    int c2 = tcp_connect(&v.sa, NULL);
     send_vec(c2, "tcp.isync");
     uint8_t buf[2048];
     rndz_msg m;
     CHECK(read_response(b, buf, sizeof buf, &m)); /* forwarded down b, not a */
     CHECK_EQ_INT(m.cmd, RNDZ_RSP_FSYNC);
     close(b);
-    CHECK(wait_peers(s, 1, 1000)); /* c2 (registered by its Isync) stays */
-    int c3 = tcp_connect(&sa, NULL);
+    CHECK(wait_peers(&v, 1, 1000)); /* c2 (registered by its Isync) stays */
+    int c3 = tcp_connect(&v.sa, NULL);
     send_vec(c3, "tcp.isync.unknown");
     expect_vec(c3, "tcp.redirect.empty");
     rndz_msg isync = {.cmd = RNDZ_REQ_ISYNC, .id = "c3", .id_len = 2, .peer_id = "c1",
@@ -358,19 +345,30 @@ static void test_ownership(void) {
     CHECK_EQ_INT(m.addr_len, 0); /* c1 is gone with b */
     close(c2);
     close(c3);
-    rndz_server_destroy(s);
+    tl_server_stop(&v);
 }
 
 /* --- pairing ------------------------------------------------------------------------------ */
 
 static rndz_client_options client_opts(const char *id, const char **servers, size_t n) {
     rndz_client_options o;
-    rndz_client_options_init(&o);
-    o.id = id;
-    o.servers = servers;
-    o.n_servers = n;
+    tl_client_options(&o, id, servers, n);
     o.timeout_ms = tl_ms(5000);
     return o;
+}
+
+/* Data both ways over a connected pair. */
+static void exchange(int x, int y);
+
+/* The connector got fd (or an error): the listener accepts its side, they exchange data, both
+ * are closed. */
+static void accept_and_talk(rndz_tcp_listener *l, int fd) {
+    CHECK(fd >= 0);
+    int a = rndz_tcp_listener_accept(l, tl_ms(3000), NULL, NULL);
+    CHECK(a >= 0);
+    if (fd >= 0 && a >= 0) exchange(fd, a);
+    if (fd >= 0) close(fd);
+    if (a >= 0) close(a);
 }
 
 /* Data both ways over a connected pair. */
@@ -387,36 +385,14 @@ static void exchange(int x, int y) {
     CHECK_EQ_STR(buf, "world");
 }
 
-typedef struct tcp_job {
-    rndz_client_options o;
-    const char *target;
-    int rc;
-    struct sockaddr_storage peer;
-    pthread_t th;
-} tcp_job;
-
-static void *tcp_job_run(void *arg) {
-    tcp_job *j = arg;
-    j->rc = rndz_tcp_connect(&j->o, j->target, &j->peer, NULL);
-    return NULL;
-}
-
-/* A TCP listener with options `lo`, registered with its server (NULL if it failed). */
-static rndz_tcp_listener *registered_listener(const rndz_client_options *lo) {
-    rndz_tcp_listener *l = NULL;
-    if (!CHECK_RC(rndz_tcp_listener_create(lo, &l), 0)) return NULL;
-    CHECK_RC(rndz_tcp_listener_wait_registered(l, tl_ms(3000)), 0);
-    return l;
-}
 
 static void test_pair(const char *listen, const char *label) {
     tl_case("TCP pairing through our server, %s", label);
-    struct sockaddr_storage sa;
-    char st[RNDZ_ADDRSTRLEN];
-    rndz_server *s = start_server(listen, 0, &sa, st);
-    const char *servers[] = {st};
+    tl_server v;
+    if (!start_server(&v, listen, 0)) return;
+    const char *servers[] = {v.text};
     rndz_client_options lo = client_opts("L", servers, 1);
-    rndz_tcp_listener *l = registered_listener(&lo);
+    rndz_tcp_listener *l = tl_tcp_listener(&lo);
     rndz_client_options co = client_opts("C", servers, 1);
     struct sockaddr_storage peer, apeer;
     int fd = rndz_tcp_connect(&co, "L", &peer, NULL);
@@ -446,15 +422,14 @@ static void test_pair(const char *listen, const char *label) {
     CHECK_RC(rndz_tcp_listener_close(l), 0);
     CHECK_RC(rndz_tcp_listener_accept(l, UINT32_MAX, NULL, NULL), RNDZ_E_CLOSED);
     rndz_tcp_listener_destroy(l);
-    rndz_server_destroy(s);
+    tl_server_stop(&v);
 }
 
 static void test_connect_timeout(void) {
     tl_case("TCP connect to a silent server times out");
     /* a listening socket that never answers: connect succeeds, no Redirect comes */
     struct sockaddr_storage any;
-    rndz_addr_parse("127.0.0.1:0", &any, NULL);
-    int ls = tcp_socket(AF_INET, &any, false);
+    int ls = tcp_bound(&any, false);
     CHECK_EQ_INT(listen(ls, 4), 0);
     char text[RNDZ_ADDRSTRLEN];
     tl_local_text(ls, text, sizeof text);
@@ -472,23 +447,19 @@ static void test_connect_timeout(void) {
  * answer Fsync with Rsync (and a SYN toward the peer). Our connector must reach it. */
 static void test_v1_listener_with_our_connector(void) {
     tl_case("raw v1 TCP listener, our connector");
-    struct sockaddr_storage sa;
-    char st[RNDZ_ADDRSTRLEN];
-    rndz_server *s = start_server("127.0.0.1:0", 0, &sa, st);
+    tl_server v;
+    if (!start_server(&v, "127.0.0.1:0", 0)) return;
     struct sockaddr_storage local;
-    rndz_addr_parse("127.0.0.1:0", &local, NULL);
-    int ls = tcp_socket(AF_INET, &local, true);
-    socklen_t ll = sizeof local;
-    getsockname(ls, (struct sockaddr *)&local, &ll);
+    int ls = tcp_bound(&local, true);
     CHECK_EQ_INT(listen(ls, 8), 0);
-    int srv = tcp_connect(&sa, &local);
+    int srv = tcp_connect(&v.sa, &local);
     CHECK(srv >= 0);
     send_vec(srv, "tcp.ping"); /* c1 */
     expect_vec(srv, "tcp.pong");
 
-    const char *servers[] = {st};
-    tcp_job j = {.o = client_opts("c2", servers, 1), .target = "c1"};
-    pthread_create(&j.th, NULL, tcp_job_run, &j);
+    const char *servers[] = {v.text};
+    tl_tcp_job j = {.o = client_opts("c2", servers, 1), .target = "c1"};
+    tl_tcp_job_run(&j);
     uint8_t buf[2048];
     rndz_msg m;
     long fn = read_frame(srv, buf, sizeof buf);
@@ -505,31 +476,27 @@ static void test_v1_listener_with_our_connector(void) {
     socklen_t fl = sizeof from;
     int a = accept(ls, (struct sockaddr *)&from, &fl);
     CHECK(a >= 0);
-    pthread_join(j.th, NULL);
+    tl_tcp_job_join(&j);
     CHECK(j.rc >= 0);
     if (a >= 0 && j.rc >= 0) exchange(j.rc, a);
     if (a >= 0) close(a);
     if (j.rc >= 0) close(j.rc);
     close(srv);
     close(ls);
-    rndz_server_destroy(s);
+    tl_server_stop(&v);
 }
 
 /* A raw v1 TCP connector against our listener: Isync, Redirect, connect from the same port. */
 static void test_v1_connector_with_our_listener(void) {
     tl_case("raw v1 TCP connector, our listener");
-    struct sockaddr_storage sa;
-    char st[RNDZ_ADDRSTRLEN];
-    rndz_server *s = start_server("127.0.0.1:0", 0, &sa, st);
-    const char *servers[] = {st};
+    tl_server v;
+    if (!start_server(&v, "127.0.0.1:0", 0)) return;
+    const char *servers[] = {v.text};
     rndz_client_options lo = client_opts("c1", servers, 1);
-    rndz_tcp_listener *l = registered_listener(&lo);
+    rndz_tcp_listener *l = tl_tcp_listener(&lo);
     struct sockaddr_storage local;
-    rndz_addr_parse("127.0.0.1:0", &local, NULL);
-    int srv = tcp_socket(AF_INET, &local, true);
-    socklen_t ll = sizeof local;
-    getsockname(srv, (struct sockaddr *)&local, &ll);
-    CHECK_EQ_INT(connect(srv, (struct sockaddr *)&sa, sa_len(&sa)), 0);
+    int srv = tcp_bound(&local, true);
+    CHECK_EQ_INT(connect(srv, (struct sockaddr *)&v.sa, sa_len(&v.sa)), 0);
     send_vec(srv, "tcp.isync"); /* c2 asks for c1 */
     uint8_t buf[2048];
     rndz_msg m;
@@ -545,25 +512,17 @@ static void test_v1_connector_with_our_listener(void) {
         fd = tcp_connect(&peer, &local);
         if (fd < 0) tl_sleep_ms(50);
     }
-    CHECK(fd >= 0);
-    int a = rndz_tcp_listener_accept(l, tl_ms(3000), NULL, NULL);
-    CHECK(a >= 0);
-    if (fd >= 0 && a >= 0) exchange(fd, a);
-    if (fd >= 0) close(fd);
-    if (a >= 0) close(a);
+    accept_and_talk(l, fd);
     close(srv);
     rndz_tcp_listener_destroy(l);
-    rndz_server_destroy(s);
+    tl_server_stop(&v);
 }
 
 /* A raw v1 TCP server (the captured bytes) serving our listener and our connector. */
 static void test_v1_server_with_our_clients(void) {
     tl_case("raw v1 TCP server, our listener and connector");
     struct sockaddr_storage sa;
-    rndz_addr_parse("127.0.0.1:0", &sa, NULL);
-    int ls = tcp_socket(AF_INET, &sa, false);
-    socklen_t sl = sizeof sa;
-    getsockname(ls, (struct sockaddr *)&sa, &sl);
+    int ls = tcp_bound(&sa, false);
     CHECK_EQ_INT(listen(ls, 8), 0);
     char st[RNDZ_ADDRSTRLEN];
     rndz_addr_format((struct sockaddr *)&sa, st, sizeof st);
@@ -582,8 +541,8 @@ static void test_v1_server_with_our_clients(void) {
     send_vec(lc, "tcp.pong");
     CHECK_RC(rndz_tcp_listener_wait_registered(l, tl_ms(3000)), 0);
 
-    tcp_job j = {.o = client_opts("c2", servers, 1), .target = "c1"};
-    pthread_create(&j.th, NULL, tcp_job_run, &j);
+    tl_tcp_job j = {.o = client_opts("c2", servers, 1), .target = "c1"};
+    tl_tcp_job_run(&j);
     fl = sizeof cfrom;
     int cc = accept(ls, (struct sockaddr *)&cfrom, &fl);
     CHECK(cc >= 0);
@@ -599,13 +558,7 @@ static void test_v1_server_with_our_clients(void) {
     rndz_msg r = {.cmd = RNDZ_RSP_REDIRECT, .peer_id = "c1", .peer_id_len = 2, .addr = laddr,
                   .addr_len = strlen(laddr)};
     send_frame(cc, &r);
-    pthread_join(j.th, NULL);
-    CHECK(j.rc >= 0);
-    int a = rndz_tcp_listener_accept(l, tl_ms(3000), NULL, NULL);
-    CHECK(a >= 0);
-    if (a >= 0 && j.rc >= 0) exchange(j.rc, a);
-    if (a >= 0) close(a);
-    if (j.rc >= 0) close(j.rc);
+    accept_and_talk(l, tl_tcp_job_join(&j));
     close(cc);
     close(lc);
     close(ls);
@@ -614,34 +567,30 @@ static void test_v1_server_with_our_clients(void) {
 
 static void test_server_restart(void) {
     tl_case("server restart: the listener registers again and a new connect works");
-    struct sockaddr_storage sa;
-    char st[RNDZ_ADDRSTRLEN];
-    rndz_server *s = start_server("127.0.0.1:0", 0, &sa, st);
+    tl_server v;
+    if (!start_server(&v, "127.0.0.1:0", 0)) return;
+    char st[RNDZ_ADDRSTRLEN]; /* v is started again below; this stays */
+    snprintf(st, sizeof st, "%s", v.text);
     const char *servers[] = {st};
     rndz_client_options lo = client_opts("L", servers, 1);
-    rndz_tcp_listener *l = registered_listener(&lo);
-    CHECK(wait_peers(s, 1, 1000));
-    rndz_server_destroy(s);
+    rndz_tcp_listener *l = tl_tcp_listener(&lo);
+    CHECK(wait_peers(&v, 1, 1000));
+    tl_server_stop(&v);
     tl_sleep_ms(200);
     /* same address and port */
-    struct sockaddr_storage sa2;
-    char st2[RNDZ_ADDRSTRLEN];
-    s = start_server(st, 0, &sa2, st2);
-    CHECK_EQ_STR(st2, st);
+    if (!start_server(&v, st, 0)) {
+        rndz_tcp_listener_destroy(l);
+        return;
+    }
+    CHECK_EQ_STR(v.text, st);
     uint64_t t0 = tl_now_ms();
-    CHECK(wait_peers(s, 1, tl_ms(5000)));
+    CHECK(wait_peers(&v, 1, tl_ms(5000)));
     tl_note("listener registered again %llu ms after the restart",
             (unsigned long long)(tl_now_ms() - t0));
     rndz_client_options co = client_opts("C", servers, 1);
-    int fd = rndz_tcp_connect(&co, "L", NULL, NULL);
-    CHECK(fd >= 0);
-    int a = rndz_tcp_listener_accept(l, tl_ms(3000), NULL, NULL);
-    CHECK(a >= 0);
-    if (fd >= 0 && a >= 0) exchange(fd, a);
-    if (fd >= 0) close(fd);
-    if (a >= 0) close(a);
+    accept_and_talk(l, rndz_tcp_connect(&co, "L", NULL, NULL));
     rndz_tcp_listener_destroy(l);
-    rndz_server_destroy(s);
+    tl_server_stop(&v);
 }
 
 /* TCP_RTO_MAX_MS of a socket, or -1 where the kernel has no such option (before 6.15). */
@@ -653,10 +602,9 @@ static int rto_max_of(int fd) {
 
 static void test_connect_info_and_rto_cap(void) {
     tl_case("rndz_tcp_connect_info; tcp_rto_max_ms on the connections handed over");
-    struct sockaddr_storage sa;
-    char st[RNDZ_ADDRSTRLEN];
-    rndz_server *s = start_server("127.0.0.1:0", 0, &sa, st);
-    const char *servers[] = {st};
+    tl_server v;
+    if (!start_server(&v, "127.0.0.1:0", 0)) return;
+    const char *servers[] = {v.text};
     rndz_client_options bad = client_opts("L", servers, 1);
     rndz_tcp_listener *l = NULL;
     bad.tcp_rto_max_ms = 999; /* below the kernel's floor: refused up front */
@@ -666,7 +614,7 @@ static void test_connect_info_and_rto_cap(void) {
 
     rndz_client_options lo = client_opts("L", servers, 1);
     lo.tcp_rto_max_ms = 2000;
-    l = registered_listener(&lo);
+    l = tl_tcp_listener(&lo);
     for (int keep = 0; keep < 2; keep++) {
         rndz_client_options co = client_opts("C", servers, 1);
         co.tcp_rto_max_ms = keep ? 5000 : 0;
@@ -707,20 +655,10 @@ static void test_connect_info_and_rto_cap(void) {
         if (afd >= 0) close(afd);
     }
     rndz_tcp_listener_destroy(l);
-    rndz_server_destroy(s);
+    tl_server_stop(&v);
 }
 
 /* --- scale and descriptor exhaustion (child processes) ----------------------------------- */
-
-static long rss_kb(void) {
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    long kb = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "VmRSS: %ld", &kb) == 1) break;
-    if (f) fclose(f);
-    return kb;
-}
 
 #ifndef MANY
 #define MANY 10000
@@ -737,10 +675,9 @@ static void test_many_connections(void) {
     }
     rl.rlim_cur = rl.rlim_max;
     setrlimit(RLIMIT_NOFILE, &rl);
-    struct sockaddr_storage sa;
-    char st[RNDZ_ADDRSTRLEN];
-    long rss0 = rss_kb();
-    rndz_server *s = start_server("127.0.0.1:0", 0, &sa, st);
+    long rss0 = tl_rss_kb();
+    tl_server v;
+    if (!start_server(&v, "127.0.0.1:0", 0)) return;
     int res[2], hold[2]; /* child -> parent: the verdict; parent -> child: stay alive */
     CHECK_EQ_INT(pipe(res), 0);
     CHECK_EQ_INT(pipe(hold), 0);
@@ -751,7 +688,7 @@ static void test_many_connections(void) {
         static int fds[MANY];
         int ok = 0, made = 0;
         for (int i = 0; i < MANY; i++) {
-            fds[i] = tcp_connect(&sa, NULL);
+            fds[i] = tcp_connect(&v.sa, NULL);
             if (fds[i] < 0) break;
             made++;
             char id[16];
@@ -776,14 +713,14 @@ static void test_many_connections(void) {
     char c = 0;
     CHECK_EQ_INT(read(res[0], &c, 1), 1);
     CHECK_EQ_INT(c, 'y');
-    CHECK(wait_peers(s, MANY, tl_ms(5000)));
-    rndz_server_stats stt = stats(s);
+    CHECK(wait_peers(&v, MANY, tl_ms(5000)));
+    rndz_server_stats stt = stats(&v);
     CHECK_EQ_INT(stt.tcp_conns, MANY);
-    long rss1 = rss_kb();
+    long rss1 = tl_rss_kb();
     tl_note("%llu registered TCP connections; server RSS grew %ld KiB = %ld bytes/connection",
             (unsigned long long)stt.tcp_conns, rss1 - rss0, (rss1 - rss0) * 1024 / MANY);
     /* a new client is still served at once */
-    int extra = tcp_connect(&sa, NULL);
+    int extra = tcp_connect(&v.sa, NULL);
     send_vec(extra, "tcp.ping");
     expect_vec(extra, "tcp.pong");
     close(extra);
@@ -792,8 +729,8 @@ static void test_many_connections(void) {
     waitpid(pid, &status, 0);
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     close(res[0]);
-    CHECK(wait_peers(s, 0, tl_ms(5000)));
-    rndz_server_destroy(s);
+    CHECK(wait_peers(&v, 0, tl_ms(5000)));
+    tl_server_stop(&v);
 }
 
 /* CPU seconds (user+sys) used so far by a process. */
@@ -830,8 +767,7 @@ static void test_out_of_descriptors(void) {
         rl.rlim_cur = 32;
         setrlimit(RLIMIT_NOFILE, &rl);
         rndz_server_options o;
-        rndz_server_options_init(&o);
-        o.listen_addr = "127.0.0.1:0";
+        tl_server_options(&o, "127.0.0.1:0");
         rndz_server *s;
         if (rndz_server_create(&o, &s)) _exit(2);
         struct sockaddr_storage a;

@@ -17,43 +17,40 @@
 /* --- helpers ----------------------------------------------------------------------------- */
 
 typedef struct srv {
-    rndz_server *s;
-    int port;
-    char text[RNDZ_ADDRSTRLEN];  /* where IPv4 clients send ("127.0.0.1:P") */
-    char text6[RNDZ_ADDRSTRLEN]; /* where IPv6 clients send ("[::1]:P") */
-    long sent;                   /* datagrams the test sent to it */
-    long want_tx;                /* datagrams it should have sent */
+    tl_server t;  /* t.text: where IPv4 clients send; t.text6: IPv6 clients */
+    long sent;    /* datagrams the test sent to it */
+    long want_tx; /* datagrams it should have sent */
 } srv;
+
+static void srv_options(rndz_server_options *o, const char *listen) {
+    tl_server_options(o, listen);
+    o->max_id_len = UINT32_MAX; /* v1 has no id limit (a 1500-byte Ping below); the default
+                                 * limit is tested in test_security */
+}
 
 static bool srv_open(srv *v, const char *listen, uint32_t expiry_ms, int ipv6_only) {
     memset(v, 0, sizeof *v);
     rndz_server_options o;
-    rndz_server_options_init(&o);
-    o.listen_addr = listen;
+    srv_options(&o, listen);
     o.ipv6_only = ipv6_only;
     if (expiry_ms) o.udp_expiry_ms = expiry_ms;
-    o.max_id_len = UINT32_MAX; /* v1 has no id limit (a 1500-byte Ping below); the default
-                                * limit is tested in test_security */
-    int rc = rndz_server_create(&o, &v->s);
-    if (!CHECK_RC(rc, 0)) return false;
-    struct sockaddr_storage ss;
-    socklen_t sl = 0;
-    CHECK_RC(rndz_server_local_addr(v->s, &ss, &sl), 0);
-    v->port = tl_addr_port(&ss);
-    CHECK(v->port > 0);
-    snprintf(v->text, sizeof v->text, "127.0.0.1:%d", v->port);
-    snprintf(v->text6, sizeof v->text6, "[::1]:%d", v->port);
-    rc = rndz_server_start(v->s);
-    return CHECK_RC(rc, 0);
+    return tl_server_start(&v->t, &o);
 }
 
-static void srv_close(srv *v) {
-    rndz_server_destroy(v->s);
-    v->s = NULL;
+/* A server on [::] (dual stack, or ipv6_only), where this host has IPv6 loopback. */
+static bool srv_open_v6(srv *v, const char *name, int ipv6_only) {
+    if (!tl_have_ipv6()) {
+        tl_note("SKIP %s: no IPv6 loopback", name);
+        return false;
+    }
+    tl_case("%s", name);
+    return srv_open(v, "[::]:0", 0, ipv6_only);
 }
+
+static void srv_close(srv *v) { tl_server_stop(&v->t); }
 
 static void srv_send(srv *v, int fd, const void *data, size_t len, int family) {
-    long n = tl_sendto(fd, data, len, family == AF_INET6 ? v->text6 : v->text);
+    long n = tl_sendto(fd, data, len, family == AF_INET6 ? v->t.text6 : v->t.text);
     CHECK_EQ_INT(n, (long)len);
     v->sent++;
 }
@@ -89,15 +86,61 @@ static size_t msg(uint8_t *out, const char *id, int field, const char *peer, con
 enum { F_PING = 2, F_ISYNC = 3, F_FSYNC = 4, F_RSYNC = 5, F_BYE = 6 };       /* Request */
 enum { F_PONG = 2, F_REDIRECT = 3, F_RFSYNC = 4 };                         /* Response */
 
+/* The server's answer on fd: exactly these bytes / this vector / this message (checked as
+ * expect_* do), counted as one datagram it sent. */
+static bool reply_bytes(srv *v, int fd, const uint8_t *want, size_t wlen) {
+    v->want_tx++;
+    return expect_bytes(fd, want, wlen, v->t.port);
+}
+
+static bool reply_vector(srv *v, int fd, const char *name) {
+    v->want_tx++;
+    return expect_vector(fd, name, v->t.port);
+}
+
+static bool reply_msg(srv *v, int fd, const char *id, int field, const char *peer,
+                      const char *addr) {
+    v->want_tx++;
+    return expect_msg(fd, id, field, peer, addr, v->t.port);
+}
+
+/* Send vector `name` from fd. */
+static void send_vector(srv *v, int fd, const char *name) {
+    const tl_vector *t = tl_vector_get(name);
+    srv_send(v, fd, t->bytes, t->len, AF_INET);
+}
+
+/* Send tl_v1_bytes(id, field, peer) from fd. */
+static void send_msg(srv *v, int fd, const char *id, int field, const char *peer, int family) {
+    uint8_t b[512];
+    srv_send(v, fd, b, msg(b, id, field, peer, NULL), family);
+}
+
+/* A Ping of `size` bytes (a 2-byte id length, then id bytes `fill`), into b. */
+static size_t big_ping(uint8_t *b, size_t size, char fill) {
+    size_t idl = size - 5;
+    b[0] = 0x0a;
+    b[1] = (uint8_t)(idl | 0x80);
+    b[2] = (uint8_t)(idl >> 7);
+    memset(b + 3, fill, idl);
+    b[3 + idl] = 0x12;
+    b[4 + idl] = 0x00;
+    return size;
+}
+
+/* Register `id` from fd with a Ping; the Pong has the same bytes, from the server's port. */
+static bool ping_as(srv *v, int fd, const char *id, int family) {
+    uint8_t b[512];
+    size_t n = msg(b, id, F_PING, NULL, NULL);
+    srv_send(v, fd, b, n, family);
+    return reply_bytes(v, fd, b, n);
+}
+
 /* Wait until the server has handled everything sent before: a fresh socket pings and waits
  * for the Pong (datagrams to one socket are handled in order). */
 static void barrier(srv *v) {
     int fd = tl_udp_socket(AF_INET, 1000);
-    uint8_t b[64];
-    size_t n = msg(b, "barrier", F_PING, NULL, NULL);
-    srv_send(v, fd, b, n, AF_INET);
-    expect_bytes(fd, b, n, v->port); /* Pong has the same bytes as Ping */
-    v->want_tx++;
+    ping_as(v, fd, "barrier", AF_INET);
     close(fd);
     /* The server has several workers (SO_REUSEPORT sockets, one per core by default), and
      * the kernel spreads client sockets over them: datagrams from different sockets are not
@@ -105,7 +148,7 @@ static void barrier(srv *v) {
      * datagram sent, and give the worker that took the last ones a moment to handle them. */
     rndz_server_stats st;
     uint64_t t0 = tl_now_ms();
-    while (rndz_server_stats_get(v->s, &st) == 0 && (long)st.udp_rx < v->sent &&
+    while (rndz_server_stats_get(v->t.s, &st) == 0 && (long)st.udp_rx < v->sent &&
            tl_now_ms() - t0 < tl_ms(1000))
         tl_sleep_ms(1);
     tl_sleep_ms(tl_ms(3));
@@ -124,7 +167,7 @@ static rndz_server_stats settled_stats(srv *v) {
     uint64_t t0 = tl_now_ms();
     do {
         memset(&st, 0xee, sizeof st);
-        CHECK_RC(rndz_server_stats_get(v->s, &st), 0);
+        CHECK_RC(rndz_server_stats_get(v->t.s, &st), 0);
         if ((long)st.udp_rx == v->sent && (long)st.udp_tx == v->want_tx) break;
         tl_sleep_ms(2);
     } while (tl_now_ms() - t0 < tl_ms(1000));
@@ -132,7 +175,7 @@ static rndz_server_stats settled_stats(srv *v) {
     for (int i = 0; i < 200; i++) {
         rndz_server_stats again;
         tl_sleep_ms(5);
-        CHECK_RC(rndz_server_stats_get(v->s, &again), 0);
+        CHECK_RC(rndz_server_stats_get(v->t.s, &again), 0);
         bool same = memcmp(&again, &st, sizeof st) == 0;
         st = again;
         if (same) break;
@@ -148,24 +191,22 @@ static const char *text_of(int fd, char *buf) { return tl_local_text(fd, buf, RN
 
 static void test_server_basic(void) {
     tl_case("server basic");
-    int fds0 = tl_count_fds();
+    tl_mark mark = tl_mark_now(false);
     srv v;
     if (!srv_open(&v, "127.0.0.1:0", 0, 0)) return;
     struct sockaddr_storage ss;
     socklen_t sl = 0;
-    CHECK_RC(rndz_server_local_addr(v.s, &ss, &sl), 0);
+    CHECK_RC(rndz_server_local_addr(v.t.s, &ss, &sl), 0);
     CHECK_EQ_INT(ss.ss_family, AF_INET);
     CHECK_EQ_INT(sl, sizeof(struct sockaddr_in));
     char t[RNDZ_ADDRSTRLEN];
-    CHECK_EQ_STR(tl_addr_text(&ss, t, sizeof t), v.text);
+    CHECK_EQ_STR(tl_addr_text(&ss, t, sizeof t), v.t.text);
 
     /* ping -> pong, exactly the captured bytes */
     tl_case("ping/pong");
     int a = tl_udp_socket(AF_INET, 1000); /* c1 */
-    const tl_vector *ping = tl_vector_get("udp.ping");
-    srv_send(&v, a, ping->bytes, ping->len, AF_INET);
-    expect_vector(a, "udp.pong", v.port);
-    v.want_tx++;
+    send_vector(&v, a, "udp.ping");
+    reply_vector(&v, a, "udp.pong");
 
     /* sanity of the hand-built bytes against the captures */
     tl_case("hand-built bytes");
@@ -178,58 +219,44 @@ static void test_server_basic(void) {
     /* isync to a known id: the target gets Fsync{X, X's address}; X gets nothing */
     tl_case("isync known");
     int bfd = tl_udp_socket(AF_INET, 1000); /* c2 */
-    const tl_vector *isync = tl_vector_get("udp.isync");
-    srv_send(&v, bfd, isync->bytes, isync->len, AF_INET);
-    expect_msg(a, "c1", F_RFSYNC, "c2", text_of(bfd, t), v.port);
-    v.want_tx++;
+    send_vector(&v, bfd, "udp.isync");
+    reply_msg(&v, a, "c1", F_RFSYNC, "c2", text_of(bfd, t));
     quiet(&v, bfd);
 
     /* isync to an unknown id: Redirect with an empty addr, exactly the capture */
     tl_case("isync unknown");
     int c = tl_udp_socket(AF_INET, 1000); /* c3 */
-    const tl_vector *unk = tl_vector_get("udp.isync.unknown");
-    srv_send(&v, c, unk->bytes, unk->len, AF_INET);
-    expect_vector(c, "udp.redirect.empty", v.port);
-    v.want_tx++;
+    send_vector(&v, c, "udp.isync.unknown");
+    reply_vector(&v, c, "udp.redirect.empty");
     quiet(&v, a);
 
     /* rsync: the target (c2, registered by its isync) gets Redirect{c1, c1's address} */
     tl_case("rsync");
-    const tl_vector *rsync = tl_vector_get("udp.rsync");
-    srv_send(&v, a, rsync->bytes, rsync->len, AF_INET);
-    expect_msg(bfd, "c2", F_REDIRECT, "c1", text_of(a, t), v.port);
-    v.want_tx++;
+    send_vector(&v, a, "udp.rsync");
+    reply_msg(&v, bfd, "c2", F_REDIRECT, "c1", text_of(a, t));
     quiet(&v, a);
 
     /* a ping from a new address moves the id */
     tl_case("re-register from a new address");
     int a2 = tl_udp_socket(AF_INET, 1000);
-    srv_send(&v, a2, ping->bytes, ping->len, AF_INET);
-    expect_vector(a2, "udp.pong", v.port);
-    v.want_tx++;
-    srv_send(&v, bfd, isync->bytes, isync->len, AF_INET);
-    expect_msg(a2, "c1", F_RFSYNC, "c2", text_of(bfd, t), v.port);
-    v.want_tx++;
+    send_vector(&v, a2, "udp.ping");
+    reply_vector(&v, a2, "udp.pong");
+    send_vector(&v, bfd, "udp.isync");
+    reply_msg(&v, a2, "c1", F_RFSYNC, "c2", text_of(bfd, t));
     quiet(&v, a);
 
     /* bye forgets: o2 is known, says bye (the captured bytes), then is not found */
     tl_case("bye");
     int d = tl_udp_socket(AF_INET, 1000); /* o2 */
     int e = tl_udp_socket(AF_INET, 1000); /* asks for o2 */
-    n = msg(b, "o2", F_PING, NULL, NULL);
-    srv_send(&v, d, b, n, AF_INET);
-    expect_bytes(d, b, n, v.port);
-    v.want_tx++;
+    ping_as(&v, d, "o2", AF_INET);
     n = msg(b, "e1", F_ISYNC, "o2", NULL);
     srv_send(&v, e, b, n, AF_INET);
-    expect_msg(d, "o2", F_RFSYNC, "e1", text_of(e, t), v.port);
-    v.want_tx++;
-    const tl_vector *bye = tl_vector_get("udp.bye");
-    srv_send(&v, d, bye->bytes, bye->len, AF_INET);
+    reply_msg(&v, d, "o2", F_RFSYNC, "e1", text_of(e, t));
+    send_vector(&v, d, "udp.bye");
     quiet(&v, d); /* bye has no answer */
     srv_send(&v, e, b, n, AF_INET);
-    expect_msg(e, "e1", F_REDIRECT, "o2", NULL, v.port);
-    v.want_tx++;
+    reply_msg(&v, e, "e1", F_REDIRECT, "o2", NULL);
     quiet(&v, d);
 
     /* the odd-input probes: exactly what the reference server answered */
@@ -243,8 +270,7 @@ static void test_server_basic(void) {
         if (vs[i].reply_none) {
             quiet(&v, p);
         } else {
-            expect_bytes(p, vs[i].reply, vs[i].reply_len, v.port);
-            v.want_tx++;
+            reply_bytes(&v, p, vs[i].reply, vs[i].reply_len);
         }
         close(p);
     }
@@ -269,7 +295,7 @@ static void test_server_basic(void) {
     close(e);
     srv_close(&v);
     tl_case("server basic: fds");
-    CHECK_EQ_INT(tl_count_fds(), fds0);
+    tl_mark_check(&mark);
     tl_case("%s", "");
 }
 
@@ -296,34 +322,18 @@ static void test_server_malformed(void) {
         bad++;
     }
     /* oversize: a Ping whose id makes the datagram 1501 and 4000 bytes */
-    for (int size = 1501; size <= 4000; size += 2499) {
-        size_t idl = (size_t)size - 5;
-        b[0] = 0x0a;
-        b[1] = (uint8_t)(idl | 0x80);
-        b[2] = (uint8_t)(idl >> 7);
-        memset(b + 3, 'x', idl);
-        b[3 + idl] = 0x12;
-        b[4 + idl] = 0x00;
-        srv_send(&v, x, b, (size_t)size, AF_INET);
+    for (size_t size = 1501; size <= 4000; size += 2499) {
+        srv_send(&v, x, b, big_ping(b, size, 'x'), AF_INET);
         bad++;
     }
     quiet(&v, x); /* nothing answered */
     /* still serving: a ping from the same socket */
     n = (long)msg(b, "still", F_PING, NULL, NULL);
     srv_send(&v, x, b, (size_t)n, AF_INET);
-    expect_bytes(x, b, (size_t)n, v.port);
-    v.want_tx++;
+    reply_bytes(&v, x, b, (size_t)n);
     /* and a 1500-byte ping is fine */
-    size_t idl = 1495;
-    b[0] = 0x0a;
-    b[1] = (uint8_t)(idl | 0x80);
-    b[2] = (uint8_t)(idl >> 7);
-    memset(b + 3, 'y', idl);
-    b[3 + idl] = 0x12;
-    b[4 + idl] = 0x00;
-    srv_send(&v, x, b, 1500, AF_INET);
-    expect_bytes(x, b, 1500, v.port);
-    v.want_tx++;
+    srv_send(&v, x, b, big_ping(b, 1500, 'y'), AF_INET);
+    reply_bytes(&v, x, b, 1500);
     rndz_server_stats st = stats(&v);
     CHECK_EQ_INT(st.udp_malformed, bad);
     CHECK_EQ_INT(st.udp_rx, v.sent);
@@ -339,16 +349,10 @@ static void test_server_peers_and_bye(void) {
     if (!srv_open(&v, "127.0.0.1:0", 0, 0)) return;
     int x = tl_udp_socket(AF_INET, 1000), y = tl_udp_socket(AF_INET, 1000);
     uint8_t b[64];
-    size_t n = msg(b, "a", F_PING, NULL, NULL);
-    srv_send(&v, x, b, n, AF_INET);
-    expect_bytes(x, b, n, v.port);
-    v.want_tx++;
-    n = msg(b, "b", F_PING, NULL, NULL);
-    srv_send(&v, y, b, n, AF_INET);
-    expect_bytes(y, b, n, v.port);
-    v.want_tx++;
+    ping_as(&v, x, "a", AF_INET);
+    ping_as(&v, y, "b", AF_INET);
     CHECK_EQ_INT(stats(&v).udp_peers, 2);
-    n = msg(b, "a", F_BYE, NULL, NULL);
+    size_t n = msg(b, "a", F_BYE, NULL, NULL);
     srv_send(&v, x, b, n, AF_INET);
     n = msg(b, "nobody", F_BYE, NULL, NULL); /* bye of an unknown id: nothing happens */
     srv_send(&v, x, b, n, AF_INET);
@@ -383,15 +387,13 @@ static void test_server_expiry(void) {
     size_t ni = msg(isync, "q1", F_ISYNC, "e1", NULL);
     uint64_t t0 = tl_now_ms();
     srv_send(&v, e, b, n, AF_INET);
-    expect_bytes(e, b, n, v.port);
-    v.want_tx++;
+    reply_bytes(&v, e, b, n);
     /* Ask for e1 every step while k1 keeps pinging; e1 must vanish after `expiry`. */
     uint64_t gone_at = 0;
     uint8_t buf[512];
     while (tl_now_ms() - t0 < tl_ms(2000)) {
         srv_send(&v, k, ping_k, nk, AF_INET);
-        expect_bytes(k, ping_k, nk, v.port);
-        v.want_tx++;
+        reply_bytes(&v, k, ping_k, nk);
         uint64_t asked = tl_now_ms();
         srv_send(&v, q, isync, ni, AF_INET);
         struct sockaddr_storage from;
@@ -405,8 +407,7 @@ static void test_server_expiry(void) {
             break;
         }
         /* still known: e1 got the Fsync */
-        expect_msg(e, "e1", F_RFSYNC, "q1", text_of(q, t), v.port);
-        v.want_tx++;
+        reply_msg(&v, e, "e1", F_RFSYNC, "q1", text_of(q, t));
     }
     CHECK(gone_at != 0);
     if (gone_at) {
@@ -418,8 +419,7 @@ static void test_server_expiry(void) {
     /* k1, refreshed all along, is still known */
     n = msg(b, "q1", F_ISYNC, "k1", NULL);
     srv_send(&v, q, b, n, AF_INET);
-    expect_msg(k, "k1", F_RFSYNC, "q1", text_of(q, t), v.port);
-    v.want_tx++;
+    reply_msg(&v, k, "k1", F_RFSYNC, "q1", text_of(q, t));
     rndz_server_stats st = stats(&v);
     CHECK_EQ_INT(st.udp_expired, 1);
     CHECK_EQ_INT(st.udp_peers, 2); /* k1, q1 */
@@ -427,7 +427,7 @@ static void test_server_expiry(void) {
     uint64_t quiet_from = tl_now_ms();
     do {
         tl_sleep_ms(10);
-        CHECK_RC(rndz_server_stats_get(v.s, &st), 0);
+        CHECK_RC(rndz_server_stats_get(v.t.s, &st), 0);
     } while (st.udp_peers != 0 && tl_now_ms() - quiet_from < expiry + tl_ms(1000));
     uint64_t took = tl_now_ms() - quiet_from;
     CHECK_EQ_INT(st.udp_expired, 3);
@@ -443,82 +443,61 @@ static void test_server_expiry(void) {
 
 /* A server on [::] serves IPv4 and IPv6 clients and writes IPv4 addresses in IPv4 form. */
 static void test_server_dual_stack(void) {
-    if (!tl_have_ipv6()) {
-        tl_note("SKIP dual stack: no IPv6 loopback");
-        return;
-    }
-    tl_case("dual stack");
     srv v;
-    if (!srv_open(&v, "[::]:0", 0, 0)) return;
+    if (!srv_open_v6(&v, "dual stack", 0)) return;
     struct sockaddr_storage ss;
-    CHECK_RC(rndz_server_local_addr(v.s, &ss, NULL), 0);
+    CHECK_RC(rndz_server_local_addr(v.t.s, &ss, NULL), 0);
     CHECK_EQ_INT(ss.ss_family, AF_INET6);
-    int a4 = tl_udp_socket(AF_INET, 1000), b4 = tl_udp_socket(AF_INET, 1000);
-    int a6 = tl_udp_socket(AF_INET6, 1000);
-    uint8_t b[512];
-    char t[RNDZ_ADDRSTRLEN];
-    size_t n = msg(b, "a4", F_PING, NULL, NULL);
-    srv_send(&v, a4, b, n, AF_INET);
-    expect_bytes(a4, b, n, v.port);
-    n = msg(b, "a6", F_PING, NULL, NULL);
-    srv_send(&v, a6, b, n, AF_INET6);
-    expect_bytes(a6, b, n, v.port);
-
-    tl_case("dual stack: v4 asks v4");
-    n = msg(b, "b4", F_ISYNC, "a4", NULL);
-    srv_send(&v, b4, b, n, AF_INET);
-    text_of(b4, t);
-    CHECK(strncmp(t, "127.0.0.1:", 10) == 0);
-    expect_msg(a4, "a4", F_RFSYNC, "b4", t, v.port);
-
-    tl_case("dual stack: v4 asks v6");
-    n = msg(b, "b4", F_ISYNC, "a6", NULL);
-    srv_send(&v, b4, b, n, AF_INET);
-    expect_msg(a6, "a6", F_RFSYNC, "b4", t, v.port);
-
-    tl_case("dual stack: v6 asks v4");
-    n = msg(b, "a6", F_ISYNC, "a4", NULL);
-    srv_send(&v, a6, b, n, AF_INET6);
-    text_of(a6, t);
-    CHECK(strncmp(t, "[::1]:", 6) == 0);
-    expect_msg(a4, "a4", F_RFSYNC, "a6", t, v.port);
-
-    tl_case("dual stack: v4 rsyncs v6");
-    n = msg(b, "a4", F_RSYNC, "a6", NULL);
-    srv_send(&v, a4, b, n, AF_INET);
-    expect_msg(a6, "a6", F_REDIRECT, "a4", text_of(a4, t), v.port);
-
-    tl_case("dual stack: not found to v4");
-    n = msg(b, "b4", F_ISYNC, "zz", NULL);
-    srv_send(&v, b4, b, n, AF_INET);
-    expect_msg(b4, "b4", F_REDIRECT, "zz", NULL, v.port);
-    close(a4);
-    close(b4);
-    close(a6);
+    enum { A4, B4, A6 };
+    static const char *const ids[] = {"a4", "b4", "a6"};
+    static const int fam[] = {AF_INET, AF_INET, AF_INET6};
+    int fd[3];
+    for (int k = 0; k < 3; k++) fd[k] = tl_udp_socket(fam[k], 1000);
+    ping_as(&v, fd[A4], ids[A4], fam[A4]);
+    ping_as(&v, fd[A6], ids[A6], fam[A6]);
+    static const struct {
+        const char *name;
+        int from, field;  /* who asks, with what */
+        const char *peer; /* about whom */
+        int to, rsp;      /* who gets the answer, which */
+        bool found;       /* the answer names the asker, with its address in its own form */
+    } cases[] = {
+        {"v4 asks v4", B4, F_ISYNC, "a4", A4, F_RFSYNC, true},
+        {"v4 asks v6", B4, F_ISYNC, "a6", A6, F_RFSYNC, true},
+        {"v6 asks v4", A6, F_ISYNC, "a4", A4, F_RFSYNC, true},
+        {"v4 rsyncs v6", A4, F_RSYNC, "a6", A6, F_REDIRECT, true},
+        {"not found to v4", B4, F_ISYNC, "zz", B4, F_REDIRECT, false},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        tl_case("dual stack: %s", cases[i].name);
+        int from = cases[i].from, to = cases[i].to;
+        send_msg(&v, fd[from], ids[from], cases[i].field, cases[i].peer, fam[from]);
+        char t[RNDZ_ADDRSTRLEN];
+        const char *addr = NULL;
+        if (cases[i].found) {
+            addr = text_of(fd[from], t);
+            const char *form = fam[from] == AF_INET6 ? "[::1]:" : "127.0.0.1:";
+            CHECK(strncmp(t, form, strlen(form)) == 0);
+        }
+        expect_msg(fd[to], ids[to], cases[i].rsp, cases[i].found ? ids[from] : cases[i].peer,
+                   addr, v.t.port);
+    }
+    for (int k = 0; k < 3; k++) close(fd[k]);
     srv_close(&v);
     tl_case("%s", "");
 }
 
 static void test_server_ipv6_only(void) {
-    if (!tl_have_ipv6()) {
-        tl_note("SKIP ipv6-only: no IPv6 loopback");
-        return;
-    }
-    tl_case("ipv6 only");
     srv v;
-    if (!srv_open(&v, "[::]:0", 0, 1)) return;
+    if (!srv_open_v6(&v, "ipv6 only", 1)) return;
     int a4 = tl_udp_socket(AF_INET, 1000), a6 = tl_udp_socket(AF_INET6, 1000);
     uint8_t b[64];
-    size_t n = msg(b, "x6", F_PING, NULL, NULL);
-    srv_send(&v, a6, b, n, AF_INET6);
-    expect_bytes(a6, b, n, v.port);
-    n = msg(b, "x4", F_PING, NULL, NULL);
-    tl_sendto(a4, b, n, v.text);
+    ping_as(&v, a6, "x6", AF_INET6);
+    size_t n = msg(b, "x4", F_PING, NULL, NULL);
+    tl_sendto(a4, b, n, v.t.text);
     CHECK(tl_silent(a4, QUIET_MS));
     int p = tl_udp_socket(AF_INET6, 1000);
-    n = msg(b, "p6", F_PING, NULL, NULL);
-    srv_send(&v, p, b, n, AF_INET6);
-    expect_bytes(p, b, n, v.port);
+    ping_as(&v, p, "p6", AF_INET6);
     v.want_tx = 2;
     CHECK_EQ_INT(stats(&v).udp_rx, 2); /* the IPv4 ping never reached it */
     close(p);
@@ -529,9 +508,7 @@ static void test_server_ipv6_only(void) {
     tl_case("ipv6 loopback server");
     if (!srv_open(&v, "[::1]:0", 0, 0)) return;
     a6 = tl_udp_socket(AF_INET6, 1000);
-    n = msg(b, "y6", F_PING, NULL, NULL);
-    srv_send(&v, a6, b, n, AF_INET6);
-    expect_bytes(a6, b, n, v.port);
+    ping_as(&v, a6, "y6", AF_INET6);
     close(a6);
     srv_close(&v);
     tl_case("%s", "");
@@ -542,9 +519,8 @@ static void test_server_ipv6_only(void) {
 static void test_server_workers(void) {
     tl_case("workers");
     rndz_server_options o;
-    rndz_server_options_init(&o);
+    srv_options(&o, "127.0.0.1:0");
     CHECK_EQ_INT(o.workers, 0);
-    o.listen_addr = "127.0.0.1:0";
     o.workers = 1;
     rndz_server *s1 = NULL;
     CHECK_RC(rndz_server_create(&o, &s1), 0);
@@ -557,24 +533,16 @@ static void test_server_workers(void) {
     srv v;
     memset(&v, 0, sizeof v);
     o.workers = 4;
-    if (!CHECK_RC(rndz_server_create(&o, &v.s), 0)) return;
-    CHECK_RC(rndz_server_stats_get(v.s, &st), 0);
+    if (!tl_server_start(&v.t, &o)) return;
+    CHECK_RC(rndz_server_stats_get(v.t.s, &st), 0);
     CHECK_EQ_INT(st.workers, 4);
-    struct sockaddr_storage ss;
-    CHECK_RC(rndz_server_local_addr(v.s, &ss, NULL), 0);
-    v.port = tl_addr_port(&ss);
-    snprintf(v.text, sizeof v.text, "127.0.0.1:%d", v.port);
-    CHECK_RC(rndz_server_start(v.s), 0);
     int fd[N];
     char id[N][16], t[RNDZ_ADDRSTRLEN];
     uint8_t b[512];
     for (int i = 0; i < N; i++) {
         fd[i] = tl_udp_socket(AF_INET, 1000);
         snprintf(id[i], sizeof id[i], "w%d", i);
-        size_t n = msg(b, id[i], F_PING, NULL, NULL);
-        srv_send(&v, fd[i], b, n, AF_INET);
-        expect_bytes(fd[i], b, n, v.port);
-        v.want_tx++;
+        ping_as(&v, fd[i], id[i], AF_INET);
     }
     /* every client asks for the next one: the Fsync reaches it, whichever worker has it */
     for (int i = 0; i < N; i++) {
@@ -582,8 +550,7 @@ static void test_server_workers(void) {
         size_t n = msg(b, id[i], F_ISYNC, id[k], NULL);
         srv_send(&v, fd[i], b, n, AF_INET);
         tl_case("workers: %s asks for %s", id[i], id[k]);
-        expect_msg(fd[k], id[k], F_RFSYNC, id[i], text_of(fd[i], t), v.port);
-        v.want_tx++;
+        reply_msg(&v, fd[k], id[k], F_RFSYNC, id[i], text_of(fd[i], t));
     }
     tl_case("workers: stats");
     st = settled_stats(&v);
@@ -594,14 +561,14 @@ static void test_server_workers(void) {
     uint64_t rx = 0, tx = 0;
     for (unsigned w = 0; w < 4; w++) {
         rndz_server_stats ws;
-        CHECK_RC(rndz_server_worker_stats(v.s, w, &ws), 0);
+        CHECK_RC(rndz_server_worker_stats(v.t.s, w, &ws), 0);
         rx += ws.udp_rx;
         tx += ws.udp_tx;
     }
     CHECK_EQ_INT(rx, st.udp_rx);
     CHECK_EQ_INT(tx, st.udp_tx);
     rndz_server_stats ws;
-    CHECK(rndz_server_worker_stats(v.s, 4, &ws) < 0);
+    CHECK(rndz_server_worker_stats(v.t.s, 4, &ws) < 0);
     for (int i = 0; i < N; i++) close(fd[i]);
     srv_close(&v);
     tl_case("%s", "");
@@ -628,7 +595,7 @@ static void *stop_later(void *arg) {
 
 static void test_server_lifecycle(void) {
     tl_case("server create errors");
-    int fds0 = tl_count_fds(), threads0 = tl_count_threads();
+    tl_mark mark = tl_mark_now(true);
     rndz_server_options o;
     rndz_server_options_init(&o);
     CHECK_EQ_STR(o.listen_addr, "0.0.0.0:8888");
@@ -649,7 +616,7 @@ static void test_server_lifecycle(void) {
     srv v;
     if (srv_open(&v, "127.0.0.1:0", 0, 0)) {
         char busy[64];
-        snprintf(busy, sizeof busy, "127.0.0.1:%d", v.port);
+        snprintf(busy, sizeof busy, "127.0.0.1:%d", v.t.port);
         o.listen_addr = busy;
         CHECK_RC(rndz_server_create(&o, &s), -EADDRINUSE);
         srv_close(&v);
@@ -686,8 +653,7 @@ static void test_server_lifecycle(void) {
     rndz_server_destroy(s);
 
     tl_case("server lifecycle: nothing left behind");
-    CHECK_EQ_INT(tl_count_fds(), fds0);
-    CHECK_EQ_INT(tl_threads_settled(threads0), threads0);
+    tl_mark_check(&mark);
     tl_case("%s", "");
 }
 
@@ -695,16 +661,16 @@ static void test_server_lifecycle(void) {
 
 static void test_v1_listener_our_connector(void) {
     tl_case("v1 listener + our connector");
-    int fds0 = tl_count_fds();
+    tl_mark mark = tl_mark_now(false);
     srv v;
     if (!srv_open(&v, "127.0.0.1:0", 0, 0)) return;
     int l = tl_udp_socket(AF_INET, 1000); /* the rndz 0.1.5 listener, id c1 */
     const tl_vector *ping = tl_vector_get("udp.ping");
     srv_send(&v, l, ping->bytes, ping->len, AF_INET);
-    expect_vector(l, "udp.pong", v.port);
+    expect_vector(l, "udp.pong", v.t.port);
 
     tl_connect_job j;
-    const char *servers[] = {v.text};
+    const char *servers[] = {v.t.text};
     tl_connect_start(&j, "c2", servers, 1, "c1", tl_ms(500), tl_ms(3000));
 
     /* the server forwards the connector's Isync as Fsync{c2, its address} */
@@ -723,7 +689,7 @@ static void test_v1_listener_our_connector(void) {
         CHECK(tl_v1_with_ext(buf, (size_t)n, want, wn)); /* the connector's extension fields
                                                           * ride along; a v1 listener skips them */
         CHECK(strncmp(caddr, "127.0.0.1:", 10) == 0);
-        CHECK_EQ_INT(tl_addr_port(&from), v.port);
+        CHECK_EQ_INT(tl_addr_port(&from), v.t.port);
     }
     /* the v1 listener answers: Rsync to the server, the same bytes to the peer */
     const tl_vector *rsync = tl_vector_get("udp.rsync");
@@ -759,7 +725,7 @@ static void test_v1_listener_our_connector(void) {
     }
     close(l);
     srv_close(&v);
-    CHECK_EQ_INT(tl_count_fds(), fds0);
+    tl_mark_check(&mark);
     tl_case("%s", "");
 }
 
@@ -767,37 +733,37 @@ static void test_v1_listener_our_connector(void) {
 
 /* Receive at the raw server; answer the listener's pings (exact bytes) with Pong and count
  * them; return the first datagram that is not a ping from the listener. */
+typedef struct listener_pings {
+    int port;   /* the listener's */
+    int *count; /* may be NULL */
+} listener_pings;
+
+static bool answer_ping(int s, const uint8_t *buf, size_t n, const struct sockaddr_storage *from,
+                        void *user) {
+    listener_pings *lp = user;
+    const tl_vector *ping = tl_vector_get("udp.ping"), *pong = tl_vector_get("udp.pong");
+    if (tl_addr_port(from) != lp->port || n != ping->len || memcmp(buf, ping->bytes, n) != 0)
+        return false;
+    if (lp->count) (*lp->count)++;
+    tl_sendto_sa(s, pong->bytes, pong->len, from);
+    return true;
+}
+
 static long v1srv_recv(int s, int listener_port, uint8_t *buf, size_t cap,
                        struct sockaddr_storage *from, unsigned timeout_ms, int *pings) {
-    const tl_vector *ping = tl_vector_get("udp.ping"), *pong = tl_vector_get("udp.pong");
-    uint64_t deadline = tl_now_ms() + timeout_ms;
-    for (;;) {
-        uint64_t now = tl_now_ms();
-        if (now >= deadline) return -1;
-        long n = tl_recv_wait(s, buf, cap, from, (unsigned)(deadline - now));
-        if (n < 0) return -1;
-        if (tl_addr_port(from) == listener_port && (size_t)n == ping->len &&
-            memcmp(buf, ping->bytes, ping->len) == 0) {
-            if (pings) (*pings)++;
-            tl_sendto_sa(s, pong->bytes, pong->len, from);
-            continue;
-        }
-        return n;
-    }
+    listener_pings lp = {listener_port, pings};
+    return tl_recv_skip(s, buf, cap, from, timeout_ms, answer_ping, &lp);
 }
 
 static void test_v1_server_our_clients(void) {
     tl_case("v1 server + our listener and connector");
-    int fds0 = tl_count_fds(), threads0 = tl_count_threads();
+    tl_mark mark = tl_mark_now(true);
     int s = tl_udp_socket(AF_INET, 1000); /* the rndz 0.1.5 server */
     char stext[RNDZ_ADDRSTRLEN], t[RNDZ_ADDRSTRLEN];
     text_of(s, stext);
     const char *servers[] = {stext};
     rndz_client_options o;
-    rndz_client_options_init(&o);
-    o.id = "c1";
-    o.servers = servers;
-    o.n_servers = 1;
+    tl_client_options(&o, "c1", servers, 1);
     o.keepalive_ms = tl_ms(200);
     rndz_udp_listener *l = NULL;
     int rc = rndz_udp_listener_create(&o, &l);
@@ -899,8 +865,7 @@ static void test_v1_server_our_clients(void) {
     CHECK_EQ_INT(tl_addr_port(&from), lport);
     CHECK(tl_silent(s, QUIET_MS)); /* and then nothing: no thread left pinging */
     close(s);
-    CHECK_EQ_INT(tl_count_fds(), fds0);
-    CHECK_EQ_INT(tl_threads_settled(threads0), threads0);
+    tl_mark_check(&mark);
     tl_case("%s", "");
 }
 
@@ -970,7 +935,7 @@ static int connect_now(const char *id, const char *const *servers, size_t n, con
 /* The connector believes only its servers, and only answers about its target. */
 static void test_connector_answers(void) {
     tl_case("connector: answers it must ignore");
-    int fds0 = tl_count_fds();
+    tl_mark mark = tl_mark_now(false);
     int s1 = tl_udp_socket(AF_INET, 1000), s2 = tl_udp_socket(AF_INET, 1000);
     int x = tl_udp_socket(AF_INET, 1000), l = tl_udp_socket(AF_INET, 1000);
     char t1[RNDZ_ADDRSTRLEN], t2[RNDZ_ADDRSTRLEN], xt[RNDZ_ADDRSTRLEN], lt[RNDZ_ADDRSTRLEN];
@@ -1025,22 +990,19 @@ static void test_connector_answers(void) {
     close(s2);
     close(x);
     close(l);
-    CHECK_EQ_INT(tl_count_fds(), fds0);
+    tl_mark_check(&mark);
     tl_case("%s", "");
 }
 
 /* Our listener with two v1 servers: it pings both; a bad Fsync is dropped without an Rsync. */
 static void test_listener_two_servers(void) {
     tl_case("listener: two v1 servers");
-    int fds0 = tl_count_fds();
+    tl_mark mark = tl_mark_now(false);
     int s1 = tl_udp_socket(AF_INET, 1000), s2 = tl_udp_socket(AF_INET, 1000);
     char t1[RNDZ_ADDRSTRLEN], t2[RNDZ_ADDRSTRLEN];
     const char *servers[] = {text_of(s1, t1), text_of(s2, t2)};
     rndz_client_options o;
-    rndz_client_options_init(&o);
-    o.id = "c1";
-    o.servers = servers;
-    o.n_servers = 2;
+    tl_client_options(&o, "c1", servers, 2);
     rndz_udp_listener *l = NULL;
     if (!CHECK_RC(rndz_udp_listener_create(&o, &l), 0)) return;
     struct sockaddr_storage la;
@@ -1095,18 +1057,18 @@ static void test_listener_two_servers(void) {
     close(peer);
     close(s1);
     close(s2);
-    CHECK_EQ_INT(tl_count_fds(), fds0);
+    tl_mark_check(&mark);
     tl_case("%s", "");
 }
 
 static void test_connector_errors(void) {
-    int fds0 = tl_count_fds();
+    tl_mark mark = tl_mark_now(false);
     uint64_t el;
 
     tl_case("connector: not found on our server");
     srv v;
     if (srv_open(&v, "127.0.0.1:0", 0, 0)) {
-        const char *servers[] = {v.text};
+        const char *servers[] = {v.t.text};
         CHECK_RC(connect_now("cx", servers, 1, "nobody", tl_ms(300), tl_ms(3000), &el),
                  RNDZ_E_NOTFOUND);
         CHECK(el < tl_ms(1000)); /* the answer ends it, not the timeout */
@@ -1190,7 +1152,7 @@ static void test_connector_errors(void) {
     CHECK_RC(rndz_udp_listener_create(&o, &l), RNDZ_E_NOSERVER);
     rndz_udp_listener_destroy(NULL);
     tl_case("connector errors: fds");
-    CHECK_EQ_INT(tl_count_fds(), fds0);
+    tl_mark_check(&mark);
     tl_case("%s", "");
 }
 

@@ -1,4 +1,5 @@
-/* testlib.c: see testlib.h. */
+/* testlib.c: see testlib.h. It also holds the one definition of the checks (check.h). */
+#define TL_CHECK_IMPLEMENTATION
 #include "testlib.h"
 
 #include <arpa/inet.h>
@@ -16,10 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
-int tl_failures;
-int tl_checks;
 static const char *tl_name = "test";
-static char tl_case_name[160];
 
 static void on_alarm(int sig) {
     (void)sig;
@@ -60,8 +58,7 @@ unsigned tl_ms(unsigned ms) { return ms * tl_slow(); }
 
 int tl_finish(void) {
     alarm(0);
-    printf("%s: %d checks, %d failed\n", tl_name, tl_checks, tl_failures);
-    return tl_failures ? 1 : 0;
+    return tl_summary(tl_name);
 }
 
 void tl_note(const char *fmt, ...) {
@@ -71,69 +68,6 @@ void tl_note(const char *fmt, ...) {
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     va_end(ap);
-}
-
-void tl_case(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(tl_case_name, sizeof tl_case_name, fmt, ap);
-    va_end(ap);
-}
-
-static void fail_head(const char *file, int line) {
-    tl_failures++;
-    fprintf(stderr, "%s:%d: FAIL", file, line);
-    if (tl_case_name[0]) fprintf(stderr, " [%s]", tl_case_name);
-    fputs(": ", stderr);
-}
-
-bool tl_check(bool ok, const char *file, int line, const char *expr) {
-    tl_checks++;
-    if (ok) return true;
-    fail_head(file, line);
-    fprintf(stderr, "%s\n", expr);
-    return false;
-}
-
-bool tl_check_eq_int(long long a, long long b, const char *file, int line, const char *ea,
-                     const char *eb) {
-    tl_checks++;
-    if (a == b) return true;
-    fail_head(file, line);
-    fprintf(stderr, "%s == %s: got %lld, want %lld\n", ea, eb, a, b);
-    return false;
-}
-
-bool tl_check_eq_rc(long long a, long long b, const char *file, int line, const char *ea,
-                    const char *eb) {
-    tl_checks++;
-    if (a == b) return true;
-    fail_head(file, line);
-    fprintf(stderr, "%s == %s: got %lld (%s), want %lld (%s)\n", ea, eb, a,
-            a < 0 && a > -100000 ? rndz_err_name((int)a) : "-", b,
-            b < 0 && b > -100000 ? rndz_err_name((int)b) : "-");
-    return false;
-}
-
-bool tl_check_eq_mem(const void *a, size_t alen, const void *b, size_t blen, const char *file,
-                     int line, const char *ea, const char *eb) {
-    tl_checks++;
-    if (alen == blen && (alen == 0 || memcmp(a, b, alen) == 0)) return true;
-    char ha[512], hb[512];
-    fail_head(file, line);
-    fprintf(stderr, "%s == %s:\n    got  (%zu) %s\n    want (%zu) %s\n", ea, eb, alen,
-            tl_tohex(a, alen, ha, sizeof ha), blen, tl_tohex(b, blen, hb, sizeof hb));
-    return false;
-}
-
-bool tl_check_eq_str(const char *a, const char *b, const char *file, int line, const char *ea,
-                     const char *eb) {
-    tl_checks++;
-    if (a && b && strcmp(a, b) == 0) return true;
-    fail_head(file, line);
-    fprintf(stderr, "%s == %s: got \"%s\", want \"%s\"\n", ea, eb, a ? a : "(null)",
-            b ? b : "(null)");
-    return false;
 }
 
 /* --- hex --------------------------------------------------------------------------------- */
@@ -161,20 +95,6 @@ long tl_hex(const char *hex, uint8_t *out, size_t cap) {
         }
     }
     return hi < 0 ? (long)n : -1;
-}
-
-const char *tl_tohex(const void *data, size_t len, char *buf, size_t cap) {
-    const uint8_t *d = data;
-    size_t o = 0;
-    buf[0] = 0;
-    for (size_t i = 0; i < len; i++) {
-        if (o + 8 >= cap) {
-            snprintf(buf + o, cap - o, "...");
-            break;
-        }
-        o += (size_t)snprintf(buf + o, cap - o, i ? " %02x" : "%02x", d[i]);
-    }
-    return buf;
 }
 
 /* --- time -------------------------------------------------------------------------------- */
@@ -262,6 +182,12 @@ long tl_sendto(int fd, const void *data, size_t len, const char *to) {
     return tl_sendto_sa(fd, data, len, &ss);
 }
 
+long tl_udp_request(int fd, const void *req, size_t n, const char *to, void *reply, size_t cap,
+                    struct sockaddr_storage *from, unsigned timeout_ms) {
+    CHECK_EQ_INT(tl_sendto(fd, req, n, to), (long)n);
+    return tl_recv_wait(fd, reply, cap, from, timeout_ms);
+}
+
 long tl_recv(int fd, void *buf, size_t cap, struct sockaddr_storage *from) {
     struct sockaddr_storage tmp;
     socklen_t sl = sizeof tmp;
@@ -306,19 +232,9 @@ bool tl_silent(int fd, unsigned ms) {
     return tl_recv_wait(fd, buf, sizeof buf, NULL, ms) < 0;
 }
 
-int tl_count_fds(void) {
-    DIR *d = opendir("/proc/self/fd");
-    if (!d) return -1;
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        if (e->d_name[0] != '.') n++;
-    closedir(d);
-    return n - 1; /* the DIR's own fd */
-}
-
-int tl_count_threads(void) {
-    DIR *d = opendir("/proc/self/task");
+/* Entries of a directory (not . and ..), -1 if it cannot be read. */
+static int count_dir(const char *path) {
+    DIR *d = opendir(path);
     if (!d) return -1;
     int n = 0;
     struct dirent *e;
@@ -327,6 +243,13 @@ int tl_count_threads(void) {
     closedir(d);
     return n;
 }
+
+int tl_count_fds(void) {
+    int n = count_dir("/proc/self/fd");
+    return n < 0 ? -1 : n - 1; /* the DIR's own fd */
+}
+
+int tl_count_threads(void) { return count_dir("/proc/self/task"); }
 
 int tl_threads_settled(int want) {
     uint64_t t0 = tl_now_ms();
@@ -458,17 +381,169 @@ bool tl_is_protocol(const uint8_t *buf, size_t len) {
     return rndz_msg_decode(buf, len, 0, &m) == 0 || rndz_msg_decode(buf, len, 1, &m) == 0;
 }
 
-long tl_recv_data(int fd, void *buf, size_t cap, struct sockaddr_storage *from,
-                  unsigned timeout_ms, int *skipped) {
+long tl_recv_skip(int fd, void *buf, size_t cap, struct sockaddr_storage *from,
+                  unsigned timeout_ms, tl_skip_fn skip, void *user) {
+    struct sockaddr_storage tmp;
+    if (!from) from = &tmp;
     uint64_t deadline = tl_now_ms() + timeout_ms;
     for (;;) {
         uint64_t now = tl_now_ms();
         if (now >= deadline) return -1;
         long n = tl_recv_wait(fd, buf, cap, from, (unsigned)(deadline - now));
         if (n < 0) return -1;
-        if (!tl_is_protocol(buf, (size_t)n)) return n;
-        if (skipped) (*skipped)++;
+        if (!skip(fd, buf, (size_t)n, from, user)) return n;
     }
+}
+
+static bool skip_protocol(int fd, const uint8_t *buf, size_t len,
+                          const struct sockaddr_storage *from, void *user) {
+    (void)fd, (void)from;
+    int *skipped = user;
+    if (!tl_is_protocol(buf, len)) return false;
+    if (skipped) (*skipped)++;
+    return true;
+}
+
+long tl_recv_data(int fd, void *buf, size_t cap, struct sockaddr_storage *from,
+                  unsigned timeout_ms, int *skipped) {
+    return tl_recv_skip(fd, buf, cap, from, timeout_ms, skip_protocol, skipped);
+}
+
+/* --- our server on loopback ---------------------------------------------------------------- */
+
+void tl_server_options(rndz_server_options *o, const char *listen) {
+    rndz_server_options_init(o);
+    o->listen_addr = listen;
+}
+
+static bool is_wildcard(const struct sockaddr_storage *ss) {
+    if (ss->ss_family == AF_INET)
+        return ((const struct sockaddr_in *)ss)->sin_addr.s_addr == htonl(INADDR_ANY);
+    const struct in6_addr *a = &((const struct sockaddr_in6 *)ss)->sin6_addr;
+    return IN6_IS_ADDR_UNSPECIFIED(a);
+}
+
+bool tl_server_start(tl_server *v, const rndz_server_options *o) {
+    memset(v, 0, sizeof *v);
+    if (!CHECK_RC(rndz_server_create(o, &v->s), 0)) {
+        v->s = NULL;
+        return false;
+    }
+    CHECK_RC(rndz_server_local_addr(v->s, &v->sa, NULL), 0);
+    v->port = tl_addr_port(&v->sa);
+    CHECK(v->port > 0);
+    if (is_wildcard(&v->sa)) snprintf(v->text, sizeof v->text, "127.0.0.1:%d", v->port);
+    else tl_addr_text(&v->sa, v->text, sizeof v->text);
+    snprintf(v->text6, sizeof v->text6, "[::1]:%d", v->port);
+    if (CHECK_RC(rndz_server_start(v->s), 0)) return true;
+    tl_server_stop(v);
+    return false;
+}
+
+bool tl_server_open(tl_server *v, const char *listen) {
+    rndz_server_options o;
+    tl_server_options(&o, listen);
+    return tl_server_start(v, &o);
+}
+
+void tl_server_stop(tl_server *v) {
+    rndz_server_destroy(v->s);
+    v->s = NULL;
+}
+
+rndz_server_stats tl_server_stats(tl_server *v) {
+    rndz_server_stats st;
+    memset(&st, 0, sizeof st);
+    CHECK_RC(rndz_server_stats_get(v->s, &st), 0);
+    return st;
+}
+
+rndz_server_stats tl_server_await(tl_server *v, size_t stat, uint64_t want, bool at_least,
+                                  unsigned ms) {
+    uint64_t end = tl_now_ms() + ms;
+    rndz_server_stats st;
+    for (;;) {
+        memset(&st, 0, sizeof st);
+        bool last = tl_now_ms() >= end;
+        if (last) CHECK_RC(rndz_server_stats_get(v->s, &st), 0);
+        else rndz_server_stats_get(v->s, &st);
+        uint64_t got;
+        memcpy(&got, (const char *)&st + stat, sizeof got);
+        if (got == want || (at_least && got > want)) {
+            if (!last) CHECK_RC(rndz_server_stats_get(v->s, &st), 0);
+            return st;
+        }
+        if (last) return st;
+        tl_sleep_ms(2);
+    }
+}
+
+/* --- our clients ------------------------------------------------------------------------------ */
+
+void tl_client_options(rndz_client_options *o, const char *id, const char *const *servers,
+                       size_t n) {
+    rndz_client_options_init(o);
+    o->id = id;
+    o->servers = servers;
+    o->n_servers = n;
+}
+
+rndz_udp_listener *tl_udp_listener(const rndz_client_options *o) {
+    rndz_udp_listener *l = NULL;
+    if (!CHECK_RC(rndz_udp_listener_create(o, &l), 0)) return NULL;
+    CHECK_RC(rndz_udp_listener_wait_registered(l, tl_ms(3000)), 0);
+    return l;
+}
+
+rndz_tcp_listener *tl_tcp_listener(const rndz_client_options *o) {
+    rndz_tcp_listener *l = NULL;
+    if (!CHECK_RC(rndz_tcp_listener_create(o, &l), 0)) return NULL;
+    CHECK_RC(rndz_tcp_listener_wait_registered(l, tl_ms(3000)), 0);
+    return l;
+}
+
+static uint64_t now_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static void *tcp_job_thread(void *arg) {
+    tl_tcp_job *j = arg;
+    uint64_t t0 = now_us();
+    j->rc = rndz_tcp_connect(&j->o, j->target, &j->peer, NULL);
+    j->elapsed_us = now_us() - t0;
+    return NULL;
+}
+
+void tl_tcp_job_run(tl_tcp_job *j) {
+    if (pthread_create(&j->thread, NULL, tcp_job_thread, j) != 0) die("pthread_create");
+}
+
+int tl_tcp_job_join(tl_tcp_job *j) {
+    pthread_join(j->thread, NULL);
+    return j->rc;
+}
+
+/* --- leaks ------------------------------------------------------------------------------------ */
+
+tl_mark tl_mark_now(bool threads) {
+    return (tl_mark){tl_count_fds(), threads ? tl_count_threads() : -1};
+}
+
+void tl_mark_check(const tl_mark *m) {
+    CHECK_EQ_INT(tl_count_fds(), m->fds);
+    if (m->threads >= 0) CHECK_EQ_INT(tl_threads_settled(m->threads), m->threads);
+}
+
+long tl_rss_kb(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmRSS: %ld", &kb) == 1) break;
+    if (f) fclose(f);
+    return kb;
 }
 
 /* --- vectors ----------------------------------------------------------------------------- */

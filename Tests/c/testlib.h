@@ -18,8 +18,9 @@
 
 /* --- assertions ------------------------------------------------------------------------ */
 
-extern int tl_failures;
-extern int tl_checks;
+/* CHECK, CHECK_EQ_INT, CHECK_RC, CHECK_EQ_MEM, CHECK_EQ_STR, CHECK_EQ_SN, tl_case(): the
+ * check style every C test program shares (check.h; the unit tests use it too). */
+#include "check.h"
 
 /* Start a test program: names it in the summary and arms a watchdog (seconds; the
  * environment variable RNDZ_TEST_TIMEOUT overrides it, e.g. under valgrind). */
@@ -28,40 +29,17 @@ void tl_init(const char *name, unsigned watchdog_s);
  * RNDZ_TEST_SLOW overrides. tl_ms(ms) = ms * tl_slow(). */
 unsigned tl_slow(void);
 unsigned tl_ms(unsigned ms);
-/* Print "name: N checks, M failed" and return the exit status (0 = all passed). */
+/* Print "name: N checks, M failed" (tl_summary) and return the exit status (0 = all passed). */
 int tl_finish(void);
 /* Print a line prefixed with the test name (to stderr). */
 void tl_note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-/* Name the case currently running, shown with every failure. */
-void tl_case(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-bool tl_check(bool ok, const char *file, int line, const char *expr);
-bool tl_check_eq_int(long long a, long long b, const char *file, int line, const char *ea,
-                     const char *eb);
-bool tl_check_eq_rc(long long a, long long b, const char *file, int line, const char *ea,
-                    const char *eb);
-bool tl_check_eq_mem(const void *a, size_t alen, const void *b, size_t blen, const char *file,
-                     int line, const char *ea, const char *eb);
-bool tl_check_eq_str(const char *a, const char *b, const char *file, int line, const char *ea,
-                     const char *eb);
-
-#define CHECK(c) tl_check(!!(c), __FILE__, __LINE__, #c)
-#define CHECK_EQ_INT(a, b) tl_check_eq_int((long long)(a), (long long)(b), __FILE__, __LINE__, #a, #b)
-/* Like CHECK_EQ_INT but prints rndz_err_name() of both sides. */
-#define CHECK_RC(a, b) tl_check_eq_rc((long long)(a), (long long)(b), __FILE__, __LINE__, #a, #b)
-#define CHECK_EQ_MEM(a, alen, b, blen)                                                       \
-    tl_check_eq_mem((a), (alen), (b), (blen), __FILE__, __LINE__, #a, #b)
-#define CHECK_EQ_STR(a, b) tl_check_eq_str((a), (b), __FILE__, __LINE__, #a, #b)
-/* A counted string (not NUL-terminated) equal to a C string. */
-#define CHECK_EQ_SN(s, n, cstr) CHECK_EQ_MEM((s), (n), (cstr), strlen(cstr))
 
 /* --- hex ------------------------------------------------------------------------------- */
 
 /* Parse hex digits (spaces and tabs ignored) into out. Returns the byte count, or -1 on a bad
  * digit, an odd count or overflow of cap. */
 long tl_hex(const char *hex, uint8_t *out, size_t cap);
-/* Format bytes as "0a 02 63 31" into buf (truncated with "..." if cap is short). */
-const char *tl_tohex(const void *data, size_t len, char *buf, size_t cap);
+/* (tl_tohex, the other way, is in check.h.) */
 
 /* --- time ------------------------------------------------------------------------------ */
 
@@ -84,6 +62,10 @@ const char *tl_local_text(int fd, char *buf, size_t cap);
 long tl_sendto(int fd, const void *data, size_t len, const char *to);
 /* Send to a sockaddr. */
 long tl_sendto_sa(int fd, const void *data, size_t len, const struct sockaddr_storage *to);
+/* Send a request to `to` (checked: all of it went) and wait up to timeout_ms for a reply on
+ * the same socket; returns its length, or -1 on timeout. from may be NULL. */
+long tl_udp_request(int fd, const void *req, size_t n, const char *to, void *reply, size_t cap,
+                    struct sockaddr_storage *from, unsigned timeout_ms);
 /* Receive with the socket's timeout. Returns the length, or -1 on timeout/error. from may be
  * NULL. */
 long tl_recv(int fd, void *buf, size_t cap, struct sockaddr_storage *from);
@@ -150,6 +132,73 @@ bool tl_is_protocol(const uint8_t *buf, size_t len);
  * them in *skipped if not NULL). -1 on timeout. */
 long tl_recv_data(int fd, void *buf, size_t cap, struct sockaddr_storage *from,
                   unsigned timeout_ms, int *skipped);
+/* Receive the next datagram that skip() does not take, within timeout_ms (-1 on timeout).
+ * skip() sees every datagram (it may answer it) and returns true to pass over it. */
+typedef bool (*tl_skip_fn)(int fd, const uint8_t *buf, size_t len,
+                           const struct sockaddr_storage *from, void *user);
+long tl_recv_skip(int fd, void *buf, size_t cap, struct sockaddr_storage *from,
+                  unsigned timeout_ms, tl_skip_fn skip, void *user);
+
+/* --- our server on loopback ------------------------------------------------------------ */
+
+typedef struct tl_server {
+    rndz_server *s;
+    struct sockaddr_storage sa;  /* the address it is bound to */
+    int port;
+    char text[RNDZ_ADDRSTRLEN];  /* where clients send: its address, 127.0.0.1:P if it is
+                                  * bound to a wildcard (0.0.0.0 or [::]) */
+    char text6[RNDZ_ADDRSTRLEN]; /* [::1]:P, for IPv6 clients of a [::] or [::1] server */
+} tl_server;
+
+/* rndz_server_options_init(), listening on `listen` (loopback or a wildcard, port 0). */
+void tl_server_options(rndz_server_options *o, const char *listen);
+/* Create and start a server with these options and note its address, checking each step.
+ * False if a step failed (then nothing is left to stop). */
+bool tl_server_start(tl_server *v, const rndz_server_options *o);
+/* tl_server_start() with the default options, listening on `listen`. */
+bool tl_server_open(tl_server *v, const char *listen);
+void tl_server_stop(tl_server *v);
+/* Its counters (a checked read). */
+rndz_server_stats tl_server_stats(tl_server *v);
+/* Poll its counters until the one at TL_STAT(field) is `want` (at_least: >= want) or ms
+ * pass; returns the last read (the last read is checked). */
+#define TL_STAT(field) offsetof(rndz_server_stats, field)
+rndz_server_stats tl_server_await(tl_server *v, size_t stat, uint64_t want, bool at_least,
+                                  unsigned ms);
+
+/* --- our clients --------------------------------------------------------------------------- */
+
+/* rndz_client_options_init() with id and servers. */
+void tl_client_options(rndz_client_options *o, const char *id, const char *const *servers,
+                       size_t n);
+/* A listener with options o, registered within 3 s (both steps checked); NULL if it could not
+ * be made. */
+rndz_udp_listener *tl_udp_listener(const rndz_client_options *o);
+rndz_tcp_listener *tl_tcp_listener(const rndz_client_options *o);
+
+/* rndz_tcp_connect() on a background thread: fill o and target, then run and join. */
+typedef struct tl_tcp_job {
+    rndz_client_options o;
+    const char *target;
+    int rc; /* the fd or the error */
+    struct sockaddr_storage peer;
+    uint64_t elapsed_us;
+    pthread_t thread;
+} tl_tcp_job;
+void tl_tcp_job_run(tl_tcp_job *j);
+int tl_tcp_job_join(tl_tcp_job *j);
+
+/* --- leaks --------------------------------------------------------------------------------- */
+
+/* What a test holds when it starts; tl_mark_check() checks it holds no more at the end (open
+ * descriptors, and threads if marked with threads). */
+typedef struct tl_mark {
+    int fds, threads; /* threads -1: not checked */
+} tl_mark;
+tl_mark tl_mark_now(bool threads);
+void tl_mark_check(const tl_mark *m);
+/* Resident memory of this process in KiB (VmRSS), -1 if unknown. */
+long tl_rss_kb(void);
 
 /* --- vectors --------------------------------------------------------------------------- */
 

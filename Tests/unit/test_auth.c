@@ -263,6 +263,5 @@ int main(void) {
     test_next_ts();
     test_replay_basics();
     test_replay_model();
-    printf("test_auth: %d checks, %d failed\n", checks, failures);
-    return failures ? 1 : 0;
+    return tl_summary("test_auth");
 }

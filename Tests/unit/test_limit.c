@@ -171,6 +171,5 @@ int main(void) {
     test_rate();
     test_rate_threads();
     test_limits();
-    printf("test_limit: %d checks, %d failed\n", checks, failures);
-    return failures ? 1 : 0;
+    return tl_summary("test_limit");
 }

@@ -201,6 +201,5 @@ int main(void) {
     test_expiry();
     test_capacity();
     test_model();
-    printf("test_peertab: %d checks, %d failed\n", checks, failures);
-    return failures ? 1 : 0;
+    return tl_summary("test_peertab");
 }

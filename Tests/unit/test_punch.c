@@ -236,6 +236,5 @@ int main(void) {
     test_odd_acks();
     test_loss(0.10, 2000, 0.999);
     test_loss(0.20, 2000, 0.99);
-    printf("test_punch: %d checks, %d failed\n", checks, failures);
-    return failures ? 1 : 0;
+    return tl_summary("test_punch");
 }

@@ -194,6 +194,5 @@ int main(void) {
     test_hmac_rfc4231();
     test_hmac_reuse();
     test_ct_equal();
-    printf("test_sha256: %d checks, %d failed\n", checks, failures);
-    return failures ? 1 : 0;
+    return tl_summary("test_sha256");
 }

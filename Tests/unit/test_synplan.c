@@ -176,6 +176,5 @@ int main(void) {
     test_refused_every_time();
     test_no_delay_and_clamp();
     test_model();
-    printf("test_synplan: %d checks, %d failed\n", checks, failures);
-    return failures ? 1 : 0;
+    return tl_summary("test_synplan");
 }

@@ -1,20 +1,13 @@
-/* unit.h: the unit tests' one check macro: counts checks and failures, prints each failure
- * with its line. */
+/* unit.h: the unit tests' checks: the same macros, failure lines and summary as the C tests
+ * (CHECK, CHECK_EQ_INT, CHECK_RC, CHECK_EQ_MEM, CHECK_EQ_STR, CHECK_EQ_SN, tl_case(); main
+ * ends with `return tl_summary("test_name");`), from the one header both share. Each unit
+ * test is a single translation unit, so the checks are defined here. */
 #ifndef RNDZ_UNIT_H
 #define RNDZ_UNIT_H
 
 #include <stdio.h>
 
-static int failures, checks;
-#define CHECK(c)                                                                             \
-    do {                                                                                     \
-        checks++;                                                                            \
-        if (!(c)) {                                                                          \
-            failures++;                                                                      \
-            fprintf(stderr, "%s:%d: FAIL: %s\n", __FILE__, __LINE__, #c);                   \
-        }                                                                                    \
-    } while (0)
-
-
+#define TL_CHECK_IMPLEMENTATION
+#include "../c/check.h"
 
 #endif

@@ -86,7 +86,8 @@ func tempFile(_ contents: String) -> String {
     precondition(fd >= 0)
     _ = contents.withCString { write(fd, $0, strlen($0)) }
     close(fd)
-    return String(cString: template)
+    let path = template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
+    return String(decoding: path, as: UTF8.self)
 }
 
 /// The CLI: `credential`, `server --secret-file`, `client --credential-file`. In CLITests'

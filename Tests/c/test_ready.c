@@ -5,7 +5,6 @@
 
 #include <errno.h>
 #include <poll.h>
-#include <pthread.h>
 #include <unistd.h>
 
 static bool readable(int fd, unsigned ms) {
@@ -13,93 +12,73 @@ static bool readable(int fd, unsigned ms) {
     return poll(&p, 1, (int)ms) == 1 && (p.revents & POLLIN);
 }
 
-typedef struct tcp_job {
-    rndz_client_options o;
-    const char *servers[1];
-    int rc;
-    pthread_t t;
-} tcp_job;
-
-static void *tcp_connect_thread(void *arg) {
-    tcp_job *j = arg;
-    j->rc = rndz_tcp_connect(&j->o, "tl", NULL, NULL);
-    return NULL;
-}
-
-int main(void) {
-    tl_init("test_ready", 60);
-    rndz_server_options so;
-    rndz_server_options_init(&so);
-    so.listen_addr = "127.0.0.1:0";
-    so.workers = 1;
-    rndz_server *s;
-    if (!CHECK_RC(rndz_server_create(&so, &s), 0)) return tl_finish();
-    CHECK_RC(rndz_server_start(s), 0);
-    struct sockaddr_storage sa;
-    char text[RNDZ_ADDRSTRLEN];
-    rndz_server_local_addr(s, &sa, NULL);
-    rndz_addr_format((struct sockaddr *)&sa, text, sizeof text);
-    const char *servers[] = {text};
-
+static void test_udp(const char *const *servers) {
     tl_case("udp listener");
     rndz_client_options o;
-    rndz_client_options_init(&o);
-    o.servers = servers;
-    o.n_servers = 1;
-    o.id = "ul";
-    rndz_udp_listener *ul = NULL;
-    CHECK_RC(rndz_udp_listener_create(&o, &ul), 0);
-    CHECK_RC(rndz_udp_listener_wait_registered(ul, tl_ms(3000)), 0);
-    int rfd = rndz_udp_listener_ready_fd(ul);
+    tl_client_options(&o, "ul", servers, 1);
+    rndz_udp_listener *l = tl_udp_listener(&o);
+    if (!l) return;
+    int rfd = rndz_udp_listener_ready_fd(l);
     CHECK(rfd >= 0);
-    CHECK_EQ_INT(rndz_udp_listener_ready_fd(ul), rfd); /* borrowed: the same each time */
-    CHECK(rfd != rndz_udp_listener_fd(ul));
+    CHECK_EQ_INT(rndz_udp_listener_ready_fd(l), rfd); /* borrowed: the same each time */
+    CHECK(rfd != rndz_udp_listener_fd(l));
     CHECK(!readable(rfd, 0));
     tl_connect_job j;
     tl_connect_start(&j, "uc", servers, 1, "ul", 0, tl_ms(3000));
     CHECK(readable(rfd, tl_ms(3000))); /* woken by the peer, no thread waits in next_peer */
     rndz_peer_info info;
-    CHECK_RC(rndz_udp_listener_next_peer(ul, 0, &info), 0);
+    CHECK_RC(rndz_udp_listener_next_peer(l, 0, &info), 0);
     CHECK_EQ_STR(info.id, "uc");
     CHECK(!readable(rfd, 0)); /* nothing left */
-    CHECK_RC(rndz_udp_listener_next_peer(ul, 0, &info), RNDZ_E_TIMEDOUT);
-    int cfd = tl_connect_join(&j);
-    CHECK(cfd >= 0);
-    if (cfd >= 0) close(cfd);
-    rndz_udp_listener_destroy(ul);
+    CHECK_RC(rndz_udp_listener_next_peer(l, 0, &info), RNDZ_E_TIMEDOUT);
+    int fd = tl_connect_join(&j);
+    CHECK(fd >= 0);
+    if (fd >= 0) close(fd);
+    rndz_udp_listener_destroy(l);
     CHECK_RC(rndz_udp_listener_ready_fd(NULL), -EINVAL);
+}
 
+static void test_tcp(const char *const *servers) {
     tl_case("tcp listener");
-    o.id = "tl";
-    rndz_tcp_listener *tl = NULL;
-    CHECK_RC(rndz_tcp_listener_create(&o, &tl), 0);
-    CHECK_RC(rndz_tcp_listener_wait_registered(tl, tl_ms(3000)), 0);
-    rfd = rndz_tcp_listener_ready_fd(tl);
+    rndz_client_options o;
+    tl_client_options(&o, "tl", servers, 1);
+    rndz_tcp_listener *l = tl_tcp_listener(&o);
+    if (!l) return;
+    int rfd = rndz_tcp_listener_ready_fd(l);
     CHECK(rfd >= 0);
     CHECK(!readable(rfd, 0));
-    tcp_job tj;
-    rndz_client_options_init(&tj.o);
-    tj.servers[0] = text;
-    tj.o.servers = tj.servers;
-    tj.o.n_servers = 1;
-    tj.o.id = "tc";
-    tj.o.timeout_ms = tl_ms(3000);
-    pthread_create(&tj.t, NULL, tcp_connect_thread, &tj);
+    tl_tcp_job j;
+    tl_client_options(&j.o, "tc", servers, 1);
+    j.o.timeout_ms = tl_ms(3000);
+    j.target = "tl";
+    tl_tcp_job_run(&j);
     CHECK(readable(rfd, tl_ms(3000)));
-    struct sockaddr_storage peer;
-    int afd = rndz_tcp_listener_accept(tl, 0, &peer, NULL);
+    int afd = rndz_tcp_listener_accept(l, 0, NULL, NULL);
     CHECK(afd >= 0);
-    pthread_join(tj.t, NULL);
-    CHECK(tj.rc >= 0);
-    if (tj.rc >= 0) close(tj.rc);
+    int cfd = tl_tcp_job_join(&j);
+    CHECK(cfd >= 0);
+    if (cfd >= 0) close(cfd);
     if (afd >= 0) close(afd);
     CHECK(!readable(rfd, 0));
     /* close wakes an event loop for good, and accept then says closed */
-    CHECK_RC(rndz_tcp_listener_close(tl), 0);
+    CHECK_RC(rndz_tcp_listener_close(l), 0);
     CHECK(readable(rfd, 0));
     CHECK(readable(rfd, 0));
-    CHECK_RC(rndz_tcp_listener_accept(tl, tl_ms(1000), NULL, NULL), RNDZ_E_CLOSED);
-    rndz_tcp_listener_destroy(tl);
-    rndz_server_destroy(s);
+    CHECK_RC(rndz_tcp_listener_accept(l, tl_ms(1000), NULL, NULL), RNDZ_E_CLOSED);
+    rndz_tcp_listener_destroy(l);
+    CHECK_RC(rndz_tcp_listener_ready_fd(NULL), -EINVAL);
+}
+
+int main(void) {
+    tl_init("test_ready", 60);
+    tl_mark m = tl_mark_now(true);
+    tl_server v;
+    if (!tl_server_open(&v, "127.0.0.1:0")) return tl_finish();
+    const char *servers[] = {v.text};
+    test_udp(servers);
+    test_tcp(servers);
+    tl_server_stop(&v);
+    tl_case("nothing left behind");
+    tl_mark_check(&m);
     return tl_finish();
 }

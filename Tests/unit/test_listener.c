@@ -100,6 +100,5 @@ int main(void) {
     test_ready_fd();
     test_refuse_and_free();
     test_thread();
-    printf("test_listener: %d checks, %d failed\n", checks, failures);
-    return failures ? 1 : 0;
+    return tl_summary("test_listener");
 }

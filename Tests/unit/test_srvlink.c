@@ -168,6 +168,5 @@ int main(void) {
     test_datagram();
     test_stream();
     test_model();
-    printf("test_srvlink: %d checks, %d failed\n", checks, failures);
-    return failures ? 1 : 0;
+    return tl_summary("test_srvlink");
 }

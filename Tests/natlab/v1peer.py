@@ -192,8 +192,25 @@ def reuse_socket(fam, typ, reuseport):
     return s
 
 
-def default_bind(server_fam):
-    return "[::]:0" if server_fam == socket.AF_INET6 else "0.0.0.0:0"
+def endpoints(a):
+    """The server's address, and the family and address to bind (--bind, else the wildcard
+    address of the server's family)."""
+    sfam, saddr = parse_addr(a.server)
+    bfam, baddr = parse_addr(a.bind or ("[::]:0" if sfam == socket.AF_INET6 else "0.0.0.0:0"))
+    return saddr, bfam, baddr
+
+
+def recv_rsp(s):
+    """One datagram from the connected server socket `s`, logged and decoded as a response:
+    (data, message or None), or (None, None) after a socket error (ICMP, ...)."""
+    try:
+        data = s.recv(1500)
+    except OSError as e:
+        log(f"server socket: {e}")
+        return None, None
+    m = try_decode("rsp", data)
+    log(f"<- server {hx(data)} = {m}")
+    return data, m
 
 
 def recv_exact(s, n, deadline):
@@ -217,8 +234,7 @@ def read_frame(s, deadline):
 
 # ---- UDP listener ------------------------------------------------------------------------------
 def cmd_udp_listen(a):
-    sfam, saddr = parse_addr(a.server)
-    bfam, baddr = parse_addr(a.bind or default_bind(sfam))
+    saddr, bfam, baddr = endpoints(a)
     # rndz 0.1.5: the server socket is bound and connected; the peer socket is bound to the same
     # address later (SO_REUSEADDR on both; UDP needs no SO_REUSEPORT for that on Linux).
     svr = reuse_socket(bfam, socket.SOCK_DGRAM, False)
@@ -238,13 +254,9 @@ def cmd_udp_listen(a):
             next_ping = now + a.ping
         r, _, _ = select.select([svr, peer], [], [], max(0.0, next_ping - now))
         if svr in r:
-            try:
-                data = svr.recv(1500)
-            except OSError as e:
-                log(f"server socket: {e}")
+            data, m = recv_rsp(svr)
+            if data is None:
                 continue
-            m = try_decode("rsp", data)
-            log(f"<- server {hx(data)} = {m}")
             if not m or m[0] != a.id:
                 continue
             if m[1] == "fsync":
@@ -272,8 +284,7 @@ def cmd_udp_listen(a):
 
 # ---- TCP listener ------------------------------------------------------------------------------
 def cmd_tcp_listen(a):
-    sfam, saddr = parse_addr(a.server)
-    bfam, baddr = parse_addr(a.bind or default_bind(sfam))
+    saddr, bfam, baddr = endpoints(a)
     lst = reuse_socket(bfam, socket.SOCK_STREAM, True)
     lst.bind(baddr)
     local = lst.getsockname()
@@ -379,8 +390,7 @@ def cmd_tcp_listen(a):
 
 # ---- UDP connector -----------------------------------------------------------------------------
 def cmd_udp_connect(a):
-    sfam, saddr = parse_addr(a.server)
-    bfam, baddr = parse_addr(a.bind or default_bind(sfam))
+    saddr, bfam, baddr = endpoints(a)
     deadline = time.monotonic() + a.timeout
     s = reuse_socket(bfam, socket.SOCK_DGRAM, False)
     s.bind(baddr)
@@ -400,13 +410,7 @@ def cmd_udp_connect(a):
         r, _, _ = select.select([s], [], [], max(0.0, min(next_isync, deadline) - now))
         if not r:
             continue
-        try:
-            data = s.recv(1500)
-        except OSError as e:
-            log(f"server socket: {e}")
-            continue
-        m = try_decode("rsp", data)
-        log(f"<- server {hx(data)} = {m}")
+        data, m = recv_rsp(s)
         if m and m[0] == a.id and m[1] == "redirect":
             if not m[3]:
                 log(f"target {a.target} not found")
@@ -458,8 +462,7 @@ def cmd_udp_connect(a):
 
 # ---- TCP connector -----------------------------------------------------------------------------
 def cmd_tcp_connect(a):
-    sfam, saddr = parse_addr(a.server)
-    bfam, baddr = parse_addr(a.bind or default_bind(sfam))
+    saddr, bfam, baddr = endpoints(a)
     deadline = time.monotonic() + a.timeout
     svr = reuse_socket(bfam, socket.SOCK_STREAM, True)
     svr.bind(baddr)

@@ -1,0 +1,518 @@
+"""The NAT lab's scenarios: what each one builds and expects (all_scenarios()), its rows
+(a transport and a peer implementation each, with their attempts and verdict), and how they run.
+"""
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import CFG, PROBE, V1PEER, LabError, Stopped, last_json, sh, tail, vlog, wait_until
+from peers import child_env
+from topology import HOSTS, PORT, ROUTERS, SRV4, SRV6, WAN4, Lab
+
+
+# ---- results: a row is one transport x implementation of a scenario ------------------------
+class Row:
+    def __init__(self, scenario, transport, impl, expect, what):
+        self.scenario, self.transport, self.impl, self.expect = scenario, transport, impl, expect
+        self.what = what
+        self.attempts = []       # (ok, seconds or None, note)
+        self.error = None        # the row could not run at all: reason
+        self.skipped = None      # reason (development gates only)
+        self.notes = []
+        self.paths = []          # dual-stack rows: (family, address, how) of each winner
+        self.connect_ms = []     # the library's time to connect (ms) of each successful attempt
+        self.bar = None          # delay rows: {"delay", "peer", "server", "bar"} in ms
+
+    def add(self, ok, secs, note=""):
+        self.attempts.append((ok, secs, note))
+
+    def bar_problem(self):
+        """Delay rows: why the median time to connect misses 3 peer RTTs + 1 server RTT."""
+        if self.bar is None or not self.ok_count:
+            return None
+        if len(self.connect_ms) < self.ok_count:
+            return (f"{self.ok_count - len(self.connect_ms)} successful attempt(s) printed no "
+                    "time to connect (CLI: 'connected in N ms', cpair: 'elapsed_ms=N')")
+        med = statistics.median(self.connect_ms)
+        if med > self.bar["bar"]:
+            return (f"median time to connect {med:.0f} ms is over the bar "
+                    f"{self.bar['bar']:.0f} ms (3 peer RTTs + 1 server RTT)")
+        return None
+
+    def ok_times(self):
+        """Wall times (s) of the successful attempts."""
+        return [s for ok, s, _ in self.attempts if ok and s is not None]
+
+    @property
+    def ok_count(self):
+        return sum(1 for a in self.attempts if a[0])
+
+    def verdict(self):
+        if self.skipped:
+            return "SKIP"
+        if self.error:
+            return "FAIL"
+        n, k = len(self.attempts), self.ok_count
+        if n == 0:
+            return "FAIL"
+        if self.expect == "pass":
+            return "PASS" if k == n and not self.bar_problem() else "FAIL"
+        if self.expect == "xfail":
+            return "XPASS" if k == n else "XFAIL"
+        # "rate": report the success rate; fails only under RNDZ_NATLAB_LOSS_MIN.
+        return "RATE" if 100 * k >= CFG["loss_min"] * n else "FAIL"
+
+    def failed(self):
+        return self.verdict() == "FAIL"
+
+    def first_failure(self):
+        for ok, _, note in self.attempts:
+            if not ok:
+                return note
+        return ""
+
+
+# ---- scenarios -------------------------------------------------------------------------------
+class Scenario:
+    def __init__(self, name, what, kind, nat=("eim", "eim"), loss=0, family=4, listen=None,
+                 server_host="srv", listener="b", connector="a", transports=("udp", "tcp"),
+                 impls=("cli", "capi"), expect="pass", repeats="clean", concurrent=False,
+                 v1=None, local=None, record_path=False, expects=None, liberal=(), delay=0,
+                 rst=()):
+        self.__dict__.update(locals())
+        del self.__dict__["self"]
+        self.rows = []
+        if kind == "filter":
+            self.rows = [Row(name, t, "raw", "pass", what) for t in ("udp", "tcp")]
+        else:
+            for t in transports:
+                for i in impls:
+                    self.rows.append(Row(name, t, i, (expects or {}).get(t, expect), what))
+
+    def raw_v1(self, role):
+        """Is `role` ("listener", "connector", "server") played by the raw v1 peer?"""
+        return role in (self.v1 or "").split("+")
+
+    def n_repeats(self, row=None):
+        if row is not None and row.expect == "xfail":
+            return CFG["xfail_repeats"]
+        return CFG[{"clean": "clean_repeats", "loss": "loss_repeats",
+                    "xfail": "xfail_repeats", "delay": "delay_repeats"}[self.repeats]]
+
+
+def all_scenarios():
+    L = CFG["loss"]
+    D = CFG["delay_ms"]
+    return [
+        Scenario("filter", "no rndz: one-sided packets are dropped (v4 NAT, v6 firewall); "
+                 "a hand-made two-sided punch passes (UDP; TCP simultaneous open)", "filter"),
+        Scenario("eim-v4", "a<->b through two endpoint-independent NATs", "pair"),
+        Scenario("eim-v4-dual", "same, server on [::] (dual-stack, IPv4 clients)", "pair",
+                 listen=f"[::]:{PORT}", impls=("cli",)),
+        Scenario("v6", "a<->b over IPv6 through two stateful firewalls", "pair", family=6),
+        Scenario(f"loss{L}", f"{L}% loss each way on both WAN links, EIM NATs", "pair",
+                 loss=L, expect="rate", repeats="loss"),
+        Scenario(f"loss{2 * L}", f"{2 * L}% loss each way on both WAN links, EIM NATs", "pair",
+                 loss=2 * L, expect="rate", repeats="loss"),
+        Scenario("delay", f"{D} ms one way on both WAN links (peer RTT {4 * D} ms, server RTT "
+                 f"{2 * D} ms), EIM NATs: median library time to connect <= 3 peer RTTs + 1 "
+                 "server RTT", "pair", delay=D, repeats="delay"),
+        # With the lab's sub-millisecond RTT no timing can make two SYNs cross in flight (the
+        # processes' jitter is longer than the path), so this row runs on the delayed links.
+        Scenario("rst", f"both routers answer unsolicited TCP with a RST, {D} ms one way on "
+                 "both WAN links: the listener's first SYN is refused; its coordinated SYN, "
+                 "half the relayed round trip later, crosses the connector's", "pair",
+                 transports=("tcp",), rst=("r1", "r2"), delay=D, repeats="delay"),
+        Scenario("dd-a", "destination-dependent NAT on a's side (connector)", "pair",
+                 nat=("random", "eim"), impls=("cli",), expect="xfail", repeats="xfail",
+                 concurrent=True),
+        Scenario("dd-b", "destination-dependent NAT on b's side (listener)", "pair",
+                 nat=("eim", "random"), impls=("cli",), expect="xfail", repeats="xfail",
+                 concurrent=True),
+        Scenario("dd-both", "destination-dependent NAT on both sides", "pair",
+                 nat=("random", "random"), impls=("cli",), expect="xfail", repeats="xfail",
+                 concurrent=True),
+        Scenario("same-nat", "a<->a2 behind the same NAT: no hairpinning on Linux, the LAN "
+                 "candidates connect them", "pair", listener="a2"),
+        Scenario("v1-listener", "a raw v1 listener in b (the captured bytes) and our connector "
+                 "in a, our server: falls back to v1 (TCP: rndz 0.1.5's listener design fails "
+                 "behind a router that drops conntrack-invalid packets, whoever connects)",
+                 "pair", impls=("cli",), v1="listener", expects={"tcp": "xfail"}),
+        Scenario("v1-listener-lib", "the v1 TCP listener again, b's router not judging TCP "
+                 "windows (nf_conntrack_tcp_be_liberal=1)", "pair", impls=("cli",),
+                 v1="listener", transports=("tcp",), liberal=("r2",)),
+        Scenario("v1-connector", "our listener in b and a raw v1 connector in a, our server: "
+                 "falls back to v1", "pair", impls=("cli",), v1="connector"),
+        Scenario("v1-server", "our listener and connector through a raw v1 UDP server: "
+                 "falls back to v1", "pair", impls=("cli",), v1="server",
+                 transports=("udp",)),
+        Scenario("dual-stack", "server over IPv4 only, clients on [::]:0 also advertise IPv6 "
+                 "candidates: which family wins", "pair", impls=("cli",), local="[::]:0",
+                 record_path=True),
+    ]
+
+
+# ---- running them: one lab per scenario --------------------------------------------------------
+def probe_json(p, what):
+    try:
+        return last_json(Path(p.natlab_out).read_text())
+    except (ValueError, IndexError, OSError):
+        raise LabError(f"{what}: probe output unreadable: {tail(p.natlab_err)}")
+
+
+def run_filter(sc, run):
+    """Without rndz: plain sockets show the lab filters one-sided traffic (the packet is
+    dropped at b's router) and lets two-sided traffic through (a hand-made punch), for UDP
+    and TCP (simultaneous open), IPv4 through NAT and IPv6 through the stateful firewall."""
+    rows = {r.transport: r for r in sc.rows}
+    lab = Lab(run, sc.name)
+    try:
+        lab.up()
+        problems, seen = lab.check_mapping()
+        rows["udp"].notes.append("lab mapping: " + seen)
+        if problems:
+            for r in sc.rows:
+                r.error = "lab NAT behaviour wrong: " + "; ".join(problems)
+            return
+        port = 40000
+
+        def addrs(fam, pa, pb):
+            if fam == 4:
+                return (f"0.0.0.0:{pa}", f"0.0.0.0:{pb}", f"{WAN4['r2']}:{pb}",
+                        f"{WAN4['r1']}:{pa}", "b's public mapping")
+            return (f"[::]:{pa}", f"[::]:{pb}", f"[{HOSTS['b'][2]}]:{pb}",
+                    f"[{HOSTS['a'][2]}]:{pa}", "b's address")
+
+        def drops():
+            return lab.counter("r2", "wan_in_drop") + lab.counter("r2", "fwd_drop")
+
+        for proto in ("udp", "tcp"):
+            row = rows[proto]
+            for fam in (4, 6):
+                for both in (False, True):
+                    port += 2
+                    a_bind, b_bind, a_to, b_to, target = addrs(fam, port, port + 1)
+                    what = (f"v{fam} {proto.upper()} " +
+                            ("both sides at once" + (" (simultaneous open)" if proto == "tcp"
+                                                     else "") if both
+                             else f"one-sided a -> {target}"))
+                    d0 = drops()
+                    tag = f"{proto}{fam}{'both' if both else 'one'}"
+                    if proto == "udp":
+                        bp = lab.spawn("b", [sys.executable, str(PROBE), "udp", "--bind", b_bind,
+                                             "--duration", "1.0", "--tag", "b"]
+                                       + (["--to", b_to] if both else []), f"{tag}.b")
+                        time.sleep(0.2 if both else 0.1)
+                        ap = lab.spawn("a", [sys.executable, str(PROBE), "udp", "--bind", a_bind,
+                                             "--to", a_to, "--duration", "0.8", "--tag", "a"],
+                                       f"{tag}.a")
+                    else:
+                        bp = lab.spawn("b", [sys.executable, str(PROBE), "tcp", "--bind", b_bind,
+                                             "--duration", "3" if both else "2", "--tag", "b"]
+                                       + (["--to", b_to] if both else ["--listen"]), f"{tag}.b")
+                        time.sleep(0.2)
+                        ap = lab.spawn("a", [sys.executable, str(PROBE), "tcp", "--bind", a_bind,
+                                             "--to", a_to, "--duration", "2.5" if both else "1.5",
+                                             "--tag", "a"], f"{tag}.a")
+                    ap.wait(timeout=15)
+                    bp.wait(timeout=15)
+                    ra, rb = probe_json(ap, what), probe_json(bp, what)
+                    dropped = drops() - d0
+                    if proto == "udp":
+                        got_b = [m for m, _ in rb["received"] if m.startswith("probe a")]
+                        got_a = [m for m, _ in ra["received"] if m.startswith("probe b")]
+                        if not both:
+                            ok = ra["sent"] > 0 and not got_b and dropped > 0
+                            note = (f"{what}: sent {ra['sent']}, b received {len(got_b)}, "
+                                    f"b's router dropped {dropped}")
+                        else:
+                            ok = bool(got_a) and bool(got_b)
+                            note = (f"{what}: a got {len(got_a)}/{rb['sent']}, "
+                                    f"b got {len(got_b)}/{ra['sent']}")
+                    else:
+                        if not both:
+                            ok = not ra["connected"] and not rb["connected"] and dropped > 0
+                            note = (f"{what}: a connected: {ra['connected']} "
+                                    f"({ra['error']}), b accepted: {rb['connected']}, "
+                                    f"b's router dropped {dropped}")
+                        else:
+                            ok = (ra["received"] == "probe b" and rb["received"] == "probe a")
+                            note = (f"{what}: a <- {ra['received']!r} "
+                                    f"({ra['error'] or 'ok'}), b <- {rb['received']!r} "
+                                    f"({rb['error'] or 'ok'})")
+                    row.add(ok, None, note)
+                    row.notes.append(("ok   " if ok else "FAIL ") + note)
+    finally:
+        lab.down()
+
+
+
+def run_pair(sc, run, tools):
+    """Each row on its own server (rndz-cli rows: `rndz-cli server`; C API rows: `cpair
+    server`, i.e. rndz_server from librndz.so), listener and connectors; one lab per
+    scenario."""
+    lab = Lab(run, sc.name, nat=sc.nat, loss=sc.loss, liberal=sc.liberal, delay=sc.delay,
+              rst=sc.rst)
+    runnable = []
+    for row in sc.rows:
+        if row.transport == "tcp" and not CFG["tcp"]:
+            row.skipped = "TCP rows off (RNDZ_NATLAB_TCP=0)"
+        elif tools.problem(row.impl, row.transport):
+            row.error = tools.problem(row.impl, row.transport)
+        else:
+            runnable.append(row)
+    if runnable and sc.v1:
+        # The raw v1 peer must speak exactly the captured bytes: check it against every vector.
+        r = sh([sys.executable, str(V1PEER), "selftest"], check=False)
+        if r.returncode != 0:
+            for row in runnable:
+                row.error = "v1peer.py does not match the captured v1 vectors: " + \
+                    " | ".join((r.stdout + r.stderr).strip().splitlines()[-3:])
+            return
+    if not runnable:
+        return
+    try:
+        lab.up()
+        problems, seen = lab.check_mapping()
+        if "random" in sc.nat:
+            runnable[0].notes.append("lab mapping: " + seen)
+        if problems:
+            for row in runnable:
+                row.error = "lab NAT behaviour wrong: " + "; ".join(problems)
+            return
+        if lab.delay:
+            # The bar: 3 round trips between the peers plus one to the server, as measured.
+            peer, server = lab.rtt["peer"], lab.rtt["server"]
+            for row in runnable:
+                row.bar = {"delay": lab.delay, "peer": peer, "server": server,
+                           "server_b": lab.rtt.get("server_b"), "bar": 3 * peer + server}
+        srv_addr = f"[{SRV6}]:{PORT}" if sc.family == 6 else f"{SRV4}:{PORT}"
+        listen = sc.listen or srv_addr
+        for row in runnable:
+            server = lab.spawn("srv", tools.server_argv(row.impl, listen, sc),
+                               f"{row.transport}-{row.impl}.server", env=child_env())
+            who = ("v1peer.py udp-server (raw v1)" if sc.raw_v1("server") else
+                   "rndz-cli server" if row.impl == "cli" else "cpair server (rndz_server)")
+            # Both transports are served from one start: once UDP is up, TCP gets 1.5 s more.
+            ok = wait_until(lambda: lab.listening("srv", "udp", PORT), 5, alive=server)
+            if ok and row.transport == "tcp":
+                ok = wait_until(lambda: lab.listening("srv", "tcp", PORT), 1.5, alive=server)
+            if server.poll() is not None:
+                row.error = f"{who} --listen-addr {listen} exited ({server.returncode}): " \
+                    f"{tail(server.natlab_err)}"
+            elif not ok:
+                row.error = (f"{who} --listen-addr {listen} does not listen on "
+                             f"{row.transport.upper()} :{PORT} (ss shows no such socket)")
+            else:
+                run_row(sc, lab, tools, row, srv_addr)
+                if server.poll() is not None:
+                    row.notes.append(f"{who} died during the row ({server.returncode}): "
+                                     f"{tail(server.natlab_err, 2)}")
+            lab.stop([server])
+    finally:
+        lab.down()
+        if lab.delay_counts:
+            runnable[0].notes.append(f"delay wire (whole scenario): {lab.delay_counts}")
+
+
+def start_listener(sc, lab, tools, row, srv_addr, pid, gen):
+    host_router = HOSTS[sc.listener][0]
+    cname = f"reg_{sc.listener}_{row.transport}"
+    before = lab.counter(host_router, cname)
+    p = lab.spawn(sc.listener, tools.listener_argv(row.impl, row.transport, pid, srv_addr, sc),
+                  f"{row.transport}-{row.impl}.listener{gen}", env=child_env())
+    # Registered = the router forwarded an answer from the server to the listener (a Pong).
+    limit = 25 if sc.loss else 10
+    ok = wait_until(lambda: lab.counter(host_router, cname) > before, limit, step=0.05, alive=p)
+    if not ok:
+        if p.poll() is not None:
+            return p, (f"listener exited ({p.returncode}) before registering: "
+                       f"{tail(p.natlab_err)}")
+        return p, f"listener not registered after {limit}s (no answer from the server reached it)"
+    return p, None
+
+
+def run_row(sc, lab, tools, row, srv_addr):
+    n = sc.n_repeats(row)
+    pid = f"{sc.listener}-{row.transport}-{row.impl}"
+    t_row = time.monotonic()
+    gen = 0
+    lp, problem = start_listener(sc, lab, tools, row, srv_addr, pid, gen)
+    if problem:
+        row.error = problem
+        lab.stop([lp])
+        return
+    lrouter = HOSTS[sc.listener][0]
+    peer_counter = f"peer_in_{sc.listener}"
+    if sc.record_path:  # IPv6 packets each router forwarded from the other side
+        v6_0 = {h: lab.counter(HOSTS[h][0], f"peer6_in_{h}")
+                for h in (sc.listener, sc.connector)}
+    if sc.loss:
+        loss0 = (lab.counter("inet", "dropped", "bridge", "loss"),
+                 lab.counter("inet", "frames", "bridge", "loss"))
+    for i in range(n):
+        if lp.poll() is not None:
+            row.notes.append(f"listener exited ({lp.returncode}) before attempt {i + 1}: "
+                             f"{tail(lp.natlab_err, 2)}; restarted")
+            gen += 1
+            lp, problem = start_listener(sc, lab, tools, row, srv_addr, pid, gen)
+            if problem:
+                row.add(False, None, f"restarted {problem}")
+                break
+        cid = f"{sc.connector}-try{i + 1}-{row.transport}-{row.impl}"  # never a listener's id (a2-...)
+        peer0 = lab.counter(lrouter, peer_counter)
+        drops0 = lab.drop_counters()
+        wire0 = lab.wire_counters()
+        name = f"{row.transport}-{row.impl}.connect{i + 1}"
+        t0 = time.monotonic()
+        cp = lab.spawn(sc.connector, tools.connector_argv(row.impl, row.transport, cid,
+                                                          srv_addr, pid, sc),
+                       name, env=child_env())
+        rc = None
+        try:
+            # An attempt still running after 2.5 s is probably failing: snapshot both ends'
+            # TCP/UDP sockets (queues, states) for the logs.
+            rc = cp.wait(timeout=min(2.5, CFG["timeout"]))
+        except subprocess.TimeoutExpired:
+            with open(lab.logfile(f"{name}.ss"), "w") as f:
+                for h in (sc.listener, sc.connector):
+                    res = lab.x(h, ["ss", "-tuanpoi"], check=False)
+                    f.write(f"== {h} at 2.5s\n{res.stdout}")
+            try:
+                rc = cp.wait(timeout=max(0.0, CFG["timeout"] - (time.monotonic() - t0)))
+            except subprocess.TimeoutExpired:
+                rc = None
+        secs = time.monotonic() - t0
+        if rc is None:
+            lab.stop([cp])
+        out = Path(cp.natlab_out).read_text(errors="replace")
+        drops = lab.drop_counters()
+        invalid = "".join(f"; {k} +{drops[k] - drops0[k]}" for k in drops
+                          if drops[k] != drops0[k])
+        if invalid:
+            invalid = "; router drops meanwhile" + invalid[1:]
+        wire = lab.wire_counters()
+        if wire:
+            d = {k: wire[k] - wire0[k] for k in wire}
+            invalid += (f"; a's router -> b's router: {d['r1r2_out']} of {d['r1r2_in']} IPv4 "
+                        f"frames passed the loss, back: {d['r2r1_out']} of {d['r2r1_in']}")
+
+        # The connect itself (the library returned a path: the connectors print it before
+        # they say hello), apart from the hello/reply exchange that follows.
+        if re.search(r"^path(:| to )", out, re.M):
+            row.connected = getattr(row, "connected", 0) + 1
+
+        def failed(note):
+            row.add(False, None, f"attempt {i + 1}: {note}{invalid}")
+            # Evidence: both routers' conntrack tables right after the failure.
+            with open(lab.logfile(f"{name}.conntrack"), "w") as f:
+                for r in sorted(ROUTERS):
+                    res = lab.x(r, ["cat", "/proc/net/nf_conntrack"], check=False)
+                    f.write(f"== {r} conntrack\n{res.stdout}")
+                    res = lab.x(r, ["nft", "list", "ruleset"], check=False)
+                    f.write(f"== {r} ruleset (counters since the lab started)\n{res.stdout}")
+
+        if rc is None:
+            failed(f"no result after {CFG['timeout']}s (killed); "
+                   f"stderr: {tail(cp.natlab_err, 2)}")
+        elif rc != 0:
+            failed(f"exit {rc} after {secs:.2f}s; stderr: {tail(cp.natlab_err, 2)}")
+        elif "hello" not in out:
+            why = ""
+            if cid in out or pid in out:
+                why = (" -- the printed reply holds rndz ids: a protocol message (the "
+                       "listener's punch) reached the application as the reply")
+            failed(f"exit 0 but no 'hello' reply on stdout (stdout: {out.strip()[:120]!r}; "
+                   f"stderr: {tail(cp.natlab_err, 2)}){why}")
+        else:
+            direct = lab.counter(lrouter, peer_counter) - peer0
+            if sc.listener == "b" and direct == 0:
+                failed(f"reply printed but {lrouter} forwarded no packet from the peer: not a "
+                       "punched path")
+            else:
+                row.add(True, secs)
+                ms = connect_ms(out)
+                if ms is not None:
+                    row.connect_ms.append(ms)
+            m = re.search(r"^stray: (\d+)", out, re.M)
+            if m:
+                row.stray = getattr(row, "stray", 0) + int(m.group(1))
+            if sc.record_path and row.attempts[-1][0]:
+                record_path(row, out, Path(cp.natlab_err).read_text(errors="replace"), pid)
+        vlog(f"{sc.name} {row.transport} {row.impl} #{i + 1}: "
+             f"{'ok' if row.attempts[-1][0] else row.attempts[-1][2]} ({secs:.2f}s)"
+             + (f", library time to connect {connect_ms(out)} ms"
+                if row.bar is not None and row.attempts[-1][0] else ""))
+    lab.stop([lp])
+    if sc.record_path:
+        summarize_paths(row)
+        v6 = {h: lab.counter(HOSTS[h][0], f"peer6_in_{h}") - v6_0[h] for h in v6_0}
+        row.notes.append("IPv6 packets forwarded from the other side during the row: "
+                         + ", ".join(f"to {h} {v6[h]}" for h in v6))
+    if sc.loss:
+        try:
+            row.loss_seen = (lab.counter("inet", "dropped", "bridge", "loss") - loss0[0],
+                             lab.counter("inet", "frames", "bridge", "loss") - loss0[1])
+        except LabError:
+            pass
+    row.elapsed = time.monotonic() - t_row
+
+
+def connect_ms(out):
+    """The library's time to connect, from the connector's stdout: rndz-cli prints "path to
+    ID: ADDR (...), rtt N ms, connected in N ms", cpair "path: ADDR rtt_ms=N elapsed_ms=N ..."."""
+    m = re.search(r"connected in (\d+) ms", out) or re.search(r"^path: .*\belapsed_ms=(\d+)",
+                                                             out, re.M)
+    return int(m.group(1)) if m else None
+
+
+def record_path(row, out, err, pid):
+    """Which of the listener's addresses won: the CLI connector prints "path to ID: ADDR
+    (...)" for UDP; for TCP the library logs "tcp connect: ID is at ADDR" (RNDZ_LOG=debug)."""
+    m = re.search(rf"^path to {re.escape(pid)}: (\S+) \(([^,)]*)", out, re.M)
+    if m:
+        addr, via = m.group(1), m.group(2)
+    else:
+        m = re.search(rf"tcp connect: {re.escape(pid)} is at (\S+?)(,| \(|$)", err, re.M)
+        if not m:
+            row.paths.append(("?", "?", "no path line on stdout nor tcp connect line in the log"))
+            return
+        addr = m.group(1)
+        via = "an address it advertised" if m.group(2) == "," else "the address the server saw"
+    host = addr.rsplit(":", 1)[0].strip("[]")
+    fam = "IPv4" if ":" not in host or host.lower().startswith("::ffff:") else "IPv6"
+    row.paths.append((fam, addr, via))
+
+
+def summarize_paths(row):
+    if not row.paths:
+        return
+    fams = {}
+    for fam, addr, via in row.paths:
+        fams.setdefault(fam, []).append(f"{addr} ({via})")
+    row.notes.append("winner: " + "; ".join(
+        f"{fam} {len(v)}/{len(row.paths)}, e.g. {v[0]}" for fam, v in sorted(fams.items())))
+
+
+def run_scenario(sc, run, tools):
+    t0 = time.monotonic()
+    try:
+        if sc.kind == "filter":
+            run_filter(sc, run)
+        else:
+            run_pair(sc, run, tools)
+    except Stopped:
+        raise
+    except Exception as e:  # a broken lab fails the scenario, not the run's cleanup
+        if run.stopping:
+            raise Stopped()
+        for row in sc.rows:
+            if not row.attempts and not row.skipped:
+                row.error = row.error or f"lab error: {e}"
+            elif not row.skipped:
+                row.notes.append(f"lab error: {e}")
+    sc.elapsed = time.monotonic() - t0
+    vlog(f"scenario {sc.name}: {sc.elapsed:.1f}s")

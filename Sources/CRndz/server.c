@@ -17,8 +17,8 @@ static void server_defaults(rndz_server_options *o) {
     /* Clocks of clients and server differ; 30 s covers ordinary drift, and the replay table
      * (newest ts per id) closes the window itself. */
     if (!o->auth_window_ms) o->auth_window_ms = 30000;
-    /* A connect costs its connector one Isync per round (1 s) per server, its listener one
-     * Rsync per Fsync: 20/s with a burst of 40 is many concurrent connects from one address,
+    /* A connect costs its connector one Isync per round per server (rounds of 200 ms doubling
+     * to 1 s), its listener one Rsync per Fsync: 20/s with a burst of 40 is many concurrent connects from one address,
      * yet caps what a spoofed source can make the server reflect. */
     if (!o->sync_rate) o->sync_rate = 20;
     if (!o->sync_burst) o->sync_burst = 40;

@@ -21,6 +21,12 @@
 /* Accept at most this many connections per readiness event, so a connection storm cannot
  * starve the rest of the loop. */
 #define ACCEPT_BATCH 64
+/* Idle connections closed per tick at most (the rest at the next tick): no tick is long. */
+#define IDLE_BATCH 1024
+/* The listen backlog: connections the kernel completes while the loop is busy. */
+#define BACKLOG 4096
+/* Bytes read from a connection per readiness event. */
+#define READ_CHUNK 4096
 
 typedef struct conn {
     rndz__io io;
@@ -196,7 +202,7 @@ static void conn_event(void *ctx, uint32_t events) {
     if (c->dead) return;
     if (events & EPOLLOUT) conn_flush(c);
     if (c->dead || !(events & (EPOLLIN | EPOLLHUP | EPOLLERR))) return;
-    uint8_t buf[4096];
+    uint8_t buf[READ_CHUNK];
     ssize_t n = recv(c->io.fd, buf, sizeof buf, MSG_DONTWAIT);
     if (n == 0) {
         conn_close(c, "closed by peer");
@@ -287,7 +293,7 @@ uint64_t rndz__server_tcp_tick(rndz_server *s, uint64_t now) {
         free(c);
     }
     /* Idle connections, oldest first; bounded per turn like UDP expiry. */
-    for (int i = 0; i < 1024 && t->oldest && t->oldest->last_rx + s->o.tcp_idle_ms <= now; i++)
+    for (int i = 0; i < IDLE_BATCH && t->oldest && t->oldest->last_rx + s->o.tcp_idle_ms <= now; i++)
         conn_close(t->oldest, "idle");
     while (t->dead) { /* closed just now: nothing can refer to them any more this turn */
         conn *c = t->dead;
@@ -314,7 +320,7 @@ int rndz__server_tcp_open(rndz_server *s, const rndz__sockopts *so) {
     /* Accepted connections inherit the cap: a lost Fsync or Redirect is resent within a
      * second, not after a backed-off timeout (where the kernel has TCP_RTO_MAX_MS). */
     rndz__sock_tcp_rto_max(s->tcp_fd, RNDZ__TCP_RTO_CAP_MS);
-    if (listen(s->tcp_fd, 4096) < 0) return -errno;
+    if (listen(s->tcp_fd, BACKLOG) < 0) return -errno;
     s->tcp_io = (rndz__io){s->tcp_fd, tcp_accept, s};
     return rndz__loop_add(&s->loop, &s->tcp_io, EPOLLIN);
 }

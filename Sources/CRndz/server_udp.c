@@ -9,6 +9,9 @@
 /* Expiry runs every SWEEP_MS and visits enough entries that a full pass over the table takes
  * a quarter of the expiry time: an id expires at most 25% late, and no step is long. */
 #define SWEEP_MS 10
+/* recvmmsg batches served per readiness event at most, so a flood cannot starve the timers
+ * and TCP (worker 0 serves both). */
+#define ROUNDS_PER_WAKE 8
 
 void rndz__worker_flush(rndz__worker *w) {
     unsigned done = 0;
@@ -88,8 +91,7 @@ void rndz__server_udp_handle(rndz_server *s, const uint8_t *buf, size_t len,
 
 void rndz__server_udp_readable(void *ctx, uint32_t events) {
     rndz__worker *w = ctx;
-    /* A bounded number of batches per wake-up, so a flood cannot starve timers and TCP. */
-    for (int round = 0; round < 8; round++) {
+    for (int round = 0; round < ROUNDS_PER_WAKE; round++) {
         for (unsigned i = 0; i < RNDZ_BATCH; i++) {
             w->in_iov[i] = (struct iovec){w->in_buf[i], sizeof w->in_buf[i]};
             w->in[i].msg_hdr = (struct msghdr){.msg_name = &w->in_addr[i],

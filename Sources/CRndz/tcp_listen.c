@@ -31,6 +31,11 @@
 
 #define MAX_PUNCH 64
 #define ACCEPT_QUEUE 128
+/* Peer connections accepted per readiness event at most, and the listen backlog. */
+#define ACCEPT_BATCH 16
+#define BACKLOG 128
+/* Bytes read from a server connection per readiness event. */
+#define READ_CHUNK 4096
 
 typedef struct tsrv {
     int fd;
@@ -296,7 +301,7 @@ static void srv_event(void *ctx, uint32_t events) {
         rndz__loop_mod(&l->base.loop, &s->io, EPOLLIN);
         return;
     }
-    uint8_t buf[4096];
+    uint8_t buf[READ_CHUNK];
     ssize_t n = recv(s->fd, buf, sizeof buf, MSG_DONTWAIT);
     if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
         srv_down(s, now, n == 0 ? "connection closed" : rndz_strerror(-errno));
@@ -340,7 +345,7 @@ static void srv_connect(tsrv *s, uint64_t now) {
 
 static void on_accept(void *ctx, uint32_t events) {
     rndz_tcp_listener *l = ctx;
-    for (int i = 0; i < 16; i++) {
+    for (int i = 0; i < ACCEPT_BATCH; i++) {
         struct sockaddr_storage from;
         socklen_t fl = sizeof from;
         int fd = accept4(l->listen_fd, (struct sockaddr *)&from, &fl, SOCK_CLOEXEC);
@@ -400,7 +405,7 @@ int rndz_tcp_listener_create(const rndz_client_options *o, rndz_tcp_listener **o
     if ((rc = rndz__client_init(&l->c, o))) goto fail;
     if ((rc = rndz__client_bind(&l->c, SOCK_STREAM)) < 0) goto fail;
     l->listen_fd = rc;
-    if (listen(l->listen_fd, 128) < 0) {
+    if (listen(l->listen_fd, BACKLOG) < 0) {
         rc = -errno;
         goto fail;
     }

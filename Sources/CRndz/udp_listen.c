@@ -37,6 +37,8 @@
 #define SESSION_LINGER_MS 30000
 /* Peers reported by next_peer, waiting to be taken. */
 #define PEER_QUEUE 64
+/* Datagrams read from one socket per readiness event at most. */
+#define READ_BATCH 64
 
 typedef struct srv_sock {
     int fd;
@@ -148,7 +150,7 @@ static void srv_readable(void *ctx, uint32_t events) {
     srv_sock *s = ctx;
     rndz_udp_listener *l = s->l;
     uint8_t buf[RNDZ_MAX_MSG + 1];
-    for (int i = 0; i < 64; i++) {
+    for (int i = 0; i < READ_BATCH; i++) {
         ssize_t n = recv(s->fd, buf, sizeof buf, MSG_DONTWAIT);
         if (n < 0) {
             if (errno == EAGAIN) return;
@@ -190,7 +192,7 @@ static void session_verified(rndz_udp_listener *l, session *se, uint64_t now) {
  * are no reflector), acks and confirms verify a session. */
 static void probe_readable(void *ctx, uint32_t events) {
     rndz_udp_listener *l = ctx;
-    for (int i = 0; i < 64; i++) {
+    for (int i = 0; i < READ_BATCH; i++) {
         uint8_t b[RNDZ_PROBE_LEN + 1];
         struct sockaddr_storage from;
         socklen_t fl = sizeof from;

@@ -166,7 +166,8 @@ public struct ClientOptions: Sendable {
     /// Listener: how often to ping the servers (jittered by +-20%, capped at 25 s because
     /// Linux conntrack forgets one-way UDP flows after 30 s). Default 10 s.
     public var keepalive: Duration
-    /// UDP connector: how often to ask the servers again. Default 1 s.
+    /// UDP connector: the longest wait before asking the servers again. Rounds start at
+    /// 200 ms and double up to this. Default 1 s.
     public var round: Duration
     /// Connector: how long to try before failing with ``RndzError/timedOut`` (TCP: the whole
     /// connect, server and peer). Default 10 s.

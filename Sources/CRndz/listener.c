@@ -123,6 +123,7 @@ bool rndz__lsn_close(rndz__lsn *b) {
     update_ready(b);
     pthread_cond_broadcast(&b->cv);
     pthread_mutex_unlock(&b->mu);
+    if (!first) return false; /* the first close stops and joins the thread */
     if (b->loop.wakefd >= 0) rndz__loop_stop(&b->loop);
     if (b->thread_started) pthread_join(b->thread, NULL);
     b->thread_started = false;

@@ -52,8 +52,9 @@ RNDZ_INTERNAL bool rndz__lsn_push(rndz__lsn *b, const rndz__lsn_item *item);
 RNDZ_INTERNAL int rndz__lsn_pop(rndz__lsn *b, uint32_t timeout_ms, rndz__lsn_item *out);
 /* Wait until registered or closed: 0, RNDZ_E_TIMEDOUT or RNDZ_E_CLOSED. */
 RNDZ_INTERNAL int rndz__lsn_wait_registered(rndz__lsn *b, uint32_t timeout_ms);
-/* Mark closed (waking every waiter and the readiness fd), stop the loop, join the thread.
- * Returns true for the first close. Not from the listener's own thread. */
+/* Mark closed (waking every waiter and the readiness fd); the first close also stops the loop
+ * and joins the thread. Returns true for the first close (later ones return at once, also
+ * while the first is still joining). Not from the listener's own thread. */
 RNDZ_INTERNAL bool rndz__lsn_close(rndz__lsn *b);
 /* Close queued connections, the readiness fd and the loop; free the queue. */
 RNDZ_INTERNAL void rndz__lsn_free(rndz__lsn *b);

@@ -62,7 +62,8 @@ static void drop(rndz__action *a, int stat, bool close, const char *why) {
 static bool forward(rndz__proto *p, const rndz__dir *dir, const uint8_t *buf, size_t len,
                     const rndz_msg *req, const rndz__src *src, uint64_t now, rndz_cmd cmd,
                     rndz__action *a) {
-    if (!dir->get(dir->ctx, req->peer_id, req->peer_id_len, &a->dest)) return false;
+    if (!dir->get(dir->ctx, req->peer_id, req->peer_id_len, cmd == RNDZ_RSP_FSYNC, &a->dest))
+        return false;
     if (!rndz__limit_fsync(&p->lim, req->peer_id, req->peer_id_len, now)) {
         drop(a, RNDZ__ST_fsync_limited, false, "target over its rate");
         return true;

@@ -50,8 +50,9 @@ typedef struct rndz__dest {
 typedef struct rndz__dir {
     /* Register (or refresh) id at the source. 0, or -ENOSPC (table full). */
     int (*put)(void *ctx, const char *id, size_t len, uint64_t now);
-    /* Where id is registered, the source itself excepted (TCP). false if unknown. */
-    bool (*get)(void *ctx, const char *id, size_t len, rndz__dest *out);
+    /* Where id is registered; with not_source, an id the source itself holds counts as
+     * unknown (TCP: an Isync for the connection's own id). false if unknown. */
+    bool (*get)(void *ctx, const char *id, size_t len, bool not_source, rndz__dest *out);
     /* Forget id if the source holds it: 1 removed, 0 unknown, < 0 held by someone else. */
     int (*del)(void *ctx, const char *id, size_t len);
     void *ctx;

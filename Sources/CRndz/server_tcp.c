@@ -149,10 +149,10 @@ static int dir_put(void *ctx, const char *id, size_t len, uint64_t now) {
     return 0;
 }
 
-static bool dir_get(void *ctx, const char *id, size_t len, rndz__dest *out) {
+static bool dir_get(void *ctx, const char *id, size_t len, bool not_source, rndz__dest *out) {
     conn *c = ctx;
     rndz__reg_entry *e = rndz__reg_get(&((tcp_state *)c->s->tcp)->reg, id, len);
-    if (!e || !e->owner || e->owner == c) return false;
+    if (!e || !e->owner || (not_source && e->owner == c)) return false;
     out->conn = e->owner;
     return true;
 }

@@ -60,7 +60,8 @@ static int dir_put(void *ctx, const char *id, size_t len, uint64_t now) {
     return rndz__pt_put(&d->s->peers, id, len, d->from, now);
 }
 
-static bool dir_get(void *ctx, const char *id, size_t len, rndz__dest *out) {
+static bool dir_get(void *ctx, const char *id, size_t len, bool not_source, rndz__dest *out) {
+    (void)not_source; /* datagrams: the source is an address, not a holder */
     udp_dir *d = ctx;
     return rndz__pt_get(&d->s->peers, id, len, d->s->v6, &out->addr);
 }

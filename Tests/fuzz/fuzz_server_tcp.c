@@ -23,7 +23,8 @@
  *                       credential
  * Properties, after every record:
  *   - every frame the server sent decodes as a Response with no id (TCP responses carry
- *     none), of at most RNDZ_MAX_MSG bytes, and goes only down an open connection;
+ *     none), of at most RNDZ_MAX_MSG bytes;
+ *   - a Bye ends its connection; a request over its source's rate is answered with nothing;
  *   - a record makes the server send at most one frame per frame it completed (a shadow
  *     framer per connection frames our bytes as the server does);
  *   - an oversize frame length ends the connection, and so does an undecodable body;
@@ -187,8 +188,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         now += STEP_MS[(ctl >> 3) & 7];
         if (ctl & 0x40) {
             rndz__server_tcp_tick(srv, now);
-            rndz_server_stats st;
-            rndz_server_stats_get(srv, &st);
             /* what went idle is closed: our ends see EOF */
             for (int k = 0; k < NCONN; k++) {
                 if (sl[k].fd < 0) continue;
@@ -256,6 +255,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         rndz_msg m;
         int dec = framed ? rndz_msg_decode(buf + 2, n - 2, 0, &m) : 0;
         if (framed && dec) FUZZ_CHECK(!open, "an undecodable request left its connection open");
+        if (framed && !dec && m.cmd == RNDZ_REQ_BYE) FUZZ_CHECK(!open, "a Bye left its connection open");
+        if (framed && after.sync_limited > before.sync_limited)
+            FUZZ_CHECK(sent == 0, "a request over its source's rate was answered");
         if (framed && secret && !authentic) {
             FUZZ_CHECK(sent == 0, "a request not signed fresh by its id was answered");
             FUZZ_CHECK(!open, "a request not signed fresh by its id left its connection open");

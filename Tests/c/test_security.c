@@ -148,9 +148,8 @@ static void test_v1_without_secret(void) {
     int c1 = udp_at("127.0.0.1:0"), c2 = udp_at("127.0.0.1:0");
     /* the captured Ping gets the captured Pong, byte for byte */
     const tl_vector *ping = tl_vector_get("udp.ping"), *pong = tl_vector_get("udp.pong");
-    send_to(c1, ping->bytes, ping->len, &v);
     uint8_t b[2048];
-    long n = tl_recv_wait(c1, b, sizeof b, NULL, tl_ms(1000));
+    long n = tl_udp_request(c1, ping->bytes, ping->len, v.text, b, sizeof b, NULL, tl_ms(1000));
     CHECK_EQ_MEM(b, (size_t)(n > 0 ? n : 0), pong->bytes, pong->len);
     /* the captured Isync (c2 -> c1) makes c1 receive Fsync{c2, c2's address} */
     const tl_vector *isync = tl_vector_get("udp.isync");

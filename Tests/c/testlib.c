@@ -461,19 +461,16 @@ rndz_server_stats tl_server_stats(tl_server *v) {
 rndz_server_stats tl_server_await(tl_server *v, size_t stat, uint64_t want, bool at_least,
                                   unsigned ms) {
     uint64_t end = tl_now_ms() + ms;
-    rndz_server_stats st;
     for (;;) {
+        rndz_server_stats st;
         memset(&st, 0, sizeof st);
-        bool last = tl_now_ms() >= end;
-        if (last) CHECK_RC(rndz_server_stats_get(v->s, &st), 0);
-        else rndz_server_stats_get(v->s, &st);
+        int rc = rndz_server_stats_get(v->s, &st);
         uint64_t got;
         memcpy(&got, (const char *)&st + stat, sizeof got);
-        if (got == want || (at_least && got > want)) {
-            if (!last) CHECK_RC(rndz_server_stats_get(v->s, &st), 0);
+        if (got == want || (at_least && got > want) || tl_now_ms() >= end) {
+            CHECK_RC(rc, 0); /* the read returned is checked, once */
             return st;
         }
-        if (last) return st;
         tl_sleep_ms(2);
     }
 }

@@ -1,8 +1,11 @@
 /* testlib.h: tiny helpers shared by the C test programs (Tests/c/test_*.c).
  *
- * Assertions print file:line and the values and count failures; tl_finish() prints a summary
- * and returns the exit status. Socket helpers make raw UDP sockets on loopback (port 0 only)
- * with a receive timeout. The vectors file is read from $RNDZ_VECTORS.
+ * Assertions (check.h, shared with the unit tests) print file:line and the values and count
+ * failures; tl_finish() prints a summary and returns the exit status. Socket helpers make raw
+ * UDP sockets on loopback (port 0 only) with a receive timeout; the server helpers start our
+ * server on loopback or a wildcard address, port 0, and note where clients send; the client
+ * helpers make options, registered listeners and connectors on threads. The vectors file is
+ * read from $RNDZ_VECTORS.
  * Only the public API (<rndz.h>) is used here and in the tests.
  */
 #ifndef RNDZ_TESTLIB_H

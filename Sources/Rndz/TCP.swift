@@ -25,16 +25,12 @@ import Musl
 /// ``close()`` stops accepting (waiting accepts fail with ``RndzError/closed``) and sends
 /// `Bye`; releasing the last reference closes it too, and closes the sockets and every
 /// connection nobody accepted.
-public final class TCPListener: @unchecked Sendable {
-    // Unchecked: the C handle may be used from any thread (rndz.h) except destroy, which
-    // only deinit calls, when no other reference exists.
-    private let handle: OpaquePointer
-    private let configBox: SocketConfigBox?
-    /// Readable while a connection is queued or once closed (borrowed from the listener).
-    private let readyFD: Int32
+public final class TCPListener: Sendable {
+    private let base: ListenerHandle
+    private var handle: OpaquePointer { base.handle }
 
     /// The local address shared by the listening socket and the server connections.
-    public let localAddress: SocketAddress
+    public var localAddress: SocketAddress { base.localAddress }
 
     /// Our id.
     public let id: String
@@ -45,18 +41,10 @@ public final class TCPListener: @unchecked Sendable {
     /// - Throws: ``RndzError/badID``, ``RndzError/noServer``, ``RndzError/resolveFailed``,
     ///   ``RndzError/badAddress``, OS errors (e.g. ``RndzError/addressInUse``).
     public init(options: ClientOptions) throws(RndzError) {
-        let box = options.socketConfigure.map(SocketConfigBox.init)
-        var h: OpaquePointer?
-        let rc = try options.withC(box) { (o) throws(RndzError) in rndz_tcp_listener_create(o, &h) }
-        _ = try check(rc)
-        guard let h else { throw .closed }
-        let (ready, local) = try cleaningUp({ rndz_tcp_listener_destroy(h) }) { () throws(RndzError) in
-            (try check(rndz_tcp_listener_ready_fd(h)), try cLocalAddress { rndz_tcp_listener_local_addr(h, $0, nil) })
-        }
-        self.handle = h
-        self.configBox = box
-        self.readyFD = ready
-        self.localAddress = local
+        self.base = try ListenerHandle(
+            options: options, create: { rndz_tcp_listener_create($0, $1) },
+            destroy: { rndz_tcp_listener_destroy($0) }, readyFD: { rndz_tcp_listener_ready_fd($0) },
+            localAddress: { rndz_tcp_listener_local_addr($0, $1, nil) })
         self.id = options.id
     }
 
@@ -93,7 +81,7 @@ public final class TCPListener: @unchecked Sendable {
     ///
     /// - Throws: also ``RndzError/canceled`` if the task is cancelled (at once).
     public func accept(timeout: Duration? = nil) async throws(RndzError) -> TCPStream {
-        let got = try await awaitListener(readyFD: readyFD, deadline: timeout.map { .now + $0 }) {
+        let got = try await awaitListener(readyFD: base.readyFD, deadline: timeout.map { .now + $0 }) {
             () throws(RndzError) -> TCPStream? in
             do throws(RndzError) { return try accept(ms: 0) } catch .timedOut { return nil }
         }

@@ -16,20 +16,16 @@ import Musl
 ///
 /// Releasing the last reference sends `Bye` to every server, stops the background thread and
 /// closes every socket (``fileDescriptor`` included).
-public final class UDPListener: @unchecked Sendable {
-    // Unchecked: the C handle may be used from any thread (rndz.h) except destroy, which
-    // only deinit calls; the fd is only read and written through thread-safe system calls.
-    private let handle: OpaquePointer
-    private let configBox: SocketConfigBox?
-    /// Readable while a peer is queued (borrowed from the listener).
-    private let readyFD: Int32
+public final class UDPListener: Sendable {
+    private let base: ListenerHandle
+    private var handle: OpaquePointer { base.handle }
 
     /// The unconnected peer socket. Borrowed: owned and closed by the listener; do not close
     /// it, and do not use it after the listener is gone.
     public let fileDescriptor: Int32
 
     /// The local address shared by the peer socket and the server sockets.
-    public let localAddress: SocketAddress
+    public var localAddress: SocketAddress { base.localAddress }
 
     /// Our id.
     public let id: String
@@ -40,20 +36,12 @@ public final class UDPListener: @unchecked Sendable {
     /// - Throws: ``RndzError/badID``, ``RndzError/noServer``, ``RndzError/resolveFailed``,
     ///   ``RndzError/badAddress``, OS errors.
     public init(options: ClientOptions) throws(RndzError) {
-        let box = options.socketConfigure.map(SocketConfigBox.init)
-        var h: OpaquePointer?
-        let rc = try options.withC(box) { (o) throws(RndzError) in rndz_udp_listener_create(o, &h) }
-        _ = try check(rc)
-        guard let h else { throw .closed }
-        let (fd, ready, local) = try cleaningUp({ rndz_udp_listener_destroy(h) }) { () throws(RndzError) in
-            (try check(rndz_udp_listener_fd(h)), try check(rndz_udp_listener_ready_fd(h)),
-             try cLocalAddress { rndz_udp_listener_local_addr(h, $0, nil) })
-        }
-        self.handle = h
-        self.configBox = box
-        self.fileDescriptor = fd
-        self.readyFD = ready
-        self.localAddress = local
+        let base = try ListenerHandle(
+            options: options, create: { rndz_udp_listener_create($0, $1) },
+            destroy: { rndz_udp_listener_destroy($0) }, readyFD: { rndz_udp_listener_ready_fd($0) },
+            localAddress: { rndz_udp_listener_local_addr($0, $1, nil) })
+        self.base = base
+        self.fileDescriptor = rndz_udp_listener_fd(base.handle) // valid for a live handle
         self.id = options.id
     }
 
@@ -88,7 +76,7 @@ public final class UDPListener: @unchecked Sendable {
     /// - Returns: the peer, or `nil` when the time ran out.
     /// - Throws: ``RndzError/canceled`` if the task is cancelled (at once).
     public func nextPeer(timeout: Duration? = nil) async throws(RndzError) -> Peer? {
-        try await awaitListener(readyFD: readyFD, deadline: timeout.map { .now + $0 }) { () throws(RndzError) in
+        try await awaitListener(readyFD: base.readyFD, deadline: timeout.map { .now + $0 }) { () throws(RndzError) in
             try nextPeer(ms: 0)
         }
     }

@@ -1,7 +1,6 @@
 // Where blocking work runs (a small bounded pool; the event thread of Reactor.swift for
 // socket waits), and datagram I/O on a socket, blocking and async.
 internal import CRndz
-import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -66,7 +65,7 @@ final class BlockingPool: Sendable {
     }
 
     private let limit: Int
-    private let state = Mutex(State())
+    private let state = Locked(State())
     /// One token per queued job. (sem_post and sem_wait are thread-safe.)
     nonisolated(unsafe) private let tokens: UnsafeMutablePointer<sem_t>
 

@@ -1,5 +1,4 @@
 internal import CRndz
-import Synchronization
 
 /// The level of a log message; a handler gets every message at or below its level.
 public enum LogLevel: Int, Comparable, Sendable, CaseIterable, CustomStringConvertible {
@@ -41,7 +40,7 @@ private final class LogBox: Sendable {
 }
 
 /// The installed handler, kept alive while C may call it.
-private let installedLog = Mutex<LogBox?>(nil)
+private let installedLog = Locked<LogBox?>(nil)
 
 /// Installs the process-wide log handler of the rndz library (`rndz_set_log`) and the most
 /// verbose level it receives. `nil` restores the default, which writes to stderr.

@@ -107,7 +107,7 @@ final class Reactor: Sendable {
         var sleepUntil: ContinuousClock.Instant?
     }
 
-    private let state = Mutex(State())
+    private let state = Locked(State())
     private let epfd: Int32
     private let wakeFD: Int32
     private let epollCtl: EpollCtl

@@ -1,5 +1,4 @@
 internal import CRndz
-import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -147,7 +146,7 @@ public final class TCPStream: @unchecked Sendable {
         var users = 0  // calls using the fd now
         var fdClosed = false
     }
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     /// Takes ownership of a connected TCP socket. On error the fd is closed.
     init(owning fd: Int32, peer: SocketAddress, path: PathInfo = PathInfo()) throws(RndzError) {

@@ -1,8 +1,9 @@
 /* auth.c: the Auth field (see auth.h): find it, sign, verify, derive credentials.
  *
- * The walk over the message's fields is its own (like ext.c's) so the v1 codec in wire.c
- * stays exactly v1; the server only calls it on messages wire.c already decoded. */
+ * It reads fields through the one walker (pb.h), like wire.c's v1 codec and ext.c; the
+ * server only calls it on messages wire.c already decoded. */
 #include "auth.h"
+#include "pb.h"
 
 #include <stdatomic.h>
 #include <string.h>
@@ -10,75 +11,28 @@
 
 static const char CRED_LABEL[] = "rndz id credential v1";
 
-enum { WT_VARINT = 0, WT_I64 = 1, WT_LEN = 2, WT_I32 = 5 };
-
-static int rd_varint(const uint8_t **p, const uint8_t *end, uint64_t *v) {
-    uint64_t x = 0;
-    for (int shift = 0; shift < 70; shift += 7) {
-        if (*p >= end) return -1;
-        uint8_t b = *(*p)++;
-        if (shift == 63 && b > 1) return -1;
-        x |= (uint64_t)(b & 0x7f) << shift;
-        if (!(b & 0x80)) {
-            *v = x;
-            return 0;
-        }
-    }
-    return -1;
-}
-
-/* One field: its number, wire type and (LEN) payload; *p moves past it. */
-static int next_field(const uint8_t **p, const uint8_t *end, uint32_t *field, int *wt,
-                      const uint8_t **payload, size_t *plen, uint64_t *varint) {
-    uint64_t tag, v;
-    if (rd_varint(p, end, &tag) || (tag >> 3) == 0 || (tag >> 32)) return -1;
-    *field = (uint32_t)(tag >> 3);
-    *wt = (int)(tag & 7);
-    switch (*wt) {
-    case WT_VARINT: return rd_varint(p, end, varint);
-    case WT_I64:
-        if (end - *p < 8) return -1;
-        *p += 8;
-        return 0;
-    case WT_I32:
-        if (end - *p < 4) return -1;
-        *p += 4;
-        return 0;
-    case WT_LEN:
-        if (rd_varint(p, end, &v) || v > (uint64_t)(end - *p)) return -1;
-        *payload = *p;
-        *plen = (size_t)v;
-        *p += v;
-        return 0;
-    default: return -1;
-    }
-}
-
 static int parse_auth(const uint8_t *p, size_t len, rndz__auth_field *f) {
-    const uint8_t *end = p + len;
+    rndz__pb r = rndz__pb_over(p, len);
+    rndz__pb_field x;
     bool has_ts = false;
+    int rc;
     f->nonce = f->mac = NULL;
     f->nonce_len = 0;
-    while (p < end) {
-        uint32_t field;
-        int wt;
-        const uint8_t *pl = NULL;
-        size_t plen = 0;
-        uint64_t v = 0;
-        if (next_field(&p, end, &field, &wt, &pl, &plen, &v)) return -1;
-        if (field == 1) {
-            if (wt != WT_VARINT) return -1;
-            f->ts = v;
+    while ((rc = rndz__pb_next(&r, &x)) == 1) {
+        if (x.num == 1) {
+            if (x.wt != RNDZ_PB_VARINT) return -1;
+            f->ts = x.u64;
             has_ts = true;
-        } else if (field == 2) {
-            if (wt != WT_LEN) return -1;
-            f->nonce = pl;
-            f->nonce_len = plen;
-        } else if (field == 3) {
-            if (wt != WT_LEN || plen != RNDZ_SHA256_LEN) return -1;
-            f->mac = pl;
+        } else if (x.num == 2) {
+            if (x.wt != RNDZ_PB_LEN) return -1;
+            f->nonce = x.data;
+            f->nonce_len = x.len;
+        } else if (x.num == 3) {
+            if (x.wt != RNDZ_PB_LEN || x.len != RNDZ_SHA256_LEN) return -1;
+            f->mac = x.data;
         } /* other fields: skipped, for later versions */
     }
+    if (rc < 0) return -1;
     if (!has_ts || !f->mac || !f->nonce || f->nonce_len < RNDZ_AUTH_NONCE_MIN ||
         f->nonce_len > RNDZ_AUTH_NONCE_MAX)
         return -1;
@@ -86,24 +40,21 @@ static int parse_auth(const uint8_t *p, size_t len, rndz__auth_field *f) {
 }
 
 int rndz__auth_find(const uint8_t *buf, size_t len, rndz__auth_field *f) {
-    const uint8_t *p = buf, *end = buf + len;
-    int found = 0;
-    while (p < end) {
-        const uint8_t *start = p;
-        uint32_t field;
-        int wt;
-        const uint8_t *pl = NULL;
-        size_t plen = 0;
-        uint64_t v;
-        if (next_field(&p, end, &field, &wt, &pl, &plen, &v)) return RNDZ__AUTH_MALFORMED;
-        if (field != RNDZ_AUTH_FIELD) continue;
+    rndz__pb r = rndz__pb_over(buf, len);
+    rndz__pb_field x;
+    int found = 0, rc;
+    const uint8_t *start = r.p;
+    while ((rc = rndz__pb_next(&r, &x)) == 1) {
+        const uint8_t *field_start = start;
+        start = r.p;
+        if (x.num != RNDZ_AUTH_FIELD) continue;
         /* exactly one: with two, which one the MAC skips would be ambiguous */
-        if (wt != WT_LEN || found || parse_auth(pl, plen, f)) return RNDZ__AUTH_MALFORMED;
-        f->start = (size_t)(start - buf);
-        f->end = (size_t)(p - buf);
+        if (x.wt != RNDZ_PB_LEN || found || parse_auth(x.data, x.len, f)) return RNDZ__AUTH_MALFORMED;
+        f->start = (size_t)(field_start - buf);
+        f->end = (size_t)(r.p - buf);
         found = 1;
     }
-    return found;
+    return rc < 0 ? RNDZ__AUTH_MALFORMED : found;
 }
 
 void rndz__auth_mac(const uint8_t cred[RNDZ_CREDENTIAL_LEN], uint64_t ts, const uint8_t *nonce,
@@ -150,7 +101,7 @@ int rndz__auth_append(const uint8_t cred[RNDZ_CREDENTIAL_LEN], uint64_t ts,
     rndz__auth_mac(cred, ts, nonce, nonce_len, buf, len, len, len, sub + n);
     n += RNDZ_SHA256_LEN;
     size_t m = 0;
-    m += put_varint(field, (uint64_t)RNDZ_AUTH_FIELD << 3 | WT_LEN);
+    m += put_varint(field, (uint64_t)RNDZ_AUTH_FIELD << 3 | RNDZ_PB_LEN);
     m += put_varint(field + m, n);
     memcpy(field + m, sub, n);
     m += n;

@@ -1,18 +1,8 @@
-/* ext.c: see ext.h. */
+/* ext.c: see ext.h. Fields are read through the one walker, pb.h. */
 #include "ext.h"
+#include "pb.h"
 
 #include <string.h>
-
-static int rd_varint(const uint8_t **p, const uint8_t *end, uint64_t *v) {
-    *v = 0;
-    for (int s = 0; s < 64; s += 7) {
-        if (*p >= end) return -1;
-        uint8_t b = *(*p)++;
-        *v |= (uint64_t)(b & 0x7f) << s;
-        if (!(b & 0x80)) return 0;
-    }
-    return -1;
-}
 
 bool rndz__ext_present(const rndz__ext *e) {
     return e->ncands > 0 || e->has_nonce || e->rtt_ms;
@@ -20,43 +10,23 @@ bool rndz__ext_present(const rndz__ext *e) {
 
 int rndz__ext_decode(const uint8_t *buf, size_t len, rndz__ext *out) {
     memset(out, 0, sizeof *out);
-    const uint8_t *p = buf, *end = buf + len;
-    while (p < end) {
-        uint64_t tag, v;
-        if (rd_varint(&p, end, &tag)) return RNDZ_E_TRUNCATED;
-        unsigned field = (unsigned)(tag >> 3), wt = (unsigned)(tag & 7);
-        switch (wt) {
-        case 0:
-            if (rd_varint(&p, end, &v)) return RNDZ_E_TRUNCATED;
-            if (field == 19) out->rtt_ms = v > UINT32_MAX ? UINT32_MAX : (uint32_t)v;
-            break;
-        case 1:
-            if (end - p < 8) return RNDZ_E_TRUNCATED;
-            if (field == 18) {
-                uint64_t n = 0;
-                for (int i = 7; i >= 0; i--) n = n << 8 | p[i]; /* fixed64 is little endian */
-                out->nonce = n;
-                out->has_nonce = true;
-            }
-            p += 8;
-            break;
-        case 2:
-            if (rd_varint(&p, end, &v) || v > (uint64_t)(end - p)) return RNDZ_E_TRUNCATED;
-            if (field == 17 && out->ncands < RNDZ_MAX_CANDS && v > 0 && v < RNDZ_ADDRSTRLEN) {
-                memcpy(out->cands[out->ncands], p, v);
-                out->cands[out->ncands][v] = 0;
-                out->ncands++;
-            }
-            p += v;
-            break;
-        case 5:
-            if (end - p < 4) return RNDZ_E_TRUNCATED;
-            p += 4;
-            break;
-        default: return RNDZ_E_WIRETYPE;
-        }
+    rndz__pb r = rndz__pb_over(buf, len);
+    rndz__pb_field f;
+    int rc;
+    while ((rc = rndz__pb_next(&r, &f)) == 1) {
+        if (f.num == 19 && f.wt == RNDZ_PB_VARINT) {
+            out->rtt_ms = f.u64 > UINT32_MAX ? UINT32_MAX : (uint32_t)f.u64;
+        } else if (f.num == 18 && f.wt == RNDZ_PB_I64) {
+            out->nonce = f.u64; /* fixed64: little endian */
+            out->has_nonce = true;
+        } else if (f.num == 17 && f.wt == RNDZ_PB_LEN && out->ncands < RNDZ_MAX_CANDS &&
+                   f.len > 0 && f.len < RNDZ_ADDRSTRLEN) {
+            memcpy(out->cands[out->ncands], f.data, f.len);
+            out->cands[out->ncands][f.len] = 0;
+            out->ncands++;
+        } /* anything else: not ours */
     }
-    return 0;
+    return rc;
 }
 
 int rndz__ext_append(const rndz__ext *e, uint8_t *buf, size_t n, size_t cap) {

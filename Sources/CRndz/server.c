@@ -173,7 +173,7 @@ int rndz_server_create(const rndz_server_options *opts, rndz_server **out) {
                          .config_user = opts->sock_config_user};
     /* With port 0, UDP picks a free port and TCP must get the same one; if TCP finds it
      * taken, try again with another. */
-    bool any_port = ((struct sockaddr_in *)&s->local)->sin_port == 0; /* same offset in v6 */
+    bool any_port = rndz__addr_port(&s->local) == 0;
     struct sockaddr_storage want = s->local;
     for (int attempt = 0;; attempt++) {
         if ((rc = bind_all(s, &so))) {

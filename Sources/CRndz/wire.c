@@ -1,74 +1,14 @@
 /* wire.c: the v1 protobuf codec (Request/Response) and TCP framing.
  *
- * A hand-written proto3 codec for exactly the v1 schema (see rndz.h). Every read is bounded
- * by the end of the input; unknown fields are skipped by wire type; nothing allocates.
+ * A hand-written proto3 codec for exactly the v1 schema (see rndz.h). It reads through the
+ * one field walker (pb.h: every read bounded by the end of the input); unknown fields are
+ * skipped; nothing allocates.
  */
-#include "internal.h"
+#include "pb.h"
 
 #include <string.h>
 
-enum { WT_VARINT = 0, WT_I64 = 1, WT_LEN = 2, WT_SGROUP = 3, WT_EGROUP = 4, WT_I32 = 5 };
-
-typedef struct reader {
-    const uint8_t *p, *end;
-} reader;
-
-static int read_varint(reader *r, uint64_t *out) {
-    uint64_t v = 0;
-    for (int shift = 0; shift < 70; shift += 7) {
-        if (r->p >= r->end) return RNDZ_E_TRUNCATED;
-        uint8_t b = *r->p++;
-        if (shift == 63 && b > 1) return RNDZ_E_VARINT; /* would overflow 64 bits */
-        v |= (uint64_t)(b & 0x7f) << shift;
-        if (!(b & 0x80)) {
-            *out = v;
-            return 0;
-        }
-    }
-    return RNDZ_E_VARINT; /* more than 10 bytes */
-}
-
-/* Read a tag; field numbers are 1..2^29-1. */
-static int read_tag(reader *r, uint32_t *field, int *wt) {
-    uint64_t tag;
-    int rc = read_varint(r, &tag);
-    if (rc) return rc;
-    if (tag >> 32) return RNDZ_E_FIELD;
-    *field = (uint32_t)(tag >> 3);
-    *wt = (int)(tag & 7);
-    if (*field == 0) return RNDZ_E_FIELD;
-    return 0;
-}
-
-/* Read a length-delimited payload into a sub-reader. */
-static int read_len(reader *r, reader *sub) {
-    uint64_t n;
-    int rc = read_varint(r, &n);
-    if (rc) return rc;
-    if (n > (uint64_t)(r->end - r->p)) return RNDZ_E_TRUNCATED;
-    sub->p = r->p;
-    sub->end = r->p + n;
-    r->p += n;
-    return 0;
-}
-
-static int skip_field(reader *r, int wt) {
-    uint64_t v;
-    reader sub;
-    switch (wt) {
-    case WT_VARINT: return read_varint(r, &v);
-    case WT_LEN: return read_len(r, &sub);
-    case WT_I64:
-        if (r->end - r->p < 8) return RNDZ_E_TRUNCATED;
-        r->p += 8;
-        return 0;
-    case WT_I32:
-        if (r->end - r->p < 4) return RNDZ_E_TRUNCATED;
-        r->p += 4;
-        return 0;
-    default: return RNDZ_E_WIRETYPE; /* groups are not part of proto3; 6 and 7 do not exist */
-    }
-}
+enum { WT_LEN = RNDZ_PB_LEN };
 
 /* Strict UTF-8 (no overlongs, no surrogates, nothing above U+10FFFF), as protobuf requires of
  * string fields. */
@@ -97,30 +37,27 @@ static bool utf8_valid(const uint8_t *s, size_t n) {
     return true;
 }
 
-static int read_string(reader *r, int wt, const char **s, size_t *n) {
-    if (wt != WT_LEN) return RNDZ_E_WIRETYPE;
-    reader sub;
-    int rc = read_len(r, &sub);
-    if (rc) return rc;
-    if (!utf8_valid(sub.p, (size_t)(sub.end - sub.p))) return RNDZ_E_UTF8;
-    *s = (const char *)sub.p;
-    *n = (size_t)(sub.end - sub.p);
+/* A string field: its payload, if it is valid UTF-8. */
+static int take_string(const rndz__pb_field *f, const char **s, size_t *n) {
+    if (f->wt != RNDZ_PB_LEN) return RNDZ_E_WIRETYPE;
+    if (!utf8_valid(f->data, f->len)) return RNDZ_E_UTF8;
+    *s = (const char *)f->data;
+    *n = f->len;
     return 0;
 }
 
 /* The body of a command submessage: field 1 id (Isync, Fsync, Rsync, Redirect), field 2 addr
  * (Fsync, Redirect). Ping, Pong and Bye are empty: any field in them is unknown. */
-static int decode_cmd(reader *r, bool has_peer, bool has_addr, rndz_msg *m) {
-    while (r->p < r->end) {
-        uint32_t field;
-        int wt, rc = read_tag(r, &field, &wt);
-        if (rc) return rc;
-        if (field == 1 && has_peer) rc = read_string(r, wt, &m->peer_id, &m->peer_id_len);
-        else if (field == 2 && has_addr) rc = read_string(r, wt, &m->addr, &m->addr_len);
-        else rc = skip_field(r, wt);
+static int decode_cmd(rndz__pb *r, bool has_peer, bool has_addr, rndz_msg *m) {
+    rndz__pb_field f;
+    int rc;
+    while ((rc = rndz__pb_next(r, &f)) == 1) {
+        if (f.num == 1 && has_peer) rc = take_string(&f, &m->peer_id, &m->peer_id_len);
+        else if (f.num == 2 && has_addr) rc = take_string(&f, &m->addr, &m->addr_len);
+        else rc = 0; /* unknown: skipped */
         if (rc) return rc;
     }
-    return 0;
+    return rc;
 }
 
 /* cmd_of[is_response][field]: the command carried by that field of Request/Response. */
@@ -144,31 +81,30 @@ int rndz_msg_decode(const uint8_t *buf, size_t len, int is_response, rndz_msg *o
     memset(out, 0, sizeof *out);
     out->id = out->peer_id = out->addr = "";
     if (len > RNDZ_MAX_MSG) return RNDZ_E_TOOBIG;
-    reader r = {buf, buf + len};
+    rndz__pb r = rndz__pb_over(buf, len);
     int kind = is_response ? 1 : 0;
-    while (r.p < r.end) {
-        uint32_t field;
-        int wt, rc = read_tag(&r, &field, &wt);
-        if (rc) return rc;
-        rndz_cmd c = field < 7 ? cmd_of[kind][field] : RNDZ_CMD_NONE;
-        if (field == 1) {
-            rc = read_string(&r, wt, &out->id, &out->id_len);
+    rndz__pb_field f;
+    int rc;
+    while ((rc = rndz__pb_next(&r, &f)) == 1) {
+        rndz_cmd c = f.num < 7 ? cmd_of[kind][f.num] : RNDZ_CMD_NONE;
+        if (f.num == 1) {
+            rc = take_string(&f, &out->id, &out->id_len);
         } else if (c != RNDZ_CMD_NONE) {
-            if (wt != WT_LEN) return RNDZ_E_WIRETYPE;
-            reader sub;
-            if ((rc = read_len(&r, &sub))) return rc;
+            if (f.wt != RNDZ_PB_LEN) return RNDZ_E_WIRETYPE;
             /* oneof: a different member replaces the command; the same one merges into it */
             if (c != out->cmd) {
                 out->cmd = c;
                 out->peer_id = out->addr = "";
                 out->peer_id_len = out->addr_len = 0;
             }
+            rndz__pb sub = rndz__pb_over(f.data, f.len);
             rc = decode_cmd(&sub, cmd_has_peer(c), cmd_has_addr(c), out);
         } else {
-            rc = skip_field(&r, wt);
+            rc = 0; /* unknown: skipped */
         }
         if (rc) return rc;
     }
+    if (rc < 0) return rc;
     return out->cmd == RNDZ_CMD_NONE ? RNDZ_E_NOCMD : 0;
 }
 

@@ -297,7 +297,17 @@ typedef struct rndz_server_options {
                                    dropped. Default RNDZ_MAX_ID_LEN (what our clients send
                                    at most); up to RNDZ_MAX_MSG for v1 clients with longer
                                    ids */
+    /* Several addresses to serve on, UDP and TCP on each (e.g. one IPv4 and one IPv6, or two
+     * of a multi-homed host), at most RNDZ_MAX_LISTEN. When n_listen_addrs > 0 these are
+     * used and listen_addr is not. A port of 0: the first such address gets a free port and
+     * the others with port 0 take the same one. One table of ids serves them all; a request
+     * forwarded to a peer leaves from the address that peer wrote to. */
+    const char *const *listen_addrs;
+    size_t n_listen_addrs;
 } rndz_server_options;
+
+/* Addresses one server serves on at most. */
+#define RNDZ_MAX_LISTEN 16
 
 /* Counters are updated as the workers go: a reply can reach its client a moment before the
  * counters include it. With several workers, datagrams from different clients are handled in
@@ -341,6 +351,10 @@ RNDZ_API int rndz_server_create(const rndz_server_options *o, rndz_server **out)
 /* The address actually bound (useful with port 0). */
 RNDZ_API int rndz_server_local_addr(rndz_server *s, struct sockaddr_storage *out,
                                     socklen_t *len);
+/* Every address bound, in the order given: stores up to `max` in out[] and returns how many
+ * the server has (which may exceed max). */
+RNDZ_API size_t rndz_server_local_addrs(rndz_server *s, struct sockaddr_storage *out,
+                                        size_t max);
 /* Serve on the calling thread until rndz_server_stop(). Returns 0 after a stop. A server
  * serves once: after a stop, run and start return -EBUSY. */
 RNDZ_API int rndz_server_run(rndz_server *s);

@@ -55,6 +55,8 @@ typedef struct rndz__origin {
     bool has_src;
     unsigned ifindex; /* for a link-local source */
     struct sockaddr_storage src; /* in the family of socket k */
+    size_t ctllen;               /* with has_src: the control message that sets it */
+    rndz__pktinfo_buf ctl;
 } rndz__origin;
 
 typedef struct rndz__worker {
@@ -63,6 +65,13 @@ typedef struct rndz__worker {
     rndz__loop *loop; /* worker 0: &s->loop; others: &own_loop */
     rndz__loop own_loop;
     rndz__usock usock[RNDZ_MAX_LISTEN];
+    /* the origin of the last datagram, by socket and raw destination (IPv4 as ::ffff:a.b.c.d):
+     * most datagrams in a row reached the same address */
+    struct {
+        bool valid;
+        uint8_t k, origin;
+        uint8_t dst[16];
+    } last_origin;
     pthread_t thread;
     bool thread_started;
     uint64_t next_sweep;

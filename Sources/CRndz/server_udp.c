@@ -69,6 +69,8 @@ static bool unicast(const struct sockaddr_storage *a) {
     return !IN6_IS_ADDR_MULTICAST(x) && !IN6_IS_ADDR_UNSPECIFIED(x);
 }
 
+static void build_ctl(rndz__origin *o);
+
 static bool same_origin(const rndz__origin *o, unsigned k, const struct sockaddr_storage *src,
                         unsigned ifindex) {
     if (o->k != k || o->has_src != (src != NULL)) return false;
@@ -93,7 +95,10 @@ static uint8_t intern_origin(rndz_server *s, unsigned k, const struct sockaddr_s
         o->k = (uint8_t)k;
         o->has_src = src != NULL;
         o->ifindex = ifindex;
-        if (src) o->src = *src;
+        if (src) {
+            o->src = *src;
+            build_ctl(o);
+        }
         atomic_store_explicit(&s->norigins, n + 1, memory_order_release);
     } else if (i == n) {
         i = 0; /* a host with more than 127 addresses in use: answer as before, unpinned */
@@ -105,34 +110,71 @@ static uint8_t intern_origin(rndz_server *s, unsigned k, const struct sockaddr_s
 /* The origin of a received datagram: its socket, and its destination address from the
  * control message (none: the kernel picks the reply's source). */
 static uint8_t origin_of(rndz__worker *w, unsigned k, const struct msghdr *h) {
-    int family = w->s->local[k].ss_family;
-    struct sockaddr_storage dst;
-    memset(&dst, 0, sizeof dst);
+    uint8_t raw[16]; /* the destination, IPv4 as ::ffff:a.b.c.d */
     unsigned ifindex = 0;
     bool found = false;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c; c = CMSG_NXTHDR((struct msghdr *)h, c)) {
         if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO) {
             struct in_pktinfo pi;
             memcpy(&pi, CMSG_DATA(c), sizeof pi);
-            struct sockaddr_in *d4 = (struct sockaddr_in *)&dst;
-            d4->sin_family = AF_INET;
-            d4->sin_addr = pi.ipi_addr; /* the header's destination */
+            memset(raw, 0, 10);
+            raw[10] = raw[11] = 0xff;
+            memcpy(raw + 12, &pi.ipi_addr, 4); /* the header's destination */
             found = true;
         } else if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO) {
             struct in6_pktinfo pi;
             memcpy(&pi, CMSG_DATA(c), sizeof pi);
-            struct sockaddr_in6 *d6 = (struct sockaddr_in6 *)&dst;
-            d6->sin6_family = AF_INET6;
-            d6->sin6_addr = pi.ipi6_addr;
+            memcpy(raw, &pi.ipi6_addr, 16);
             if (IN6_IS_ADDR_LINKLOCAL(&pi.ipi6_addr)) ifindex = pi.ipi6_ifindex;
             found = true;
         }
     }
-    if (!found || !unicast(&dst)) return intern_origin(w->s, k, NULL, 0);
-    rndz__addr_unmap(&dst);
-    if (family == AF_INET6) rndz__addr_map(&dst);
-    else if (dst.ss_family != AF_INET) return intern_origin(w->s, k, NULL, 0);
-    return intern_origin(w->s, k, &dst, ifindex);
+    if (!found) return intern_origin(w->s, k, NULL, 0);
+    if (w->last_origin.valid && w->last_origin.k == k && !ifindex &&
+        memcmp(w->last_origin.dst, raw, 16) == 0)
+        return w->last_origin.origin;
+    struct sockaddr_storage dst;
+    memset(&dst, 0, sizeof dst);
+    struct sockaddr_in6 *d6 = (struct sockaddr_in6 *)&dst;
+    d6->sin6_family = AF_INET6;
+    memcpy(&d6->sin6_addr, raw, 16);
+    uint8_t o;
+    if (!unicast(&dst)) {
+        o = intern_origin(w->s, k, NULL, 0);
+    } else {
+        if (w->s->local[k].ss_family == AF_INET) rndz__addr_unmap(&dst);
+        o = dst.ss_family == w->s->local[k].ss_family ? intern_origin(w->s, k, &dst, ifindex)
+                                                      : intern_origin(w->s, k, NULL, 0);
+    }
+    if (!ifindex) {
+        w->last_origin.valid = true;
+        w->last_origin.k = (uint8_t)k;
+        w->last_origin.origin = o;
+        memcpy(w->last_origin.dst, raw, 16);
+    }
+    return o;
+}
+
+/* The control message that makes a datagram leave from o->src. */
+static void build_ctl(rndz__origin *o) {
+    memset(&o->ctl, 0, sizeof o->ctl);
+    struct cmsghdr *c = (struct cmsghdr *)o->ctl.buf;
+    if (o->src.ss_family == AF_INET) {
+        struct in_pktinfo pi = {.ipi_spec_dst = ((const struct sockaddr_in *)&o->src)->sin_addr};
+        c->cmsg_level = IPPROTO_IP;
+        c->cmsg_type = IP_PKTINFO;
+        c->cmsg_len = CMSG_LEN(sizeof pi);
+        memcpy(CMSG_DATA(c), &pi, sizeof pi);
+        o->ctllen = CMSG_SPACE(sizeof pi);
+    } else {
+        struct in6_pktinfo pi = {.ipi6_addr = ((const struct sockaddr_in6 *)&o->src)->sin6_addr,
+                                 .ipi6_ifindex = o->ifindex};
+        c->cmsg_level = IPPROTO_IPV6;
+        c->cmsg_type = IPV6_PKTINFO;
+        c->cmsg_len = CMSG_LEN(sizeof pi);
+        memcpy(CMSG_DATA(c), &pi, sizeof pi);
+        o->ctllen = CMSG_SPACE(sizeof pi);
+    }
 }
 
 /* Queue the response of `a` to `to` (a peer's address in any form), from origin o: on its
@@ -146,38 +188,26 @@ static void queue_response(rndz__worker *w, const rndz__action *a,
         RNDZ_LOG(RNDZ_LOG_DEBUG, "udp: response not encodable: %s", rndz_strerror(n));
         return;
     }
-    rndz_server *s = w->s;
-    const rndz__origin *org = &s->origins[o];
+    const rndz__origin *org = &w->s->origins[o];
+    int family = w->s->local[org->k].ss_family;
     struct sockaddr_storage *dst = &w->out_addr[i];
-    *dst = *to;
-    rndz__addr_unmap(dst);
-    if (s->local[org->k].ss_family == AF_INET6) rndz__addr_map(dst);
-    else if (dst->ss_family != AF_INET) return; /* an IPv6 peer, an IPv4-only socket */
-    socklen_t al = rndz__addr_len((const struct sockaddr *)dst);
+    socklen_t al = rndz__addr_len((const struct sockaddr *)to);
+    if (to->ss_family == family) {
+        memcpy(dst, to, al); /* a reply: already in the socket's form */
+    } else {
+        *dst = *to;
+        rndz__addr_unmap(dst);
+        if (family == AF_INET6) rndz__addr_map(dst);
+        else if (dst->ss_family != AF_INET) return; /* an IPv6 peer, an IPv4-only socket */
+        al = rndz__addr_len((const struct sockaddr *)dst);
+    }
     w->out_iov[i] = (struct iovec){w->out_buf[i], (size_t)n};
     w->out[i].msg_hdr = (struct msghdr){.msg_name = dst, .msg_namelen = al,
                                         .msg_iov = &w->out_iov[i], .msg_iovlen = 1};
     if (org->has_src) {
-        struct msghdr *h = &w->out[i].msg_hdr;
-        memset(&w->out_ctl[i], 0, sizeof w->out_ctl[i]);
-        h->msg_control = w->out_ctl[i].buf;
-        struct cmsghdr *c = (struct cmsghdr *)w->out_ctl[i].buf;
-        if (org->src.ss_family == AF_INET) {
-            struct in_pktinfo pi = {.ipi_spec_dst = ((const struct sockaddr_in *)&org->src)->sin_addr};
-            c->cmsg_level = IPPROTO_IP;
-            c->cmsg_type = IP_PKTINFO;
-            c->cmsg_len = CMSG_LEN(sizeof pi);
-            memcpy(CMSG_DATA(c), &pi, sizeof pi);
-            h->msg_controllen = CMSG_SPACE(sizeof pi);
-        } else {
-            struct in6_pktinfo pi = {.ipi6_addr = ((const struct sockaddr_in6 *)&org->src)->sin6_addr,
-                                     .ipi6_ifindex = org->ifindex};
-            c->cmsg_level = IPPROTO_IPV6;
-            c->cmsg_type = IPV6_PKTINFO;
-            c->cmsg_len = CMSG_LEN(sizeof pi);
-            memcpy(CMSG_DATA(c), &pi, sizeof pi);
-            h->msg_controllen = CMSG_SPACE(sizeof pi);
-        }
+        memcpy(w->out_ctl[i].buf, org->ctl.buf, org->ctllen);
+        w->out[i].msg_hdr.msg_control = w->out_ctl[i].buf;
+        w->out[i].msg_hdr.msg_controllen = org->ctllen;
     }
     w->out_k[i] = org->k;
     w->nout++;

@@ -259,7 +259,11 @@ RNDZ_API int rndz_msg_sign(const uint8_t credential[RNDZ_CREDENTIAL_LEN], uint64
 typedef struct rndz_server rndz_server;
 
 typedef struct rndz_server_options {
-    const char *listen_addr;    /* numeric address; default "0.0.0.0:8888"; port 0 = any */
+    const char *listen_addr;    /* numeric address; default "0.0.0.0:8888"; port 0 = any.
+                                   On a wildcard address (0.0.0.0, [::]) of a host with
+                                   several addresses, UDP answers leave from the address each
+                                   client wrote to (IP_PKTINFO / IPV6_PKTINFO), and requests
+                                   forwarded to a peer from the one that peer wrote to. */
     int ipv6_only;              /* for an IPv6 listen address: serve IPv6 only */
     int enable_udp;             /* default 1 */
     int enable_tcp;             /* default 1: TCP on the same address and port */

@@ -127,23 +127,23 @@ static void to_peer(rndz__peer *p, const struct sockaddr_storage *a) {
         p->ip[10] = p->ip[11] = 0xff;
         memcpy(p->ip + 12, &s4->sin_addr, 4);
         p->port = s4->sin_port;
-        p->v4 = 1;
+        p->flags = (uint8_t)(p->flags & ~1u) | 1u;
     } else {
         const struct sockaddr_in6 *s6 = (const void *)a;
         memcpy(p->ip, &s6->sin6_addr, 16);
         p->port = s6->sin6_port;
-        p->v4 = IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr);
+        p->flags = (uint8_t)((p->flags & ~1u) | (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr) ? 1u : 0u));
     }
 }
 
 static bool same_addr(const rndz__peer *p, const struct sockaddr_storage *a) {
-    rndz__peer q;
+    rndz__peer q = {0};
     to_peer(&q, a);
     return q.port == p->port && memcmp(q.ip, p->ip, 16) == 0;
 }
 
 int rndz__pt_put(rndz__peertab *t, const char *id, size_t len,
-                 const struct sockaddr_storage *addr, uint64_t now) {
+                 const struct sockaddr_storage *addr, uint64_t now, uint8_t origin) {
     uint32_t h = rndz__hash_id(t->seed, id, len);
     rndz__peershard *sh = shard_of(t, h);
     pthread_mutex_lock(&sh->mu);
@@ -187,6 +187,7 @@ int rndz__pt_put(rndz__peertab *t, const char *id, size_t len,
         __atomic_store_n(&sh->count, sh->count + 1, __ATOMIC_RELAXED);
     }
     to_peer(p, addr);
+    p->flags = (uint8_t)((p->flags & 1u) | (uint8_t)(origin << 1));
     p->seen = (uint32_t)(now - t->epoch);
     pthread_mutex_unlock(&sh->mu);
     return 0;
@@ -194,7 +195,7 @@ int rndz__pt_put(rndz__peertab *t, const char *id, size_t len,
 
 static void from_peer(const rndz__peer *p, bool v6, struct sockaddr_storage *out) {
     memset(out, 0, sizeof *out);
-    if (p->v4 && !v6) {
+    if ((p->flags & 1) && !v6) {
         struct sockaddr_in *s4 = (void *)out;
         s4->sin_family = AF_INET;
         s4->sin_port = p->port;
@@ -208,13 +209,17 @@ static void from_peer(const rndz__peer *p, bool v6, struct sockaddr_storage *out
 }
 
 bool rndz__pt_get(rndz__peertab *t, const char *id, size_t len, bool v6,
-                  struct sockaddr_storage *out) {
+                  struct sockaddr_storage *out, uint8_t *origin) {
     uint32_t h = rndz__hash_id(t->seed, id, len);
     rndz__peershard *sh = shard_of(t, h);
     pthread_mutex_lock(&sh->mu);
     uint32_t s = find_slot(sh, h, id, len);
     bool found = sh->index[s] != 0;
-    if (found) from_peer(entry(sh, sh->index[s] - 1), v6, out);
+    if (found) {
+        const rndz__peer *p = entry(sh, sh->index[s] - 1);
+        from_peer(p, v6, out);
+        if (origin) *origin = (uint8_t)(p->flags >> 1);
+    }
     pthread_mutex_unlock(&sh->mu);
     return found;
 }

@@ -27,7 +27,8 @@ typedef struct rndz__peer {
     uint8_t ip[16]; /* IPv6, or IPv4 as ::ffff:a.b.c.d */
     uint16_t port;  /* network order */
     uint8_t id_len; /* 0..16: inline; 255: on the heap */
-    uint8_t v4;     /* the address was IPv4 */
+    uint8_t flags;  /* bit 0: the address was IPv4; bits 1-7: where it wrote to (server.h,
+                     * rndz__origin) */
     char id[RNDZ_PT_INLINE_ID]; /* inline bytes, or (char *ptr, uint32_t len) memcpy'd in */
 } rndz__peer;
 
@@ -56,13 +57,15 @@ typedef struct rndz__peer_addr {
 
 RNDZ_INTERNAL int rndz__pt_init(rndz__peertab *t, uint64_t max_peers, uint64_t now);
 RNDZ_INTERNAL void rndz__pt_free(rndz__peertab *t);
-/* Insert or refresh id -> addr at now. 0, or -ENOSPC when the table is full. */
+/* Insert or refresh id -> addr at now, with the origin (0..127) the id wrote to. 0, or
+ * -ENOSPC when the table is full. */
 RNDZ_INTERNAL int rndz__pt_put(rndz__peertab *t, const char *id, size_t len,
-                               const struct sockaddr_storage *addr, uint64_t now);
+                               const struct sockaddr_storage *addr, uint64_t now, uint8_t origin);
 /* Copy the address of id into *out (in the form given, e.g. IPv4-mapped for an IPv6 server
- * socket: `v6` asks for AF_INET6 mapped form). true if found. */
+ * socket: `v6` asks for AF_INET6 mapped form) and its origin into *origin (may be NULL).
+ * true if found. */
 RNDZ_INTERNAL bool rndz__pt_get(rndz__peertab *t, const char *id, size_t len, bool v6,
-                                struct sockaddr_storage *out);
+                                struct sockaddr_storage *out, uint8_t *origin);
 /* Remove id if it is registered at `from` (or anywhere if from is NULL). 1 removed, 0 not
  * registered, -EPERM registered elsewhere. */
 RNDZ_INTERNAL int rndz__pt_del(rndz__peertab *t, const char *id, size_t len,

@@ -3,6 +3,7 @@
 
 #include <netinet/in.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -44,71 +45,83 @@ void rndz_server_options_init(rndz_server_options *o) {
     server_defaults(o);
 }
 
+static void worker_close_udp(rndz__worker *w) {
+    for (unsigned k = 0; k < RNDZ_MAX_LISTEN; k++) {
+        rndz__usock *u = &w->usock[k];
+        if (u->fd < 0) continue;
+        rndz__loop_del(w->loop, &u->io);
+        close(u->fd);
+        u->fd = -1;
+    }
+}
+
 static void worker_free(rndz__worker *w) {
     if (!w) return;
-    if (w->udp_fd >= 0) close(w->udp_fd);
+    worker_close_udp(w);
     if (w->loop == &w->own_loop) rndz__loop_close(&w->own_loop);
     free(w);
 }
 
 static void close_sockets(rndz_server *s) {
-    for (unsigned i = 0; i < s->nworkers; i++) {
-        if (s->w[i] && s->w[i]->udp_fd >= 0) {
-            rndz__loop_del(s->w[i]->loop, &s->w[i]->udp_io);
-            close(s->w[i]->udp_fd);
-            s->w[i]->udp_fd = -1;
-        }
-    }
-    if (s->tcp) {
-        if (s->tcp_fd >= 0) rndz__loop_del(&s->loop, &s->tcp_io);
-        rndz__server_tcp_close(s);
-    }
-    if (s->tcp_fd >= 0) close(s->tcp_fd);
-    s->tcp_fd = -1;
+    for (unsigned i = 0; i < s->nworkers; i++)
+        if (s->w[i]) worker_close_udp(s->w[i]);
+    rndz__server_tcp_close(s);
 }
 
-/* Bind UDP (which fixes the port when it is 0; every worker's socket shares it), then TCP
- * on the same address and port. */
-static int bind_all(rndz_server *s, const rndz__sockopts *so) {
+/* Bind listen address k: UDP for every worker (which fixes the port when it is 0; every
+ * worker's socket shares it), then TCP on the same address and port. */
+static int bind_addr(rndz_server *s, unsigned k, const rndz__sockopts *base) {
     int rc;
+    struct sockaddr_storage *a = &s->local[k];
+    rndz__sockopts so = *base;
+    so.v6only = a->ss_family == AF_INET6 ? (s->o.ipv6_only ? 1 : 0) : -1;
     if (s->o.enable_udp && s->nworkers > 1) {
         /* SO_REUSEPORT would let the workers join sockets another server already holds on
          * this port: claim the port with a plain socket first, so that fails loudly. */
-        rndz__sockopts plain = *so;
+        rndz__sockopts plain = so;
         plain.reuse = false;
         plain.config = NULL;
-        int probe = rndz__sock_bind(SOCK_DGRAM, (struct sockaddr *)&s->local, &plain);
+        int probe = rndz__sock_bind(SOCK_DGRAM, (struct sockaddr *)a, &plain);
         if (probe < 0) return probe;
-        socklen_t bl = sizeof s->local;
-        rc = getsockname(probe, (struct sockaddr *)&s->local, &bl) < 0 ? -errno : 0;
+        socklen_t bl = sizeof *a;
+        rc = getsockname(probe, (struct sockaddr *)a, &bl) < 0 ? -errno : 0;
         close(probe);
         if (rc) return rc;
     }
     if (s->o.enable_udp) {
         for (unsigned i = 0; i < s->nworkers; i++) {
-            rndz__worker *w = s->w[i];
-            if ((rc = rndz__sock_bind(SOCK_DGRAM, (struct sockaddr *)&s->local, so)) < 0)
-                return rc;
-            w->udp_fd = rc;
-            w->udp_io = (rndz__io){w->udp_fd, rndz__server_udp_readable, w};
-            if ((rc = rndz__loop_add(w->loop, &w->udp_io, EPOLLIN))) return rc;
-            socklen_t bl = sizeof s->local;
-            if (getsockname(w->udp_fd, (struct sockaddr *)&s->local, &bl) < 0) return -errno;
-            s->local_len = bl;
+            rndz__usock *u = &s->w[i]->usock[k];
+            if ((rc = rndz__sock_bind(SOCK_DGRAM, (struct sockaddr *)a, &so)) < 0) return rc;
+            *u = (rndz__usock){s->w[i], k, rc, {rc, rndz__server_udp_readable, u}};
+            if ((rc = rndz__server_udp_pktinfo(u->fd, a->ss_family))) return rc;
+            if ((rc = rndz__loop_add(s->w[i]->loop, &u->io, EPOLLIN))) return rc;
+            socklen_t bl = sizeof *a;
+            if (getsockname(u->fd, (struct sockaddr *)a, &bl) < 0) return -errno;
+            s->local_len[k] = bl;
         }
     }
     if (s->o.enable_tcp) {
-        if ((rc = rndz__server_tcp_open(s, so))) return rc;
-        socklen_t bl = sizeof s->local;
-        if (getsockname(s->tcp_fd, (struct sockaddr *)&s->local, &bl) < 0) return -errno;
-        s->local_len = bl;
+        if ((rc = rndz__server_tcp_open(s, k, &so))) return rc;
+        s->local_len[k] = rndz__addr_len((struct sockaddr *)a);
+    }
+    return 0;
+}
+
+/* Bind every listen address; those given with port 0 share the first one's free port. */
+static int bind_all(rndz_server *s, const rndz__sockopts *so, const bool *any_port) {
+    uint16_t shared = 0;
+    for (unsigned k = 0; k < s->nlocal; k++) {
+        if (any_port[k] && shared) rndz__addr_set_port(&s->local[k], shared);
+        int rc = bind_addr(s, k, so);
+        if (rc) return rc;
+        if (any_port[k] && !shared) shared = rndz__addr_port(&s->local[k]);
     }
     return 0;
 }
 
 static uint64_t worker_tick(void *ctx, uint64_t now) {
     rndz__worker *w = ctx;
-    uint64_t a = w->udp_fd >= 0 ? rndz__server_udp_tick(w, now) : UINT64_MAX;
+    uint64_t a = w->s->o.enable_udp ? rndz__server_udp_tick(w, now) : UINT64_MAX;
     uint64_t b = w->idx == 0 && w->s->tcp ? rndz__server_tcp_tick(w->s, now) : UINT64_MAX;
     return a < b ? a : b;
 }
@@ -124,7 +137,9 @@ int rndz_server_create(const rndz_server_options *opts, rndz_server **out) {
     rndz_server *s = calloc(1, sizeof *s);
     if (!s) return -ENOMEM;
     s->o = *opts;
-    s->o.listen_addr = NULL; /* not kept: the caller's string may go away */
+    s->o.listen_addr = NULL; /* not kept: the caller's strings may go away */
+    s->o.listen_addrs = NULL;
+    s->o.n_listen_addrs = 0;
     server_defaults(&s->o);
     s->o.secret = NULL; /* not kept: only its keyed HMAC state is */
     s->o.secret_len = 0;
@@ -135,12 +150,21 @@ int rndz_server_create(const rndz_server_options *opts, rndz_server **out) {
     }
     if (s->nworkers > RNDZ_MAX_WORKERS) s->nworkers = RNDZ_MAX_WORKERS;
     if (!s->o.enable_udp) s->nworkers = 1;
-    s->tcp_fd = -1;
     s->loop.epfd = s->loop.wakefd = -1;
-    int rc = rndz_addr_parse(opts->listen_addr ? opts->listen_addr : "0.0.0.0:8888", &s->local,
-                             &s->local_len);
+    pthread_mutex_init(&s->origins_mu, NULL);
+    atomic_init(&s->norigins, 1); /* origin 0: socket 0, no source address known */
+    int rc = 0;
+    if (opts->n_listen_addrs > RNDZ_MAX_LISTEN || (opts->n_listen_addrs && !opts->listen_addrs)) {
+        rc = -EINVAL;
+        goto fail;
+    }
+    s->nlocal = opts->n_listen_addrs ? (unsigned)opts->n_listen_addrs : 1;
+    for (unsigned k = 0; k < s->nlocal && !rc; k++) {
+        const char *text = opts->n_listen_addrs ? opts->listen_addrs[k]
+                           : opts->listen_addr ? opts->listen_addr : "0.0.0.0:8888";
+        rc = text ? rndz_addr_parse(text, &s->local[k], &s->local_len[k]) : RNDZ_E_BADADDR;
+    }
     if (rc) goto fail;
-    s->v6 = s->local.ss_family == AF_INET6;
     if ((rc = rndz__pt_init(&s->peers, s->o.max_peers, rndz__now_ms()))) goto fail;
     if ((rc = rndz__proto_init(&s->core, &s->o, opts->secret, opts->secret_len))) goto fail;
     if ((rc = rndz__loop_init(&s->loop))) goto fail;
@@ -153,7 +177,7 @@ int rndz_server_create(const rndz_server_options *opts, rndz_server **out) {
         s->w[i] = w;
         w->s = s;
         w->idx = i;
-        w->udp_fd = -1;
+        for (unsigned k = 0; k < RNDZ_MAX_LISTEN; k++) w->usock[k].fd = -1;
         w->loop = &s->loop;
         if (i > 0) {
             w->own_loop.epfd = w->own_loop.wakefd = -1;
@@ -168,18 +192,22 @@ int rndz_server_create(const rndz_server_options *opts, rndz_server **out) {
     /* Several workers share the UDP port through SO_REUSEPORT; a single worker does not set
      * it, so a second server on the same port fails instead of silently sharing it. */
     rndz__sockopts so = {.reuse = s->nworkers > 1,
-                         .v6only = s->v6 ? (opts->ipv6_only ? 1 : 0) : -1,
                          .config = opts->sock_config,
                          .config_user = opts->sock_config_user};
-    /* With port 0, UDP picks a free port and TCP must get the same one; if TCP finds it
-     * taken, try again with another. */
-    bool any_port = rndz__addr_port(&s->local) == 0;
-    struct sockaddr_storage want = s->local;
+    /* With port 0, UDP picks a free port and TCP (and the other addresses with port 0) must
+     * get the same one; if one finds it taken, try again with another. */
+    bool any_port[RNDZ_MAX_LISTEN], some_any = false;
+    struct sockaddr_storage want[RNDZ_MAX_LISTEN];
+    for (unsigned k = 0; k < s->nlocal; k++) {
+        any_port[k] = rndz__addr_port(&s->local[k]) == 0;
+        some_any |= any_port[k];
+        want[k] = s->local[k];
+    }
     for (int attempt = 0;; attempt++) {
-        if ((rc = bind_all(s, &so))) {
-            if (rc == -EADDRINUSE && any_port && attempt < 16) {
+        if ((rc = bind_all(s, &so, any_port))) {
+            if (rc == -EADDRINUSE && some_any && attempt < 16) {
                 close_sockets(s);
-                s->local = want;
+                memcpy(s->local, want, sizeof want);
                 continue;
             }
             goto fail;
@@ -195,9 +223,15 @@ fail:
 
 int rndz_server_local_addr(rndz_server *s, struct sockaddr_storage *out, socklen_t *len) {
     if (!s || !out) return -EINVAL;
-    *out = s->local;
-    if (len) *len = s->local_len;
+    *out = s->local[0];
+    if (len) *len = s->local_len[0];
     return 0;
+}
+
+size_t rndz_server_local_addrs(rndz_server *s, struct sockaddr_storage *out, size_t max) {
+    if (!s) return 0;
+    for (unsigned k = 0; k < s->nlocal && k < max && out; k++) out[k] = s->local[k];
+    return s->nlocal;
 }
 
 static void *worker_thread(void *arg) {
@@ -211,10 +245,14 @@ int rndz_server_run(rndz_server *s) {
     if (!s) return -EINVAL;
     bool expected = false;
     if (!atomic_compare_exchange_strong(&s->running, &expected, true)) return -EBUSY;
-    char text[RNDZ_ADDRSTRLEN];
-    if (rndz_addr_format((struct sockaddr *)&s->local, text, sizeof text) > 0)
-        RNDZ_LOG(RNDZ_LOG_INFO, "server listening on %s (%u worker%s)", text, s->nworkers,
-                 s->nworkers == 1 ? "" : "s");
+    char text[RNDZ_MAX_LISTEN * (RNDZ_ADDRSTRLEN + 2)] = "";
+    for (unsigned k = 0, at = 0; k < s->nlocal; k++) {
+        if (k) at += (unsigned)snprintf(text + at, sizeof text - at, ", ");
+        int n = rndz_addr_format((struct sockaddr *)&s->local[k], text + at, sizeof text - at);
+        if (n > 0) at += (unsigned)n;
+    }
+    RNDZ_LOG(RNDZ_LOG_INFO, "server listening on %s (%u worker%s)", text, s->nworkers,
+             s->nworkers == 1 ? "" : "s");
     int rc = 0;
     for (unsigned i = 1; i < s->nworkers && !rc; i++) {
         rc = -pthread_create(&s->w[i]->thread, NULL, worker_thread, s->w[i]);
@@ -300,5 +338,6 @@ void rndz_server_destroy(rndz_server *s) {
     rndz__loop_close(&s->loop);
     rndz__pt_free(&s->peers);
     rndz__proto_free(&s->core);
+    pthread_mutex_destroy(&s->origins_mu);
     free(s);
 }

@@ -14,6 +14,7 @@
 #include "registry.h"
 #include "server_proto.h"
 
+#include <netinet/in.h>
 #include <pthread.h>
 #include <sys/socket.h>
 
@@ -26,13 +27,42 @@
  * rndz_server_stats_get sums them. */
 typedef _Atomic uint64_t rndz__stats[RNDZ__NSTATS];
 
+/* A worker's UDP socket on listen address k. */
+typedef struct rndz__usock {
+    struct rndz__worker *w;
+    unsigned k;
+    int fd;
+    rndz__io io;
+} rndz__usock;
+
+/* Room for the one control message the UDP path uses: IP_PKTINFO or IPV6_PKTINFO. */
+typedef union rndz__pktinfo_buf {
+    struct cmsghdr align;
+    uint8_t buf[CMSG_SPACE(sizeof(struct in6_pktinfo)) > CMSG_SPACE(sizeof(struct in_pktinfo))
+                    ? CMSG_SPACE(sizeof(struct in6_pktinfo))
+                    : CMSG_SPACE(sizeof(struct in_pktinfo))];
+} rndz__pktinfo_buf;
+
+/* Where a peer wrote to: the listen socket (index k) and the destination address of its
+ * datagram (IP_PKTINFO / IPV6_PKTINFO), so that answers and forwards to that peer leave from
+ * the address it wrote to (a server on a wildcard address of a host with several addresses:
+ * anything else is dropped by the peer's NAT, or by its connected socket). Interned per
+ * server, append-only: peertab.h keeps a 7-bit index with each peer. Origin 0 is socket 0
+ * with no address known (the kernel picks the source). */
+#define RNDZ_MAX_ORIGINS 128
+typedef struct rndz__origin {
+    uint8_t k;
+    bool has_src;
+    unsigned ifindex; /* for a link-local source */
+    struct sockaddr_storage src; /* in the family of socket k */
+} rndz__origin;
+
 typedef struct rndz__worker {
     struct rndz_server *s;
     unsigned idx;
     rndz__loop *loop; /* worker 0: &s->loop; others: &own_loop */
     rndz__loop own_loop;
-    int udp_fd;
-    rndz__io udp_io;
+    rndz__usock usock[RNDZ_MAX_LISTEN];
     pthread_t thread;
     bool thread_started;
     uint64_t next_sweep;
@@ -41,27 +71,31 @@ typedef struct rndz__worker {
     struct mmsghdr out[RNDZ_BATCH];
     struct iovec out_iov[RNDZ_BATCH];
     struct sockaddr_storage out_addr[RNDZ_BATCH];
+    rndz__pktinfo_buf out_ctl[RNDZ_BATCH];
+    uint8_t out_k[RNDZ_BATCH]; /* the socket each goes out on */
     uint8_t out_buf[RNDZ_BATCH][RNDZ_MAX_MSG];
     unsigned nout;
     /* the receive batch */
     struct mmsghdr in[RNDZ_BATCH];
     struct iovec in_iov[RNDZ_BATCH];
     struct sockaddr_storage in_addr[RNDZ_BATCH];
+    rndz__pktinfo_buf in_ctl[RNDZ_BATCH];
     uint8_t in_buf[RNDZ_BATCH][RNDZ_MAX_MSG + 1];
 } rndz__worker;
 
 struct rndz_server {
     rndz_server_options o;
-    struct sockaddr_storage local;
-    socklen_t local_len;
-    bool v6; /* the UDP sockets are IPv6 (peer addresses kept in mapped form) */
+    unsigned nlocal; /* listen addresses, each served by a UDP socket per worker and TCP */
+    struct sockaddr_storage local[RNDZ_MAX_LISTEN];
+    socklen_t local_len[RNDZ_MAX_LISTEN];
+    rndz__origin origins[RNDZ_MAX_ORIGINS];
+    _Atomic unsigned norigins; /* entries below it are complete and never change */
+    pthread_mutex_t origins_mu; /* serializes appends */
     rndz__loop loop;
     rndz__peertab peers;
     unsigned nworkers;
     rndz__worker *w[RNDZ_MAX_WORKERS];
-    int tcp_fd;
-    rndz__io tcp_io;
-    void *tcp; /* server_tcp.c's state */
+    void *tcp; /* server_tcp.c's state: its listening sockets, connections, registry */
     pthread_t thread;
     bool thread_started;
     atomic_bool running;
@@ -83,11 +117,15 @@ struct rndz_server {
 #define RNDZ_WSTAT_ADD(w, name, n) RNDZ_WSTAT_IDX_ADD(w, RNDZ__ST_##name, n)
 
 /* server_udp.c */
+/* Ask for the destination address of every datagram (IP_PKTINFO, IPV6_RECVPKTINFO). */
+RNDZ_INTERNAL int rndz__server_udp_pktinfo(int fd, int family);
 RNDZ_INTERNAL void rndz__server_udp_readable(void *ctx, uint32_t events);
 RNDZ_INTERNAL uint64_t rndz__server_udp_tick(rndz__worker *w, uint64_t now);
-/* Handle one datagram from `from` at time `now`; replies are queued on the worker's batch. */
-RNDZ_INTERNAL void rndz__worker_udp_handle(rndz__worker *w, const uint8_t *buf, size_t len,
-                                           const struct sockaddr_storage *from, uint64_t now);
+/* Handle one datagram from `from` that arrived on socket k, at origin `origin` (see
+ * rndz__origin), at time `now`; replies are queued on the worker's batch. */
+RNDZ_INTERNAL void rndz__worker_udp_handle(rndz__worker *w, uint8_t origin, const uint8_t *buf,
+                                           size_t len, const struct sockaddr_storage *from,
+                                           uint64_t now);
 /* Send what is queued. */
 RNDZ_INTERNAL void rndz__worker_flush(rndz__worker *w);
 /* Handle one datagram on worker 0 and send its replies at once (tests and fuzzing). */
@@ -95,7 +133,8 @@ RNDZ_INTERNAL void rndz__server_udp_handle(rndz_server *s, const uint8_t *buf, s
                                            const struct sockaddr_storage *from, uint64_t now);
 
 /* server_tcp.c */
-RNDZ_INTERNAL int rndz__server_tcp_open(rndz_server *s, const rndz__sockopts *so);
+/* Listen on address k (s->local[k], updated with the port bound). */
+RNDZ_INTERNAL int rndz__server_tcp_open(rndz_server *s, unsigned k, const rndz__sockopts *so);
 RNDZ_INTERNAL uint64_t rndz__server_tcp_tick(rndz_server *s, uint64_t now);
 RNDZ_INTERNAL void rndz__server_tcp_close(rndz_server *s);
 /* Tests and fuzzing: take a connected stream socket (a socketpair end will do) as a client

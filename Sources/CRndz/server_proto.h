@@ -43,6 +43,7 @@ typedef struct rndz__proto {
 /* Where a response goes: a registered peer's address (UDP) or connection (TCP). */
 typedef struct rndz__dest {
     struct sockaddr_storage addr;
+    uint8_t origin; /* UDP: where that peer wrote to (server.h, rndz__origin) */
     void *conn;
 } rndz__dest;
 

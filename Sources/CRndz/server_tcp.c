@@ -43,7 +43,15 @@ typedef struct conn {
     rndz_framer framer;
 } conn;
 
+/* A listening socket, on listen address k. */
+typedef struct lsock {
+    rndz_server *s;
+    int fd; /* -1: none */
+    rndz__io io;
+} lsock;
+
 typedef struct tcp_state {
+    lsock ls[RNDZ_MAX_LISTEN];
     rndz__registry reg;
     conn *oldest, *newest;
     conn *dead; /* closed during this loop turn; freed at the next tick */
@@ -243,12 +251,13 @@ static conn *conn_open(rndz_server *s, int fd, const struct sockaddr_storage *fr
 }
 
 static void tcp_accept(void *ctx, uint32_t events) {
-    rndz_server *s = ctx;
+    lsock *l = ctx;
+    rndz_server *s = l->s;
     tcp_state *t = s->tcp;
     for (int i = 0; i < ACCEPT_BATCH; i++) {
         struct sockaddr_storage from;
         socklen_t fl = sizeof from;
-        int fd = accept4(s->tcp_fd, (struct sockaddr *)&from, &fl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd = accept4(l->fd, (struct sockaddr *)&from, &fl, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED) return;
             if (errno == EMFILE || errno == ENFILE) {
@@ -262,7 +271,7 @@ static void tcp_accept(void *ctx, uint32_t events) {
                 }
                 if (t->reserve_fd >= 0) {
                     close(t->reserve_fd);
-                    int x = accept(s->tcp_fd, NULL, NULL);
+                    int x = accept(l->fd, NULL, NULL);
                     if (x >= 0) close(x);
                     t->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
                 }
@@ -304,30 +313,41 @@ uint64_t rndz__server_tcp_tick(rndz_server *s, uint64_t now) {
     return t->oldest ? t->oldest->last_rx + s->o.tcp_idle_ms : UINT64_MAX;
 }
 
-int rndz__server_tcp_open(rndz_server *s, const rndz__sockopts *so) {
-    tcp_state *t = calloc(1, sizeof *t);
-    if (!t) return -ENOMEM;
-    s->tcp = t;
-    t->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    int rc = rndz__reg_init(&t->reg);
-    if (rc) return rc;
+int rndz__server_tcp_open(rndz_server *s, unsigned k, const rndz__sockopts *so) {
+    tcp_state *t = s->tcp;
+    int rc;
+    if (!t) {
+        if (!(t = calloc(1, sizeof *t))) return -ENOMEM;
+        s->tcp = t;
+        for (unsigned i = 0; i < RNDZ_MAX_LISTEN; i++) t->ls[i].fd = -1;
+        t->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if ((rc = rndz__reg_init(&t->reg))) return rc;
+    }
     rndz__sockopts o = *so;
+    o.reuse = false;
     o.reuse_addr = true; /* restart at once despite TIME_WAIT; no REUSEPORT: a second
                           * server on the same port must fail, not share it */
-    rc = rndz__sock_bind(SOCK_STREAM, (struct sockaddr *)&s->local, &o);
+    rc = rndz__sock_bind(SOCK_STREAM, (struct sockaddr *)&s->local[k], &o);
     if (rc < 0) return rc;
-    s->tcp_fd = rc;
+    lsock *l = &t->ls[k];
+    *l = (lsock){s, rc, {rc, tcp_accept, l}};
     /* Accepted connections inherit the cap: a lost Fsync or Redirect is resent within a
      * second, not after a backed-off timeout (where the kernel has TCP_RTO_MAX_MS). */
-    rndz__sock_tcp_rto_max(s->tcp_fd, RNDZ__TCP_RTO_CAP_MS);
-    if (listen(s->tcp_fd, BACKLOG) < 0) return -errno;
-    s->tcp_io = (rndz__io){s->tcp_fd, tcp_accept, s};
-    return rndz__loop_add(&s->loop, &s->tcp_io, EPOLLIN);
+    rndz__sock_tcp_rto_max(l->fd, RNDZ__TCP_RTO_CAP_MS);
+    if (listen(l->fd, BACKLOG) < 0) return -errno;
+    socklen_t bl = sizeof s->local[k];
+    if (getsockname(l->fd, (struct sockaddr *)&s->local[k], &bl) < 0) return -errno;
+    return rndz__loop_add(&s->loop, &l->io, EPOLLIN);
 }
 
 void rndz__server_tcp_close(rndz_server *s) {
     tcp_state *t = s->tcp;
     if (!t) return;
+    for (unsigned k = 0; k < RNDZ_MAX_LISTEN; k++) {
+        if (t->ls[k].fd < 0) continue;
+        rndz__loop_del(&s->loop, &t->ls[k].io);
+        close(t->ls[k].fd);
+    }
     while (t->oldest) conn_close(t->oldest, "server stopping");
     rndz__server_tcp_tick(s, 0);
     if (t->reserve_fd >= 0) close(t->reserve_fd);

@@ -1,9 +1,13 @@
 /* server_udp.c: the rendezvous server over UDP (BRIEF, "Server, UDP"): what is UDP's alone.
  * The protocol is server_proto.c's; here: the ids as addresses in the shared peer table
  * (peertab.h), datagrams in batches (recvmmsg) and replies in batches (sendmmsg), and expiry
- * in small steps. */
+ * in small steps. Every datagram's destination address comes with it (IP_PKTINFO,
+ * IPV6_PKTINFO), and what goes back to its sender, or to a peer that registered through it,
+ * leaves from that address: a server on a wildcard address of a host with several addresses
+ * answers from the one each client wrote to (rndz__origin). */
 #include "server.h"
 
+#include <arpa/inet.h>
 #include <string.h>
 
 /* Expiry runs every SWEEP_MS and visits enough entries that a full pass over the table takes
@@ -13,10 +17,24 @@
  * and TCP (worker 0 serves both). */
 #define ROUNDS_PER_WAKE 8
 
-void rndz__worker_flush(rndz__worker *w) {
-    unsigned done = 0;
-    while (done < w->nout) {
-        int n = sendmmsg(w->udp_fd, w->out + done, w->nout - done, MSG_DONTWAIT);
+int rndz__server_udp_pktinfo(int fd, int family) {
+    int on = 1;
+    /* IPv4 datagrams: IP_PKTINFO (on a dual-stack IPv6 socket too: its IPv4 traffic) */
+    if (setsockopt(fd, IPPROTO_IP, IP_PKTINFO, &on, sizeof on) < 0 && family == AF_INET)
+        return -errno;
+    if (family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &on, sizeof on) < 0)
+        return -errno;
+    return 0;
+}
+
+/* Send what is queued for socket k, from index `from` on; returns the index past them. */
+static unsigned flush_run(rndz__worker *w, unsigned from) {
+    unsigned end = from;
+    while (end < w->nout && w->out_k[end] == w->out_k[from]) end++;
+    int fd = w->usock[w->out_k[from]].fd;
+    unsigned done = from;
+    while (done < end) {
+        int n = sendmmsg(fd, w->out + done, end - done, MSG_DONTWAIT);
         if (n < 0) {
             if (errno == EINTR) continue;
             /* EAGAIN (socket buffer full) or an error for the first datagram: drop it, go on
@@ -28,12 +46,99 @@ void rndz__worker_flush(rndz__worker *w) {
         RNDZ_WSTAT_ADD(w, udp_tx, (uint64_t)n);
         done += (unsigned)n;
     }
+    return end;
+}
+
+void rndz__worker_flush(rndz__worker *w) {
+    for (unsigned i = 0; i < w->nout;) i = flush_run(w, i);
     w->nout = 0;
 }
 
-/* Queue the response of `a` to `to`. */
+/* Is `a` an address a reply may come from (not a broadcast or multicast one)? */
+static bool unicast(const struct sockaddr_storage *a) {
+    if (a->ss_family == AF_INET) {
+        uint32_t v = ntohl(((const struct sockaddr_in *)a)->sin_addr.s_addr);
+        return v != INADDR_BROADCAST && (v >> 28) != 0xe && v != INADDR_ANY;
+    }
+    const struct in6_addr *x = &((const struct sockaddr_in6 *)a)->sin6_addr;
+    if (IN6_IS_ADDR_V4MAPPED(x)) {
+        uint32_t v = (uint32_t)x->s6_addr[12] << 24 | (uint32_t)x->s6_addr[13] << 16 |
+                     (uint32_t)x->s6_addr[14] << 8 | x->s6_addr[15];
+        return v != INADDR_BROADCAST && (v >> 28) != 0xe && v != INADDR_ANY;
+    }
+    return !IN6_IS_ADDR_MULTICAST(x) && !IN6_IS_ADDR_UNSPECIFIED(x);
+}
+
+static bool same_origin(const rndz__origin *o, unsigned k, const struct sockaddr_storage *src,
+                        unsigned ifindex) {
+    if (o->k != k || o->has_src != (src != NULL)) return false;
+    if (!src) return true;
+    return o->ifindex == ifindex &&
+           rndz__addr_equal((const struct sockaddr *)&o->src, (const struct sockaddr *)src);
+}
+
+/* The origin index of (socket k, destination src), interned (server.h). Full: 0. */
+static uint8_t intern_origin(rndz_server *s, unsigned k, const struct sockaddr_storage *src,
+                             unsigned ifindex) {
+    unsigned n = atomic_load_explicit(&s->norigins, memory_order_acquire);
+    for (unsigned i = 0; i < n; i++)
+        if (same_origin(&s->origins[i], k, src, ifindex)) return (uint8_t)i;
+    pthread_mutex_lock(&s->origins_mu);
+    n = atomic_load_explicit(&s->norigins, memory_order_relaxed);
+    unsigned i = 0;
+    while (i < n && !same_origin(&s->origins[i], k, src, ifindex)) i++;
+    if (i == n && n < RNDZ_MAX_ORIGINS) {
+        rndz__origin *o = &s->origins[n];
+        memset(o, 0, sizeof *o);
+        o->k = (uint8_t)k;
+        o->has_src = src != NULL;
+        o->ifindex = ifindex;
+        if (src) o->src = *src;
+        atomic_store_explicit(&s->norigins, n + 1, memory_order_release);
+    } else if (i == n) {
+        i = 0; /* a host with more than 127 addresses in use: answer as before, unpinned */
+    }
+    pthread_mutex_unlock(&s->origins_mu);
+    return (uint8_t)i;
+}
+
+/* The origin of a received datagram: its socket, and its destination address from the
+ * control message (none: the kernel picks the reply's source). */
+static uint8_t origin_of(rndz__worker *w, unsigned k, const struct msghdr *h) {
+    int family = w->s->local[k].ss_family;
+    struct sockaddr_storage dst;
+    memset(&dst, 0, sizeof dst);
+    unsigned ifindex = 0;
+    bool found = false;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c; c = CMSG_NXTHDR((struct msghdr *)h, c)) {
+        if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO) {
+            struct in_pktinfo pi;
+            memcpy(&pi, CMSG_DATA(c), sizeof pi);
+            struct sockaddr_in *d4 = (struct sockaddr_in *)&dst;
+            d4->sin_family = AF_INET;
+            d4->sin_addr = pi.ipi_addr; /* the header's destination */
+            found = true;
+        } else if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO) {
+            struct in6_pktinfo pi;
+            memcpy(&pi, CMSG_DATA(c), sizeof pi);
+            struct sockaddr_in6 *d6 = (struct sockaddr_in6 *)&dst;
+            d6->sin6_family = AF_INET6;
+            d6->sin6_addr = pi.ipi6_addr;
+            if (IN6_IS_ADDR_LINKLOCAL(&pi.ipi6_addr)) ifindex = pi.ipi6_ifindex;
+            found = true;
+        }
+    }
+    if (!found || !unicast(&dst)) return intern_origin(w->s, k, NULL, 0);
+    rndz__addr_unmap(&dst);
+    if (family == AF_INET6) rndz__addr_map(&dst);
+    else if (dst.ss_family != AF_INET) return intern_origin(w->s, k, NULL, 0);
+    return intern_origin(w->s, k, &dst, ifindex);
+}
+
+/* Queue the response of `a` to `to` (a peer's address in any form), from origin o: on its
+ * socket, with its source address. */
 static void queue_response(rndz__worker *w, const rndz__action *a,
-                           const struct sockaddr_storage *to) {
+                           const struct sockaddr_storage *to, uint8_t o) {
     if (w->nout == RNDZ_BATCH) rndz__worker_flush(w);
     unsigned i = w->nout;
     int n = rndz__proto_encode(a, w->out_buf[i], RNDZ_MAX_MSG);
@@ -41,29 +146,60 @@ static void queue_response(rndz__worker *w, const rndz__action *a,
         RNDZ_LOG(RNDZ_LOG_DEBUG, "udp: response not encodable: %s", rndz_strerror(n));
         return;
     }
-    socklen_t al = rndz__addr_len((const struct sockaddr *)to);
-    memcpy(&w->out_addr[i], to, al);
+    rndz_server *s = w->s;
+    const rndz__origin *org = &s->origins[o];
+    struct sockaddr_storage *dst = &w->out_addr[i];
+    *dst = *to;
+    rndz__addr_unmap(dst);
+    if (s->local[org->k].ss_family == AF_INET6) rndz__addr_map(dst);
+    else if (dst->ss_family != AF_INET) return; /* an IPv6 peer, an IPv4-only socket */
+    socklen_t al = rndz__addr_len((const struct sockaddr *)dst);
     w->out_iov[i] = (struct iovec){w->out_buf[i], (size_t)n};
-    w->out[i].msg_hdr = (struct msghdr){.msg_name = &w->out_addr[i], .msg_namelen = al,
+    w->out[i].msg_hdr = (struct msghdr){.msg_name = dst, .msg_namelen = al,
                                         .msg_iov = &w->out_iov[i], .msg_iovlen = 1};
+    if (org->has_src) {
+        struct msghdr *h = &w->out[i].msg_hdr;
+        memset(&w->out_ctl[i], 0, sizeof w->out_ctl[i]);
+        h->msg_control = w->out_ctl[i].buf;
+        struct cmsghdr *c = (struct cmsghdr *)w->out_ctl[i].buf;
+        if (org->src.ss_family == AF_INET) {
+            struct in_pktinfo pi = {.ipi_spec_dst = ((const struct sockaddr_in *)&org->src)->sin_addr};
+            c->cmsg_level = IPPROTO_IP;
+            c->cmsg_type = IP_PKTINFO;
+            c->cmsg_len = CMSG_LEN(sizeof pi);
+            memcpy(CMSG_DATA(c), &pi, sizeof pi);
+            h->msg_controllen = CMSG_SPACE(sizeof pi);
+        } else {
+            struct in6_pktinfo pi = {.ipi6_addr = ((const struct sockaddr_in6 *)&org->src)->sin6_addr,
+                                     .ipi6_ifindex = org->ifindex};
+            c->cmsg_level = IPPROTO_IPV6;
+            c->cmsg_type = IPV6_PKTINFO;
+            c->cmsg_len = CMSG_LEN(sizeof pi);
+            memcpy(CMSG_DATA(c), &pi, sizeof pi);
+            h->msg_controllen = CMSG_SPACE(sizeof pi);
+        }
+    }
+    w->out_k[i] = org->k;
     w->nout++;
 }
 
-/* The directory of ids for one datagram: the peer table, the source its address. */
+/* The directory of ids for one datagram: the peer table; the source is its address and
+ * origin. */
 typedef struct udp_dir {
     rndz_server *s;
     const struct sockaddr_storage *from;
+    uint8_t origin;
 } udp_dir;
 
 static int dir_put(void *ctx, const char *id, size_t len, uint64_t now) {
     udp_dir *d = ctx;
-    return rndz__pt_put(&d->s->peers, id, len, d->from, now);
+    return rndz__pt_put(&d->s->peers, id, len, d->from, now, d->origin);
 }
 
 static bool dir_get(void *ctx, const char *id, size_t len, bool not_source, rndz__dest *out) {
     (void)not_source; /* datagrams: the source is an address, not a holder */
     udp_dir *d = ctx;
-    return rndz__pt_get(&d->s->peers, id, len, d->s->v6, &out->addr);
+    return rndz__pt_get(&d->s->peers, id, len, false, &out->addr, &out->origin);
 }
 
 static int dir_del(void *ctx, const char *id, size_t len) {
@@ -71,9 +207,9 @@ static int dir_del(void *ctx, const char *id, size_t len) {
     return rndz__pt_del(&d->s->peers, id, len, d->from);
 }
 
-void rndz__worker_udp_handle(rndz__worker *w, const uint8_t *buf, size_t len,
+void rndz__worker_udp_handle(rndz__worker *w, uint8_t origin, const uint8_t *buf, size_t len,
                              const struct sockaddr_storage *from, uint64_t now) {
-    udp_dir d = {w->s, from};
+    udp_dir d = {w->s, from, origin};
     const rndz__dir dir = {dir_put, dir_get, dir_del, &d};
     const rndz__src src = {from, false};
     rndz__action a;
@@ -81,25 +217,30 @@ void rndz__worker_udp_handle(rndz__worker *w, const uint8_t *buf, size_t len,
     if (a.stat >= 0) RNDZ_WSTAT_IDX_ADD(w, a.stat, 1);
     if (a.stat2 >= 0) RNDZ_WSTAT_IDX_ADD(w, a.stat2, 1);
     if (a.why && a.stat >= 0) RNDZ_LOG(RNDZ_LOG_TRACE, "udp: dropped a request: %s", a.why);
-    if (a.respond) queue_response(w, &a, a.to_source ? from : &a.dest.addr);
+    if (a.respond)
+        queue_response(w, &a, a.to_source ? from : &a.dest.addr,
+                       a.to_source ? origin : a.dest.origin);
 }
 
 void rndz__server_udp_handle(rndz_server *s, const uint8_t *buf, size_t len,
                              const struct sockaddr_storage *from, uint64_t now) {
-    rndz__worker_udp_handle(s->w[0], buf, len, from, now);
+    rndz__worker_udp_handle(s->w[0], 0, buf, len, from, now);
     rndz__worker_flush(s->w[0]);
 }
 
 void rndz__server_udp_readable(void *ctx, uint32_t events) {
-    rndz__worker *w = ctx;
+    rndz__usock *u = ctx;
+    rndz__worker *w = u->w;
     for (int round = 0; round < ROUNDS_PER_WAKE; round++) {
         for (unsigned i = 0; i < RNDZ_BATCH; i++) {
             w->in_iov[i] = (struct iovec){w->in_buf[i], sizeof w->in_buf[i]};
             w->in[i].msg_hdr = (struct msghdr){.msg_name = &w->in_addr[i],
                                                .msg_namelen = sizeof w->in_addr[i],
-                                               .msg_iov = &w->in_iov[i], .msg_iovlen = 1};
+                                               .msg_iov = &w->in_iov[i], .msg_iovlen = 1,
+                                               .msg_control = w->in_ctl[i].buf,
+                                               .msg_controllen = sizeof w->in_ctl[i].buf};
         }
-        int n = recvmmsg(w->udp_fd, w->in, RNDZ_BATCH, MSG_DONTWAIT, NULL);
+        int n = recvmmsg(u->fd, w->in, RNDZ_BATCH, MSG_DONTWAIT, NULL);
         if (n < 0) {
             if (errno != EAGAIN && errno != EINTR)
                 RNDZ_LOG(RNDZ_LOG_DEBUG, "udp: recvmmsg: %s", rndz_strerror(-errno));
@@ -115,7 +256,8 @@ void rndz__server_udp_readable(void *ctx, uint32_t events) {
                 RNDZ_WSTAT_ADD(w, udp_malformed, 1);
                 continue;
             }
-            rndz__worker_udp_handle(w, w->in_buf[i], w->in[i].msg_len, &w->in_addr[i], now);
+            uint8_t o = origin_of(w, u->k, &w->in[i].msg_hdr);
+            rndz__worker_udp_handle(w, o, w->in_buf[i], w->in[i].msg_len, &w->in_addr[i], now);
         }
         rndz__worker_flush(w);
         if (n < RNDZ_BATCH) break;

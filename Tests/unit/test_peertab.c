@@ -45,29 +45,29 @@ static void test_basics(void) {
     rndz__peertab t;
     CHECK(rndz__pt_init(&t, 1000, 1000) == 0);
     struct sockaddr_storage a = v4(0xc0000201, 1000), b = v6(7, 2000), out;
-    CHECK(rndz__pt_put(&t, "alice", 5, &a, 1000) == 0);
-    CHECK(rndz__pt_put(&t, "bob", 3, &b, 1000) == 0);
-    CHECK(rndz__pt_put(&t, "", 0, &a, 1000) == 0); /* v1 allows the empty id */
+    CHECK(rndz__pt_put(&t, "alice", 5, &a, 1000, 0) == 0);
+    CHECK(rndz__pt_put(&t, "bob", 3, &b, 1000, 0) == 0);
+    CHECK(rndz__pt_put(&t, "", 0, &a, 1000, 0) == 0); /* v1 allows the empty id */
     CHECK(rndz__pt_count(&t) == 3);
     /* IPv4 comes back as IPv4 for an IPv4 socket, and mapped for an IPv6 one */
-    CHECK(rndz__pt_get(&t, "alice", 5, false, &out) && out.ss_family == AF_INET && same(&out, &a));
-    CHECK(rndz__pt_get(&t, "alice", 5, true, &out) && out.ss_family == AF_INET6 && same(&out, &a));
-    CHECK(rndz__pt_get(&t, "bob", 3, true, &out) && same(&out, &b));
-    CHECK(!rndz__pt_get(&t, "carol", 5, false, &out));
-    CHECK(!rndz__pt_get(&t, "alic", 4, false, &out));
+    CHECK(rndz__pt_get(&t, "alice", 5, false, &out, NULL) && out.ss_family == AF_INET && same(&out, &a));
+    CHECK(rndz__pt_get(&t, "alice", 5, true, &out, NULL) && out.ss_family == AF_INET6 && same(&out, &a));
+    CHECK(rndz__pt_get(&t, "bob", 3, true, &out, NULL) && same(&out, &b));
+    CHECK(!rndz__pt_get(&t, "carol", 5, false, &out, NULL));
+    CHECK(!rndz__pt_get(&t, "alic", 4, false, &out, NULL));
 
     /* refresh and move: same id, new address; the count stays */
     struct sockaddr_storage a2 = v4(0xc0000202, 1001);
-    CHECK(rndz__pt_put(&t, "alice", 5, &a2, 2000) == 0);
+    CHECK(rndz__pt_put(&t, "alice", 5, &a2, 2000, 0) == 0);
     CHECK(rndz__pt_count(&t) == 3);
-    CHECK(rndz__pt_get(&t, "alice", 5, false, &out) && same(&out, &a2));
+    CHECK(rndz__pt_get(&t, "alice", 5, false, &out, NULL) && same(&out, &a2));
 
     /* long ids live on the heap */
     char longid[300];
     memset(longid, 'x', sizeof longid);
-    CHECK(rndz__pt_put(&t, longid, sizeof longid, &b, 2000) == 0);
-    CHECK(rndz__pt_get(&t, longid, sizeof longid, true, &out) && same(&out, &b));
-    CHECK(!rndz__pt_get(&t, longid, sizeof longid - 1, true, &out));
+    CHECK(rndz__pt_put(&t, longid, sizeof longid, &b, 2000, 0) == 0);
+    CHECK(rndz__pt_get(&t, longid, sizeof longid, true, &out, NULL) && same(&out, &b));
+    CHECK(!rndz__pt_get(&t, longid, sizeof longid - 1, true, &out, NULL));
 
     /* delete: only from the registered address (or with no check) */
     CHECK(rndz__pt_del(&t, "alice", 5, &a) == -EPERM); /* alice moved to a2 */
@@ -75,7 +75,7 @@ static void test_basics(void) {
     CHECK(rndz__pt_del(&t, "alice", 5, &a2) == 0);
     CHECK(rndz__pt_del(&t, longid, sizeof longid, NULL) == 1);
     CHECK(rndz__pt_count(&t) == 2);
-    CHECK(rndz__pt_get(&t, "bob", 3, true, &out) && same(&out, &b));
+    CHECK(rndz__pt_get(&t, "bob", 3, true, &out, NULL) && same(&out, &b));
     rndz__pt_free(&t);
 }
 
@@ -86,11 +86,11 @@ static void test_expiry(void) {
     struct sockaddr_storage a = v4(0x0a000001, 1);
     for (int i = 0; i < 20000; i++) {
         snprintf(id, sizeof id, "old%d", i);
-        CHECK(rndz__pt_put(&t, id, strlen(id), &a, 1000) == 0);
+        CHECK(rndz__pt_put(&t, id, strlen(id), &a, 1000, 0) == 0);
     }
     for (int i = 0; i < 5000; i++) {
         snprintf(id, sizeof id, "new%d", i);
-        CHECK(rndz__pt_put(&t, id, strlen(id), &a, 50000) == 0);
+        CHECK(rndz__pt_put(&t, id, strlen(id), &a, 50000, 0) == 0);
     }
     /* at 61000 with max age 60000: the old ones are due, the new ones are not */
     size_t removed = 0, steps = 0;
@@ -107,10 +107,10 @@ static void test_expiry(void) {
     for (int i = 0; i < 5000; i++) {
         snprintf(id, sizeof id, "new%d", i);
         struct sockaddr_storage out;
-        CHECK(rndz__pt_get(&t, id, strlen(id), false, &out));
+        CHECK(rndz__pt_get(&t, id, strlen(id), false, &out, NULL));
     }
     /* a refresh keeps an id alive */
-    CHECK(rndz__pt_put(&t, "new1", 4, &a, 100000) == 0);
+    CHECK(rndz__pt_put(&t, "new1", 4, &a, 100000, 0) == 0);
     for (int k = 0; k < 1000; k++)
         for (uint32_t sh = 0; sh < t.nshards; sh++) rndz__pt_sweep(&t, sh, 120000, 60000, 64);
     CHECK(rndz__pt_count(&t) == 1);
@@ -125,7 +125,7 @@ static void test_capacity(void) {
     int ok = 0, full = 0;
     for (int i = 0; i < 20000; i++) {
         snprintf(id, sizeof id, "p%d", i);
-        int rc = rndz__pt_put(&t, id, strlen(id), &a, 0);
+        int rc = rndz__pt_put(&t, id, strlen(id), &a, 0, 0);
         if (rc == 0) ok++;
         else if (rc == -ENOSPC) full++;
     }
@@ -135,7 +135,7 @@ static void test_capacity(void) {
     CHECK(rndz__pt_count(&t) == (uint64_t)ok);
     /* a refresh of a registered id still works when full */
     snprintf(id, sizeof id, "p%d", 0);
-    CHECK(rndz__pt_put(&t, id, strlen(id), &a, 1) == 0);
+    CHECK(rndz__pt_put(&t, id, strlen(id), &a, 1, 0) == 0);
     rndz__pt_free(&t);
 }
 
@@ -162,7 +162,7 @@ static void test_model(void) {
         case 1: {
             uint16_t p = (uint16_t)(1 + (r >> 20) % 60000);
             struct sockaddr_storage a = v4(0x0a000000u + (uint32_t)k, p);
-            if (rndz__pt_put(&t, id, (size_t)n, &a, (uint64_t)op) == 0) {
+            if (rndz__pt_put(&t, id, (size_t)n, &a, (uint64_t)op, 0) == 0) {
                 present[k] = true;
                 port[k] = p;
             }
@@ -175,7 +175,7 @@ static void test_model(void) {
             break;
         }
         default: {
-            bool found = rndz__pt_get(&t, id, (size_t)n, false, &out);
+            bool found = rndz__pt_get(&t, id, (size_t)n, false, &out, NULL);
             if (found != present[k]) bad++;
             if (found && ntohs(((struct sockaddr_in *)&out)->sin_port) != port[k]) bad++;
         }
@@ -188,7 +188,7 @@ static void test_model(void) {
         int n = k % 17 == 0 ? snprintf(id, sizeof id, "a-rather-long-peer-id-%08d", k)
                             : snprintf(id, sizeof id, "k%d", k);
         struct sockaddr_storage out;
-        if (rndz__pt_get(&t, id, (size_t)n, false, &out) != present[k]) bad++;
+        if (rndz__pt_get(&t, id, (size_t)n, false, &out, NULL) != present[k]) bad++;
     }
     CHECK(bad == 0);
     CHECK(rndz__pt_count(&t) == want);

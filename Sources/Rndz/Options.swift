@@ -38,10 +38,31 @@ final class SocketConfigBox: Sendable {
 
 /// Options of a ``RndzServer``. Defaults are the C library's (`rndz_server_options_init`).
 public struct ServerOptions: Sendable {
-    /// The numeric address to serve on; port 0 picks a free port. Default `0.0.0.0:8888`.
-    /// An IPv6 address serves IPv4 clients too unless ``ipv6Only`` is set.
-    public var listenAddress: SocketAddress
-    /// For an IPv6 ``listenAddress``: serve IPv6 clients only.
+    /// The most addresses one server serves on (`RNDZ_MAX_LISTEN`).
+    public static let maxListenAddresses = Int(RNDZ_MAX_LISTEN)
+
+    /// The numeric addresses to serve on, UDP and TCP on each: one server, one table of ids,
+    /// e.g. an IPv4 and an IPv6 address, or two addresses of a multi-homed host. Default
+    /// `[0.0.0.0:8888]`; 1 to ``maxListenAddresses`` of them (none, or more, and
+    /// ``RndzServer/init(options:)`` throws ``RndzError/invalidArgument``).
+    ///
+    /// Port 0: the first address gets a free port and the others with port 0 take the same
+    /// one. An IPv6 address serves IPv4 clients too unless ``ipv6Only`` is set. Every UDP
+    /// request is answered from the address it was sent to (also on a wildcard address such
+    /// as `0.0.0.0` or `[::]` on a host with several addresses), and a request forwarded to
+    /// a peer leaves from the address that peer wrote to.
+    public var listenAddresses: [SocketAddress]
+
+    /// The address to serve on: the first of ``listenAddresses``. Setting it serves that one
+    /// address only (``listenAddresses`` becomes `[newValue]`), as it did before there were
+    /// several. With ``listenAddresses`` empty it reads as the default, `0.0.0.0:8888`.
+    public var listenAddress: SocketAddress {
+        get { listenAddresses.first ?? ServerOptions.defaultListenAddress }
+        set { listenAddresses = [newValue] }
+    }
+
+    /// For IPv6 addresses in ``listenAddresses`` (each of them): serve IPv6 clients only.
+    /// IPv4 addresses are not affected.
     public var ipv6Only: Bool
     /// Serve UDP. Default true.
     public var enableUDP: Bool
@@ -72,15 +93,27 @@ public struct ServerOptions: Sendable {
     /// (`RNDZ_MAX_ID_LEN`, the longest id the clients send).
     public var maxIDLength: UInt32
 
-    /// The defaults, optionally with another listen address.
-    public init(listenAddress: SocketAddress? = nil) {
+    /// The C library's default listen address (`0.0.0.0:8888`).
+    static let defaultListenAddress: SocketAddress = {
         var o = rndz_server_options()
         rndz_server_options_init(&o)
         var def = sockaddr_storage()
         let rc = rndz_addr_parse(o.listen_addr, &def, nil)
         precondition(rc == 0, "the C default listen address does not parse")
         // The C default is numeric and IPv4 or IPv6, so the conversion cannot fail.
-        self.listenAddress = try! listenAddress ?? SocketAddress(def)
+        return try! SocketAddress(def)
+    }()
+
+    /// The defaults, optionally with another listen address.
+    public init(listenAddress: SocketAddress? = nil) {
+        self.init(listenAddresses: [listenAddress ?? ServerOptions.defaultListenAddress])
+    }
+
+    /// The defaults, serving on `listenAddresses` (see ``listenAddresses``).
+    public init(listenAddresses: [SocketAddress]) {
+        var o = rndz_server_options()
+        rndz_server_options_init(&o)
+        self.listenAddresses = listenAddresses
         self.ipv6Only = o.ipv6_only != 0
         self.enableUDP = o.enable_udp != 0
         self.enableTCP = o.enable_tcp != 0
@@ -97,10 +130,14 @@ public struct ServerOptions: Sendable {
         self.maxIDLength = o.max_id_len
     }
 
-    /// Calls `body` with the C form. Strings live until `body` returns.
+    /// Calls `body` with the C form. Strings live until `body` returns. One address goes to C
+    /// as `listen_addr`, several as `listen_addrs`.
     func withC<R>(
         _ box: SocketConfigBox?, _ body: (UnsafePointer<rndz_server_options>) -> R
-    ) -> R {
+    ) throws(RndzError) -> R {
+        guard (1...ServerOptions.maxListenAddresses).contains(listenAddresses.count) else {
+            throw .invalidArgument
+        }
         var o = rndz_server_options()
         rndz_server_options_init(&o)
         o.ipv6_only = ipv6Only ? 1 : 0
@@ -119,8 +156,17 @@ public struct ServerOptions: Sendable {
             o.sock_config = SocketConfigBox.trampoline
             o.sock_config_user = box.user
         }
-        return listenAddress.description.withCString { addr in
-            o.listen_addr = addr
+        let addrs: [UnsafeMutablePointer<CChar>?] = listenAddresses.map { strdup($0.description) }
+        defer { for p in addrs { free(p) } }
+        guard !addrs.contains(where: { $0 == nil }) else { throw RndzError(errno: ENOMEM) }
+        let caddrs = addrs.map { UnsafePointer($0) }
+        return caddrs.withUnsafeBufferPointer { ap in
+            if caddrs.count == 1 {
+                o.listen_addr = caddrs[0]
+            } else {
+                o.listen_addrs = ap.baseAddress
+                o.n_listen_addrs = caddrs.count
+            }
             guard let secret else { return body(&o) }
             // An empty array has no address: C must still see a (too short) secret.
             return (secret.isEmpty ? [0] : secret).withUnsafeBufferPointer { sp in

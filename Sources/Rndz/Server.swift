@@ -41,8 +41,8 @@ public struct ServerStats: Hashable, Sendable {
 
 /// A rendezvous server (protocol v1): registers peers and forwards connection requests.
 ///
-/// `init` creates and binds the sockets, so ``localAddress`` is known at once (useful with
-/// port 0). Serve either in the background with ``start()`` or on the calling thread with
+/// `init` creates and binds the sockets, so ``localAddress`` (and ``localAddresses``, with
+/// several ``ServerOptions/listenAddresses``) is known at once (useful with port 0). Serve either in the background with ``start()`` or on the calling thread with
 /// ``run()`` (or `await run()`); ``stop()`` ends either. Releasing the last reference stops
 /// the server, joins its thread and closes its sockets.
 ///
@@ -51,31 +51,53 @@ public struct ServerStats: Hashable, Sendable {
 /// try server.start()
 /// print("serving on \(server.localAddress)")
 /// ```
+///
+/// Several addresses, one server (one table of ids; every UDP request is answered from the
+/// address it reached):
+///
+/// ```swift
+/// let both = try RndzServer(options: ServerOptions(listenAddresses: [
+///     try SocketAddress(parsing: "0.0.0.0:8888"), try SocketAddress(parsing: "[::]:8888")]))
+/// ```
 public final class RndzServer: @unchecked Sendable {
     // Unchecked: the C handle may be used from any thread (rndz.h, THREAD SAFETY) except
     // for destroy, which only deinit calls, when no other reference exists.
     private let handle: OpaquePointer
     private let configBox: SocketConfigBox?
 
-    /// The address actually bound.
+    /// The address actually bound: the first of ``localAddresses``.
     public let localAddress: SocketAddress
+    /// Every address bound, in the order of ``ServerOptions/listenAddresses`` (ports chosen
+    /// for port 0 filled in).
+    public let localAddresses: [SocketAddress]
 
     /// Creates the server and binds its sockets. Does not serve yet.
     ///
     /// - Throws: e.g. ``RndzError/addressInUse``, ``RndzError/badAddress``,
-    ///   ``RndzError/invalidArgument`` for a ``ServerOptions/secret`` under 16 bytes.
+    ///   ``RndzError/invalidArgument`` for a ``ServerOptions/secret`` under 16 bytes, or for
+    ///   no ``ServerOptions/listenAddresses`` or more than
+    ///   ``ServerOptions/maxListenAddresses``.
     public init(options: ServerOptions = ServerOptions()) throws(RndzError) {
         let box = options.socketConfigure.map(SocketConfigBox.init)
         var h: OpaquePointer?
-        let rc = options.withC(box) { rndz_server_create($0, &h) }
+        let rc = try options.withC(box) { rndz_server_create($0, &h) }
         _ = try check(rc)
         guard let h else { throw .closed }
-        let local = try cleaningUp({ rndz_server_destroy(h) }) { () throws(RndzError) in
-            try cLocalAddress { rndz_server_local_addr(h, $0, nil) }
+        let locals = try cleaningUp({ rndz_server_destroy(h) }) { () throws(RndzError) in
+            var ss = [sockaddr_storage](repeating: sockaddr_storage(),
+                                        count: ServerOptions.maxListenAddresses)
+            let n = min(rndz_server_local_addrs(h, &ss, ss.count), ss.count)
+            guard n > 0 else {
+                return [try cLocalAddress { rndz_server_local_addr(h, $0, nil) }]
+            }
+            var out: [SocketAddress] = []
+            for i in 0..<n { out.append(try SocketAddress(ss[i])) }
+            return out
         }
         self.handle = h
         self.configBox = box
-        self.localAddress = local
+        self.localAddresses = locals
+        self.localAddress = locals[0]
     }
 
     deinit { rndz_server_destroy(handle) }

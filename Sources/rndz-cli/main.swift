@@ -1,6 +1,6 @@
 // rndz-cli: the command-line tool of rndz. A table of subcommands, as wireguard-tools' wg:
 //
-//   rndz-cli server [--listen-addr ADDR] [--ipv6-only] [--secret-file FILE]
+//   rndz-cli server [--listen-addr ADDR ...] [--ipv6-only] [--secret-file FILE]
 //   rndz-cli client --id ID --server-addr ADDR [--server-addr ADDR ...] [--remote-peer ID] [--tcp]
 //                   [--credential-file FILE]
 //   rndz-cli credential --secret-file FILE --id ID
@@ -260,38 +260,54 @@ final class StopSignal {
 let serverCommand = Command(
     name: "server",
     summary: "run a rendezvous server until SIGINT or SIGTERM",
-    usage: "rndz-cli server [--listen-addr ADDR] [--ipv6-only] [--secret-file FILE]",
+    usage: "rndz-cli server [--listen-addr ADDR ...] [--ipv6-only] [--secret-file FILE]",
     details: """
-        Serves the rndz v1 protocol on ADDR until SIGINT or SIGTERM. Prints
-        "listening on ADDR" (the address actually bound) on stdout once ready.
+        Serves the rndz v1 protocol on ADDR, UDP and TCP, until SIGINT or SIGTERM.
+        --listen-addr may be given up to \(ServerOptions.maxListenAddresses) times: one server on every ADDR, one
+        table of ids (e.g. 0.0.0.0:8888 and [::]:8888 with --ipv6-only, or two
+        addresses of a multi-homed host); with port 0 the first gets a free port and
+        the others with port 0 the same one. Every UDP request is answered from the
+        address it was sent to, also on 0.0.0.0 or [::]. Prints "listening on ADDR"
+        (an address actually bound) on stdout for each, in order, once ready.
         With --secret-file, ids are authenticated: the server serves only requests
         signed with the credential of their id (see the credential command and
         SECURITY.md); without it, any v1 client is served.
         """,
     flags: [
-        Flag("listen-addr", value: "ADDR", "address to serve on (default 0.0.0.0:8888; port 0: any)"),
-        Flag("ipv6-only", "with an IPv6 address: serve IPv6 clients only"),
+        Flag("listen-addr", value: "ADDR",
+             "address to serve on (repeatable; default 0.0.0.0:8888; port 0: any)"),
+        Flag("ipv6-only", "IPv6 addresses serve IPv6 clients only (not IPv4-mapped)"),
         Flag("secret-file", value: "FILE", "authenticate ids with the secret in FILE (16+ bytes)"),
     ],
     run: runServer)
 
 @Sendable func runServer(_ f: ParsedFlags, _ v: Verbosity) -> Int32 {
     var opts = ServerOptions()
-    if let text = f.last("listen-addr") {
-        do {
-            opts.listenAddress = try SocketAddress.resolve(text)
-        } catch {
-            v.error("bad --listen-addr '\(text)': \(error)")
-            return ExitCode.usage
+    let texts = f.all("listen-addr")
+    if texts.count > ServerOptions.maxListenAddresses {
+        v.error("too many --listen-addr (\(texts.count)): at most \(ServerOptions.maxListenAddresses)")
+        return ExitCode.usage
+    }
+    if !texts.isEmpty {
+        var addrs: [SocketAddress] = []
+        for text in texts {
+            do {
+                addrs.append(try SocketAddress.resolve(text))
+            } catch {
+                v.error("bad --listen-addr '\(text)': \(error)")
+                return ExitCode.usage
+            }
         }
+        opts.listenAddresses = addrs
     }
     if f.has("ipv6-only") {
-        guard opts.listenAddress.family == .ipv6 else {
+        guard opts.listenAddresses.contains(where: { $0.family == .ipv6 }) else {
             v.error("--ipv6-only needs an IPv6 --listen-addr, e.g. [::]:8888")
             return ExitCode.usage
         }
         opts.ipv6Only = true
     }
+    let wanted = opts.listenAddresses.map(\.description).joined(separator: ", ")
     if let path = f.last("secret-file") {
         switch readSecret(path) {
         case .success(let secret): opts.secret = secret
@@ -305,11 +321,12 @@ let serverCommand = Command(
     do {
         server = try RndzServer(options: opts)
     } catch {
-        v.error("cannot listen on \(opts.listenAddress): \(error)")
+        v.error("cannot listen on \(wanted): \(error)")
         return ExitCode.failure
     }
     let stop = StopSignal(then: { server.stop() })
-    printOut("listening on \(server.localAddress)")
+    for a in server.localAddresses { printOut("listening on \(a)") }
+    let bound = server.localAddresses.map(\.description).joined(separator: ", ")
     do {
         try server.run()
     } catch {
@@ -321,7 +338,8 @@ let serverCommand = Command(
         "stopped\(stop.isSet ? " by signal" : ""): \(s.udpReceived) datagrams in, \(s.udpSent) out, "
             + "\(s.udpMalformed) malformed, \(s.udpPeers) peers registered; refused: "
             + "\(s.authFailed) unauthenticated, \(s.authReplayed) replayed, "
-            + "\(s.syncLimited + s.fsyncLimited) over a rate, \(s.tcpRefused) TCP connections")
+            + "\(s.syncLimited + s.fsyncLimited) over a rate, \(s.tcpRefused) TCP connections "
+            + "(served on \(bound))")
     return ExitCode.ok
 }
 

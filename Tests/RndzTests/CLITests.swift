@@ -27,6 +27,8 @@ struct CLITests {
         let s = try Child.run(["server", "--help"])
         #expect(s.status == 0)
         #expect(s.stdoutText.contains("--listen-addr ADDR"))
+        #expect(s.stdoutText.contains("[--listen-addr ADDR ...]"))
+        #expect(s.stdoutText.contains("repeatable"))
         let cl = try Child.run(["help", "client"])
         #expect(cl.status == 0)
         #expect(cl.stdoutText.contains("--remote-peer ID"))
@@ -43,6 +45,10 @@ struct CLITests {
         (["server", "extra"], "unexpected argument 'extra'"),
         (["server", "--listen-addr", "nonsense"], "bad --listen-addr"),
         (["server", "--ipv6-only", "--listen-addr", "127.0.0.1:0"], "needs an IPv6"),
+        (["server", "--ipv6-only", "--listen-addr", "127.0.0.1:0", "--listen-addr", "127.0.0.2:0"],
+         "needs an IPv6"),
+        (["server", "--listen-addr", "127.0.0.1:0", "--listen-addr", "nonsense"], "bad --listen-addr 'nonsense'"),
+        (["server"] + (1...17).flatMap { ["--listen-addr", "127.0.0.\($0):0"] }, "too many --listen-addr (17)"),
         (["client", "--server-addr", "127.0.0.1:1"], "needs --id"),
         (["client", "--id", "a"], "needs at least one --server-addr"),
         (["client", "--id", "a", "--server-addr", "127.0.0.1:1", "--timeout", "soon"], "bad --timeout"),
@@ -91,6 +97,65 @@ struct CLITests {
         listener.signal(SIGINT)
         #expect(listener.wait() == 0, "listener said: \(listener.stderrText)")
         #expect(listener.stderrText.contains("connected"))
+        server.signal(SIGTERM)
+        #expect(server.wait() == 0, "server said: \(server.stderrText)")
+    }
+
+    /// `--listen-addr` three times: one line per address, one port, one table of ids (a
+    /// listener registered through 127.0.0.2 is found through 127.0.0.1), each address
+    /// answering from itself; `--ipv6-only` with IPv4 addresses too applies to the IPv6 one.
+    @Test func severalListenAddresses() throws {
+        let server = try Child(["-v", "server", "--listen-addr", "127.0.0.1:0", "--listen-addr",
+                                "127.0.0.2:0", "--listen-addr", "[::1]:0", "--ipv6-only"])
+        var addrs: [SocketAddress] = []
+        for _ in 0..<3 {
+            let line = try #require(server.readLine(), "server said: \(server.stderrText)")
+            #expect(line.hasPrefix("listening on "))
+            addrs.append(try SocketAddress(parsing: String(line.dropFirst("listening on ".count))))
+        }
+        let port = addrs[0].port
+        #expect(port != 0)
+        #expect(addrs.map(\.description) == ["127.0.0.1:\(port)", "127.0.0.2:\(port)", "[::1]:\(port)"])
+        for a in addrs {
+            let raw = try RawUDP(bind: a.family == .ipv4 ? "127.0.0.1:0" : "[::1]:0")
+            let id = uniqueID("p")
+            raw.send(try WireMessage(.ping, id: id).encoded(), to: a)
+            let pong = try #require(raw.receive(), "no pong from \(a)")
+            #expect(pong.sender == a)
+        }
+
+        let id = uniqueID("L")
+        let listener = try Child(["client", "--id", id, "--server-addr", "\(addrs[1])"])
+        let reg = try #require(listener.readLine(), "listener said: \(listener.stderrText)")
+        #expect(reg.hasPrefix("registered as \(id) on "))
+        let connector = try Child.run(["client", "--id", uniqueID("C"), "--server-addr", "\(addrs[0])",
+                                       "--remote-peer", id])
+        #expect(connector.status == 0, "connector said: \(connector.stderrText)")
+        #expect(connector.stdoutText.hasSuffix(": hello\n"), "connector printed: \(connector.stdoutText)")
+        listener.signal(SIGINT)
+        #expect(listener.wait() == 0, "listener said: \(listener.stderrText)")
+        server.signal(SIGTERM)
+        #expect(server.wait() == 0, "server said: \(server.stderrText)")
+        #expect(server.stderrText.contains("served on \(addrs.map(\.description).joined(separator: ", "))"),
+                "server said: \(server.stderrText)")
+    }
+
+    /// The usual dual-stack pair, 0.0.0.0 and [::] on one port (`--ipv6-only` keeps [::] off
+    /// IPv4), each answering from the loopback address a Ping reached.
+    @Test func wildcardPerFamily() throws {
+        let server = try Child(["server", "--listen-addr", "0.0.0.0:0", "--listen-addr", "[::]:0",
+                                "--ipv6-only"])
+        let l1 = try #require(server.readLine(), "server said: \(server.stderrText)")
+        let l2 = try #require(server.readLine(), "server said: \(server.stderrText)")
+        let port = try SocketAddress(parsing: String(l1.dropFirst("listening on ".count))).port
+        #expect(l1 == "listening on 0.0.0.0:\(port)")
+        #expect(l2 == "listening on [::]:\(port)")
+        for (from, to) in [("127.0.0.1:0", "127.0.0.2:\(port)"), ("[::1]:0", "[::1]:\(port)")] {
+            let raw = try RawUDP(bind: from)
+            let dst = try SocketAddress(parsing: to)
+            raw.send(try WireMessage(.ping, id: uniqueID("w")).encoded(), to: dst)
+            #expect(raw.receive()?.sender == dst, "Ping to \(to)")
+        }
         server.signal(SIGTERM)
         #expect(server.wait() == 0, "server said: \(server.stderrText)")
     }

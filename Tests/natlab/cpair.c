@@ -1,12 +1,13 @@
 /*
  * cpair: a C peer for the NAT lab, linked to librndz.so, using only include/rndz.h.
  *
- *   cpair server  --listen ADDR
+ *   cpair server  --listen ADDR [--listen ADDR ...]
  *   cpair listen  --id ID --server ADDR [--server ADDR ...] [--tcp]
  *   cpair connect --id ID --server ADDR [--server ADDR ...] --target ID [--tcp]
  *                 [--timeout MS] [--tcp-rto-max MS]
  *
- * server:  runs rndz_server (UDP and, when the library has it, TCP) on ADDR until SIGTERM/SIGINT.
+ * server:  runs rndz_server (UDP and, when the library has it, TCP) on ADDR until SIGTERM/SIGINT;
+ *          --listen given several times: one server on every ADDR (listen_addrs).
  * listen:  registers ID; prints "registered" on stdout once a server answered; then UDP: echoes
  *          every datagram on the peer socket back to its sender; TCP: accepts connections,
  *          reads what the peer sends and answers "hello". Runs until SIGTERM/SIGINT, then
@@ -37,6 +38,7 @@
 #include <unistd.h>
 
 #define MAX_SERVERS 8
+#define MAX_LISTEN 16
 
 static volatile sig_atomic_t g_stop;
 static void on_signal(int sig) { (void)sig; g_stop = 1; }
@@ -244,11 +246,21 @@ static void on_server_signal(int sig)
     if (g_server) rndz_server_stop(g_server); /* async-signal-safe */
 }
 
-static int serve(const char *listen_addr)
+static int serve(const char *const *listen_addrs, size_t n)
 {
     rndz_server_options so;
     rndz_server_options_init(&so);
-    so.listen_addr = listen_addr;
+    if (n == 1) {
+        so.listen_addr = listen_addrs[0];
+    } else {
+#ifdef RNDZ_MAX_LISTEN
+        so.listen_addrs = listen_addrs;
+        so.n_listen_addrs = n;
+#else
+        fprintf(stderr, "cpair: include/rndz.h has no listen_addrs: one --listen only\n");
+        return 2;
+#endif
+    }
     int rc = rndz_server_create(&so, &g_server);
     if (rc < 0) return fail("rndz_server_create", rc);
     struct sigaction sa;
@@ -256,7 +268,9 @@ static int serve(const char *listen_addr)
     sa.sa_handler = on_server_signal;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
-    printf("serving %s\n", listen_addr);
+    printf("serving");
+    for (size_t i = 0; i < n; i++) printf(" %s", listen_addrs[i]);
+    printf("\n");
     rc = rndz_server_run(g_server);
     rndz_server *s = g_server;
     g_server = NULL;
@@ -266,7 +280,7 @@ static int serve(const char *listen_addr)
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: cpair server --listen ADDR\n"
+    fprintf(stderr, "usage: cpair server --listen ADDR [--listen ADDR ...]\n"
                     "       cpair listen|connect --id ID --server ADDR [--server ADDR ...]"
                     " [--target ID] [--tcp] [--timeout MS] [--tcp-rto-max MS]\n");
     return 2;
@@ -275,9 +289,9 @@ static int usage(void)
 int main(int argc, char **argv)
 {
     if (argc < 2) return usage();
-    const char *mode = argv[1], *id = NULL, *target = NULL, *listen_addr = NULL;
+    const char *mode = argv[1], *id = NULL, *target = NULL, *listen_addrs[MAX_LISTEN];
     const char *servers[MAX_SERVERS];
-    size_t n_servers = 0;
+    size_t n_servers = 0, n_listen = 0;
     int tcp = 0;
     long timeout_ms = 0, rto_max_ms = 0;
     for (int i = 2; i < argc; i++) {
@@ -286,7 +300,7 @@ int main(int argc, char **argv)
         else if (!v) return usage();
         else if (!strcmp(a, "--id")) id = v, i++;
         else if (!strcmp(a, "--target")) target = v, i++;
-        else if (!strcmp(a, "--listen")) listen_addr = v, i++;
+        else if (!strcmp(a, "--listen") && n_listen < MAX_LISTEN) listen_addrs[n_listen++] = v, i++;
         else if (!strcmp(a, "--timeout")) timeout_ms = strtol(v, NULL, 10), i++;
         else if (!strcmp(a, "--tcp-rto-max")) rto_max_ms = strtol(v, NULL, 10), i++;
         else if (!strcmp(a, "--server") && n_servers < MAX_SERVERS) servers[n_servers++] = v, i++;
@@ -294,7 +308,7 @@ int main(int argc, char **argv)
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
     signal(SIGPIPE, SIG_IGN);
-    if (!strcmp(mode, "server")) return listen_addr ? serve(listen_addr) : usage();
+    if (!strcmp(mode, "server")) return n_listen ? serve(listen_addrs, n_listen) : usage();
     int listen = !strcmp(mode, "listen");
     if ((!listen && strcmp(mode, "connect")) || !id || !n_servers || (!listen && !target))
         return usage();

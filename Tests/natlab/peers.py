@@ -107,12 +107,13 @@ class Tools:
     # `sc.v1` puts a raw rndz 0.1.5 peer (v1peer.py, the captured bytes) in roles:
     # "listener", "connector", "server" (joined by "+"); `sc.local` is the clients'
     # --local-addr.
-    def server_argv(self, impl, listen, sc=None):
+    def server_argv(self, impl, listens, sc=None):
+        """`listens`: the addresses to serve on (several: --listen-addr / --listen repeated)."""
         if sc is not None and sc.raw_v1("server"):
-            return [sys.executable, str(V1PEER), "udp-server", "--listen", listen]
+            return [sys.executable, str(V1PEER), "udp-server", "--listen", listens[0]]
         if impl == "cli":
-            return [self.cli, "server", "--listen-addr", listen]
-        return [self.cpair, "server", "--listen", listen]
+            return [self.cli, "server"] + sum([["--listen-addr", a] for a in listens], [])
+        return [self.cpair, "server"] + sum([["--listen", a] for a in listens], [])
 
     def listener_argv(self, impl, transport, pid, server, sc=None):
         if sc is not None and sc.raw_v1("listener"):

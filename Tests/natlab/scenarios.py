@@ -10,7 +10,7 @@ from pathlib import Path
 
 from common import CFG, PROBE, V1PEER, LabError, Stopped, last_json, sh, tail, vlog, wait_until
 from peers import child_env
-from topology import HOSTS, PORT, ROUTERS, SRV4, SRV6, WAN4, Lab
+from topology import HOSTS, PORT, ROUTERS, SRV4, SRV4B, SRV6, SRV6B, WAN4, Lab
 
 
 # ---- results: a row is one transport x implementation of a scenario ------------------------
@@ -81,7 +81,7 @@ class Scenario:
                  server_host="srv", listener="b", connector="a", transports=("udp", "tcp"),
                  impls=("cli", "capi"), expect="pass", repeats="clean", concurrent=False,
                  v1=None, local=None, record_path=False, expects=None, liberal=(), delay=0,
-                 rst=()):
+                 rst=(), via=(1, 1)):
         self.__dict__.update(locals())
         del self.__dict__["self"]
         self.rows = []
@@ -91,6 +91,24 @@ class Scenario:
             for t in transports:
                 for i in impls:
                     self.rows.append(Row(name, t, i, (expects or {}).get(t, expect), what))
+
+    def listens(self):
+        """The server's --listen-addr values: `listen` (one, or a tuple given as several
+        --listen-addr), by default the server host's first address of `family`."""
+        if self.listen is None:
+            return [self.server_address(1)]
+        return [self.listen] if isinstance(self.listen, str) else list(self.listen)
+
+    def server_address(self, n):
+        """The server host's address n (1 or 2) of `family`, with the port."""
+        if self.family == 6:
+            return f"[{SRV6 if n == 1 else SRV6B}]:{PORT}"
+        return f"{SRV4 if n == 1 else SRV4B}:{PORT}"
+
+    def client_servers(self):
+        """The server address the listener and the connector use (`via`: which of the server
+        host's addresses each writes to)."""
+        return self.server_address(self.via[0]), self.server_address(self.via[1])
 
     def raw_v1(self, role):
         """Is `role` ("listener", "connector", "server") played by the raw v1 peer?"""
@@ -152,6 +170,25 @@ def all_scenarios():
         Scenario("dual-stack", "server over IPv4 only, clients on [::]:0 also advertise IPv6 "
                  "candidates: which family wins", "pair", impls=("cli",), local="[::]:0",
                  record_path=True),
+        # The server host has a second address per family, one the kernel never picks as a
+        # source; the clients write to it. A server that answers UDP from the address the
+        # kernel picks is not heard (the NAT / firewall sees no reply).
+        Scenario("addr2-any-v4", f"server on 0.0.0.0:{PORT}, clients write to the server "
+                 f"host's second IPv4 address {SRV4B}: answers must come from it", "pair",
+                 listen=f"0.0.0.0:{PORT}", via=(2, 2)),
+        Scenario("addr2-any-v6", f"server on [::]:{PORT}, clients write over IPv6 to the "
+                 f"server host's second address {SRV6B}: answers must come from it", "pair",
+                 family=6, listen=f"[::]:{PORT}", via=(2, 2)),
+        Scenario("addr2-two-v4", f"--listen-addr twice ({SRV4}:{PORT}, {SRV4B}:{PORT}), "
+                 "clients write to the second", "pair",
+                 listen=(f"{SRV4}:{PORT}", f"{SRV4B}:{PORT}"), via=(2, 2)),
+        Scenario("addr2-two-v6", f"--listen-addr twice ([{SRV6}]:{PORT}, [{SRV6B}]:{PORT}), "
+                 "clients write over IPv6 to the second", "pair", family=6,
+                 listen=(f"[{SRV6}]:{PORT}", f"[{SRV6B}]:{PORT}"), via=(2, 2)),
+        Scenario("addr2-cross", f"--listen-addr twice ({SRV4}:{PORT}, {SRV4B}:{PORT}), the "
+                 "listener writes to the second, the connector to the first: the request "
+                 "forwarded to the listener leaves from the address it wrote to", "pair",
+                 listen=(f"{SRV4}:{PORT}", f"{SRV4B}:{PORT}"), via=(2, 1)),
     ]
 
 
@@ -289,10 +326,11 @@ def run_pair(sc, run, tools):
             for row in runnable:
                 row.bar = {"delay": lab.delay, "peer": peer, "server": server,
                            "server_b": lab.rtt.get("server_b"), "bar": 3 * peer + server}
-        srv_addr = f"[{SRV6}]:{PORT}" if sc.family == 6 else f"{SRV4}:{PORT}"
-        listen = sc.listen or srv_addr
+        srv_addrs = sc.client_servers()
+        listens = sc.listens()
+        listen = " --listen-addr ".join(listens)
         for row in runnable:
-            server = lab.spawn("srv", tools.server_argv(row.impl, listen, sc),
+            server = lab.spawn("srv", tools.server_argv(row.impl, listens, sc),
                                f"{row.transport}-{row.impl}.server", env=child_env())
             who = ("v1peer.py udp-server (raw v1)" if sc.raw_v1("server") else
                    "rndz-cli server" if row.impl == "cli" else "cpair server (rndz_server)")
@@ -307,7 +345,7 @@ def run_pair(sc, run, tools):
                 row.error = (f"{who} --listen-addr {listen} does not listen on "
                              f"{row.transport.upper()} :{PORT} (ss shows no such socket)")
             else:
-                run_row(sc, lab, tools, row, srv_addr)
+                run_row(sc, lab, tools, row, srv_addrs)
                 if server.poll() is not None:
                     row.notes.append(f"{who} died during the row ({server.returncode}): "
                                      f"{tail(server.natlab_err, 2)}")
@@ -319,9 +357,11 @@ def run_pair(sc, run, tools):
 
 
 def start_listener(sc, lab, tools, row, srv_addr, pid, gen):
+    """Starts the listener, writing to the server at `srv_addr`; waits until registered."""
     host_router = HOSTS[sc.listener][0]
     cname = f"reg_{sc.listener}_{row.transport}"
     before = lab.counter(host_router, cname)
+    drops0 = lab.drop_counters()
     p = lab.spawn(sc.listener, tools.listener_argv(row.impl, row.transport, pid, srv_addr, sc),
                   f"{row.transport}-{row.impl}.listener{gen}", env=child_env())
     # Registered = the router forwarded an answer from the server to the listener (a Pong).
@@ -331,11 +371,17 @@ def start_listener(sc, lab, tools, row, srv_addr, pid, gen):
         if p.poll() is not None:
             return p, (f"listener exited ({p.returncode}) before registering: "
                        f"{tail(p.natlab_err)}")
-        return p, f"listener not registered after {limit}s (no answer from the server reached it)"
+        drops = lab.drop_counters()
+        dropped = ", ".join(f"{k} +{drops[k] - drops0[k]}" for k in drops if drops[k] != drops0[k])
+        return p, (f"listener not registered after {limit}s (no answer from the server at "
+                   f"{srv_addr} reached it" + (f"; router drops meanwhile: {dropped}"
+                                               if dropped else "") + ")")
     return p, None
 
 
-def run_row(sc, lab, tools, row, srv_addr):
+def run_row(sc, lab, tools, row, srv_addrs):
+    """One row: `srv_addrs` is the server address of the listener and of the connector."""
+    srv_addr, conn_srv_addr = srv_addrs
     n = sc.n_repeats(row)
     pid = f"{sc.listener}-{row.transport}-{row.impl}"
     t_row = time.monotonic()
@@ -369,7 +415,7 @@ def run_row(sc, lab, tools, row, srv_addr):
         name = f"{row.transport}-{row.impl}.connect{i + 1}"
         t0 = time.monotonic()
         cp = lab.spawn(sc.connector, tools.connector_argv(row.impl, row.transport, cid,
-                                                          srv_addr, pid, sc),
+                                                          conn_srv_addr, pid, sc),
                        name, env=child_env())
         rc = None
         try:

@@ -19,6 +19,10 @@ from common import BUILD, DELAY, PROBE, LabError, Stopped, last_json, sh, tail, 
 
 # ---- addresses: TEST-NET and 10.x, only ever inside the lab's own namespaces -----------------
 SRV4, SRV6 = "203.0.113.1", "2001:db8::1"
+# The server host's second address per family (the addr2-* scenarios: clients write to it).
+# The IPv6 one is deprecated (preferred_lft 0): it receives, but the kernel never picks it as
+# the source of a reply, as it would not pick the IPv4 secondary either; Lab.up checks both.
+SRV4B, SRV6B = "203.0.113.2", "2001:db8::2"
 PORT = 7000                      # rendezvous server, UDP and TCP
 ECHO_PORTS = (7100, 7101)        # probe.py echo on the server host: NAT mapping checks
 WAN4 = {"r1": "203.0.113.11", "r2": "203.0.113.12"}
@@ -116,6 +120,7 @@ class Lab:
     """
     public segment 203.0.113.0/24 + 2001:db8::/64: bridge in switch ns `inet`
         srv  203.0.113.1   2001:db8::1        (rendezvous server, echo probes)
+             203.0.113.2   2001:db8::2        (its second addresses; the v6 one deprecated)
         r1   203.0.113.11  2001:db8::11  wan ─ lan 10.1.0.1  2001:db8:1::1 ─ bridge in ns `sw1`
                                                      ├─ a   10.1.0.10  2001:db8:1::10
                                                      └─ a2  10.1.0.20  2001:db8:1::20
@@ -215,6 +220,8 @@ class Lab:
             self.ip(node, "link", "set", "dev", dev, "up")
 
         addr("srv", "eth0", f"{SRV4}/24", f"{SRV6}/64")
+        self.ip("srv", "addr", "add", f"{SRV4B}/24", "dev", "eth0")
+        self.ip("srv", "addr", "add", f"{SRV6B}/64", "dev", "eth0", "nodad", "preferred_lft", "0")
         for r in ROUTERS:
             addr(r, "wan", f"{WAN4[r]}/24", f"{WAN6[r]}/64")
             addr(r, "lan", f"{LAN[r][0]}/24", f"{LAN[r][1]}/64")
@@ -227,6 +234,7 @@ class Lab:
             self.ip(h, "-6", "route", "add", "default", "via", LAN[r][1])
         for r in ROUTERS:
             self.x(r, ["nft", "-f", "-"], input=self.router_rules(r))
+        self.check_source_choice()
         if self.loss:
             self.x("inet", ["nft", "-f", "-"], input=self.loss_rules())
         if self.delay:
@@ -237,6 +245,18 @@ class Lab:
              + ")")
         if self.delay:
             self.measure_rtt()
+
+    def check_source_choice(self):
+        """The kernel answers from the server host's first address, never its second: else a
+        server on a wildcard address would answer clients that wrote to the second from the
+        right address by luck, and the addr2-*-any rows would not test replying from the
+        address a request reached."""
+        for fam, dst, want in (("-4", WAN4["r2"], SRV4), ("-6", HOSTS["b"][2], SRV6)):
+            out = self.x("srv", ["ip", fam, "route", "get", dst]).stdout
+            m = re.search(r"\bsrc (\S+)", out)
+            if not m or m.group(1) != want:
+                raise LabError(f"srv picks {m.group(1) if m else '?'} as the source toward "
+                               f"{dst}, expected its first address {want}: {out.strip()}")
 
     def start_delay(self):
         pairs = [f"{r}:{r}d" for r in sorted(ROUTERS)]
@@ -301,11 +321,15 @@ class Lab:
             _, a4, a6 = HOSTS[h]
             counters += [f"counter reg_{h}_udp {{}}", f"counter reg_{h}_tcp {{}}",
                          f"counter peer_in_{h} {{}}", f"counter peer6_in_{h} {{}}"]
-            for fam, s, d in (("ip", SRV4, a4), ("ip6", SRV6, a6)):
+            # Only what the router lets through: an answer from the server's other address
+            # (not the one the client wrote to) is no reply to conntrack, and dropped.
+            for fam, s, d in (("ip", f"{{ {SRV4}, {SRV4B} }}", a4),
+                              ("ip6", f"{{ {SRV6}, {SRV6B} }}", a6)):
                 marks.append(f'iifname "wan" {fam} saddr {s} {fam} daddr {d} udp sport {PORT} '
-                             f"counter name reg_{h}_udp")
+                             f"ct state established counter name reg_{h}_udp")
                 marks.append(f'iifname "wan" {fam} saddr {s} {fam} daddr {d} tcp sport {PORT} '
-                             f"tcp flags & psh == psh counter name reg_{h}_tcp")
+                             f"tcp flags & psh == psh ct state established "
+                             f"counter name reg_{h}_tcp")
             marks.append(f'iifname "wan" ip saddr {WAN4[o]} ip daddr {a4} counter name peer_in_{h}')
             marks.append(f'iifname "wan" ip6 saddr {LAN[o][2]} ip6 daddr {a6} '
                          f"counter name peer_in_{h}")

@@ -38,6 +38,9 @@ CFG = {
     "delay_ms": env_int("RNDZ_NATLAB_DELAY_MS", 25),
     "delay_repeats": env_int("RNDZ_NATLAB_DELAY_REPEATS", 10),
     "timeout": env_int("RNDZ_NATLAB_TIMEOUT", 20),
+    # The connectors' own --timeout, seconds: -1 the attempt timeout above; 0 none given (the
+    # library's default, as a user who gives none gets it).
+    "connect_timeout": env_int("RNDZ_NATLAB_CONNECT_TIMEOUT", -1),
     "tcp": truthy(os.environ.get("RNDZ_NATLAB_TCP", "1")),
     # TCP rows: the peers' connections keep TCP's retransmission timeout at most this many ms
     # (--tcp-rto-max; 0: the kernel's default once connected).

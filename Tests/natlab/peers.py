@@ -131,10 +131,19 @@ class Tools:
         if impl == "cli":
             # The same deadline as cpair's: the attempt's (connect, then reply).
             return [self.cli, "client", "--id", cid, "--server-addr", server,
-                    "--remote-peer", target, "--timeout", str(CFG["timeout"] * 1000)] + \
+                    "--remote-peer", target] + connect_timeout_flags() + \
                 local_flags(sc) + tcp_flags(transport)
-        return [self.cpair, "connect", "--id", cid, "--server", server, "--target", target,
-                "--timeout", str(CFG["timeout"] * 1000)] + tcp_flags(transport)
+        return [self.cpair, "connect", "--id", cid, "--server", server, "--target", target] + \
+            connect_timeout_flags() + tcp_flags(transport)
+
+
+def connect_timeout_flags():
+    """The connectors' --timeout (ms): the attempt's, or RNDZ_NATLAB_CONNECT_TIMEOUT's; none
+    with 0 (the library's default)."""
+    t = CFG["connect_timeout"]
+    if t == 0:
+        return []
+    return ["--timeout", str((CFG["timeout"] if t < 0 else t) * 1000)]
 
 
 def tcp_flags(transport):

@@ -19,12 +19,11 @@
 
 int rndz__server_udp_pktinfo(int fd, int family) {
     int on = 1;
-    /* IPv4 datagrams: IP_PKTINFO (on a dual-stack IPv6 socket too: its IPv4 traffic) */
-    if (setsockopt(fd, IPPROTO_IP, IP_PKTINFO, &on, sizeof on) < 0 && family == AF_INET)
-        return -errno;
-    if (family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &on, sizeof on) < 0)
-        return -errno;
-    return 0;
+    /* An IPv6 socket reports IPv4 datagrams (dual stack) as IPV6_PKTINFO with the address in
+     * IPv4-mapped form: one control message per datagram either way. */
+    int rc = family == AF_INET ? setsockopt(fd, IPPROTO_IP, IP_PKTINFO, &on, sizeof on)
+                               : setsockopt(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &on, sizeof on);
+    return rc < 0 ? -errno : 0;
 }
 
 /* Send what is queued for socket k, from index `from` on; returns the index past them. */

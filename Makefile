@@ -6,7 +6,7 @@
 #   make test                everything: C tests, Swift tests, the NAT lab
 PREFIX    ?= /usr/local
 CC        ?= cc
-VERSION    = 0.2.0
+VERSION    = 0.3.0
 ABI_MAJOR  = 0
 BUILD     ?= build
 CFLAGS    ?= -O2 -g

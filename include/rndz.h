@@ -62,15 +62,15 @@ extern "C" {
 /* Version                                                                                  */
 
 #define RNDZ_VERSION_MAJOR 0
-#define RNDZ_VERSION_MINOR 2
+#define RNDZ_VERSION_MINOR 3
 #define RNDZ_VERSION_PATCH 0
-#define RNDZ_VERSION_STRING "0.2.0"
+#define RNDZ_VERSION_STRING "0.3.0"
 #define RNDZ_VERSION_NUMBER \
     ((RNDZ_VERSION_MAJOR << 16) | (RNDZ_VERSION_MINOR << 8) | RNDZ_VERSION_PATCH)
 
 /* The version of the library actually loaded, as (major << 16 | minor << 8 | patch). */
 RNDZ_API unsigned rndz_version(void);
-/* The same as text, e.g. "0.2.0". Static storage. */
+/* The same as text, e.g. "0.3.0". Static storage. */
 RNDZ_API const char *rndz_version_string(void);
 
 /* ---------------------------------------------------------------------------------------- */
@@ -304,8 +304,10 @@ typedef struct rndz_server_options {
     /* Several addresses to serve on, UDP and TCP on each (e.g. one IPv4 and one IPv6, or two
      * of a multi-homed host), at most RNDZ_MAX_LISTEN. When n_listen_addrs > 0 these are
      * used and listen_addr is not. A port of 0: the first such address gets a free port and
-     * the others with port 0 take the same one. One table of ids serves them all; a request
-     * forwarded to a peer leaves from the address that peer wrote to. */
+     * the others with port 0 take the same one. With an IPv4 address in the list, the IPv6
+     * ones serve IPv6 only (as with ipv6_only), so "0.0.0.0:P" and "[::]:P" go together.
+     * One table of ids serves them all; a request forwarded to a peer leaves from the
+     * address that peer wrote to. */
     const char *const *listen_addrs;
     size_t n_listen_addrs;
 } rndz_server_options;

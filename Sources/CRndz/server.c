@@ -74,7 +74,9 @@ static int bind_addr(rndz_server *s, unsigned k, const rndz__sockopts *base) {
     int rc;
     struct sockaddr_storage *a = &s->local[k];
     rndz__sockopts so = *base;
-    so.v6only = a->ss_family == AF_INET6 ? (s->o.ipv6_only ? 1 : 0) : -1;
+    /* an IPv6 address next to IPv4 ones serves IPv6 only: a dual-stack [::] would take the
+     * IPv4 port too */
+    so.v6only = a->ss_family == AF_INET6 ? (s->o.ipv6_only || s->has_v4 ? 1 : 0) : -1;
     if (s->o.enable_udp && s->nworkers > 1) {
         /* SO_REUSEPORT would let the workers join sockets another server already holds on
          * this port: claim the port with a plain socket first, so that fails loudly. */
@@ -107,13 +109,18 @@ static int bind_addr(rndz_server *s, unsigned k, const rndz__sockopts *base) {
     return 0;
 }
 
-/* Bind every listen address; those given with port 0 share the first one's free port. */
-static int bind_all(rndz_server *s, const rndz__sockopts *so, const bool *any_port) {
+/* Bind every listen address; those given with port 0 share the first one's free port. On
+ * failure *failed is the address that failed. */
+static int bind_all(rndz_server *s, const rndz__sockopts *so, const bool *any_port,
+                    unsigned *failed) {
     uint16_t shared = 0;
     for (unsigned k = 0; k < s->nlocal; k++) {
         if (any_port[k] && shared) rndz__addr_set_port(&s->local[k], shared);
         int rc = bind_addr(s, k, so);
-        if (rc) return rc;
+        if (rc) {
+            *failed = k;
+            return rc;
+        }
         if (any_port[k] && !shared) shared = rndz__addr_port(&s->local[k]);
     }
     return 0;
@@ -152,7 +159,6 @@ int rndz_server_create(const rndz_server_options *opts, rndz_server **out) {
     if (!s->o.enable_udp) s->nworkers = 1;
     s->loop.epfd = s->loop.wakefd = -1;
     pthread_mutex_init(&s->origins_mu, NULL);
-    atomic_init(&s->norigins, 1); /* origin 0: socket 0, no source address known */
     int rc = 0;
     if (opts->n_listen_addrs > RNDZ_MAX_LISTEN || (opts->n_listen_addrs && !opts->listen_addrs)) {
         rc = -EINVAL;
@@ -165,6 +171,12 @@ int rndz_server_create(const rndz_server_options *opts, rndz_server **out) {
         rc = text ? rndz_addr_parse(text, &s->local[k], &s->local_len[k]) : RNDZ_E_BADADDR;
     }
     if (rc) goto fail;
+    /* Origin k: socket k, no source address known (the kernel picks it). */
+    for (unsigned k = 0; k < s->nlocal; k++) {
+        s->origins[k] = (rndz__origin){.k = (uint8_t)k};
+        s->has_v4 |= s->local[k].ss_family == AF_INET;
+    }
+    atomic_init(&s->norigins, s->nlocal);
     if ((rc = rndz__pt_init(&s->peers, s->o.max_peers, rndz__now_ms()))) goto fail;
     if ((rc = rndz__proto_init(&s->core, &s->o, opts->secret, opts->secret_len))) goto fail;
     if ((rc = rndz__loop_init(&s->loop))) goto fail;
@@ -196,16 +208,17 @@ int rndz_server_create(const rndz_server_options *opts, rndz_server **out) {
                          .config_user = opts->sock_config_user};
     /* With port 0, UDP picks a free port and TCP (and the other addresses with port 0) must
      * get the same one; if one finds it taken, try again with another. */
-    bool any_port[RNDZ_MAX_LISTEN], some_any = false;
+    bool any_port[RNDZ_MAX_LISTEN];
     struct sockaddr_storage want[RNDZ_MAX_LISTEN];
     for (unsigned k = 0; k < s->nlocal; k++) {
         any_port[k] = rndz__addr_port(&s->local[k]) == 0;
-        some_any |= any_port[k];
         want[k] = s->local[k];
     }
     for (int attempt = 0;; attempt++) {
-        if ((rc = bind_all(s, &so, any_port))) {
-            if (rc == -EADDRINUSE && some_any && attempt < 16) {
+        unsigned failed = 0;
+        if ((rc = bind_all(s, &so, any_port, &failed))) {
+            /* only a port we picked is worth another try */
+            if (rc == -EADDRINUSE && any_port[failed] && attempt < 16) {
                 close_sockets(s);
                 memcpy(s->local, want, sizeof want);
                 continue;

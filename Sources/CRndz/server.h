@@ -47,8 +47,9 @@ typedef union rndz__pktinfo_buf {
  * datagram (IP_PKTINFO / IPV6_PKTINFO), so that answers and forwards to that peer leave from
  * the address it wrote to (a server on a wildcard address of a host with several addresses:
  * anything else is dropped by the peer's NAT, or by its connected socket). Interned per
- * server, append-only: peertab.h keeps a 7-bit index with each peer. Origin 0 is socket 0
- * with no address known (the kernel picks the source). */
+ * server, append-only: peertab.h keeps a 7-bit index with each peer. Origin k < nlocal is
+ * socket k with no address known (the kernel picks the source): what a full table, or a
+ * destination that is no address of ours to send from, falls back to. */
 #define RNDZ_MAX_ORIGINS 128
 typedef struct rndz__origin {
     uint8_t k;
@@ -95,6 +96,7 @@ typedef struct rndz__worker {
 struct rndz_server {
     rndz_server_options o;
     unsigned nlocal; /* listen addresses, each served by a UDP socket per worker and TCP */
+    bool has_v4;     /* one of them is IPv4: the IPv6 ones serve IPv6 only */
     struct sockaddr_storage local[RNDZ_MAX_LISTEN];
     socklen_t local_len[RNDZ_MAX_LISTEN];
     rndz__origin origins[RNDZ_MAX_ORIGINS];

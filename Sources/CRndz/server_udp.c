@@ -9,6 +9,7 @@
 
 #include <arpa/inet.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Expiry runs every SWEEP_MS and visits enough entries that a full pass over the table takes
  * a quarter of the expiry time: an id expires at most 25% late, and no step is long. */
@@ -78,9 +79,25 @@ static bool same_origin(const rndz__origin *o, unsigned k, const struct sockaddr
            rndz__addr_equal((const struct sockaddr *)&o->src, (const struct sockaddr *)src);
 }
 
-/* The origin index of (socket k, destination src), interned (server.h). Full: 0. */
+/* Can we send from `a`: is it an address of this host (a datagram's header destination may
+ * be a broadcast address, or one that has since gone away)? Asked once per new origin. */
+static bool is_ours(const struct sockaddr_storage *a, unsigned ifindex) {
+    struct sockaddr_storage b = *a;
+    rndz__addr_unmap(&b);
+    rndz__addr_set_port(&b, 0);
+    if (b.ss_family == AF_INET6) ((struct sockaddr_in6 *)&b)->sin6_scope_id = ifindex;
+    int fd = socket(b.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return false;
+    bool ok = bind(fd, (struct sockaddr *)&b, rndz__addr_len((struct sockaddr *)&b)) == 0;
+    close(fd);
+    return ok;
+}
+
+/* The origin index of (socket k, destination src), interned (server.h). A full table, or a
+ * source we cannot send from: k, socket k unpinned. */
 static uint8_t intern_origin(rndz_server *s, unsigned k, const struct sockaddr_storage *src,
                              unsigned ifindex) {
+    if (!src) return (uint8_t)k;
     unsigned n = atomic_load_explicit(&s->norigins, memory_order_acquire);
     for (unsigned i = 0; i < n; i++)
         if (same_origin(&s->origins[i], k, src, ifindex)) return (uint8_t)i;
@@ -88,7 +105,9 @@ static uint8_t intern_origin(rndz_server *s, unsigned k, const struct sockaddr_s
     n = atomic_load_explicit(&s->norigins, memory_order_relaxed);
     unsigned i = 0;
     while (i < n && !same_origin(&s->origins[i], k, src, ifindex)) i++;
-    if (i == n && n < RNDZ_MAX_ORIGINS) {
+    if (i == n && n < RNDZ_MAX_ORIGINS && !is_ours(src, ifindex)) {
+        i = k;
+    } else if (i == n && n < RNDZ_MAX_ORIGINS) {
         rndz__origin *o = &s->origins[n];
         memset(o, 0, sizeof *o);
         o->k = (uint8_t)k;
@@ -100,7 +119,7 @@ static uint8_t intern_origin(rndz_server *s, unsigned k, const struct sockaddr_s
         }
         atomic_store_explicit(&s->norigins, n + 1, memory_order_release);
     } else if (i == n) {
-        i = 0; /* a host with more than 127 addresses in use: answer as before, unpinned */
+        i = k; /* more origins than the table holds: answer as before, unpinned */
     }
     pthread_mutex_unlock(&s->origins_mu);
     return (uint8_t)i;
@@ -112,15 +131,20 @@ static uint8_t origin_of(rndz__worker *w, unsigned k, const struct msghdr *h) {
     uint8_t raw[16]; /* the destination, IPv4 as ::ffff:a.b.c.d */
     unsigned ifindex = 0;
     bool found = false;
+    if (h->msg_flags & MSG_CTRUNC) return (uint8_t)k; /* a control message cut short */
     for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c; c = CMSG_NXTHDR((struct msghdr *)h, c)) {
-        if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO) {
+        if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO &&
+            c->cmsg_len >= CMSG_LEN(sizeof(struct in_pktinfo))) {
             struct in_pktinfo pi;
             memcpy(&pi, CMSG_DATA(c), sizeof pi);
             memset(raw, 0, 10);
             raw[10] = raw[11] = 0xff;
-            memcpy(raw + 12, &pi.ipi_addr, 4); /* the header's destination */
+            /* the kernel's own choice of reply source: the destination for a unicast
+             * datagram, the interface's address for a broadcast one */
+            memcpy(raw + 12, &pi.ipi_spec_dst, 4);
             found = true;
-        } else if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO) {
+        } else if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO &&
+                   c->cmsg_len >= CMSG_LEN(sizeof(struct in6_pktinfo))) {
             struct in6_pktinfo pi;
             memcpy(&pi, CMSG_DATA(c), sizeof pi);
             memcpy(raw, &pi.ipi6_addr, 16);
@@ -128,7 +152,7 @@ static uint8_t origin_of(rndz__worker *w, unsigned k, const struct msghdr *h) {
             found = true;
         }
     }
-    if (!found) return intern_origin(w->s, k, NULL, 0);
+    if (!found) return (uint8_t)k;
     if (w->last_origin.valid && w->last_origin.k == k && !ifindex &&
         memcmp(w->last_origin.dst, raw, 16) == 0)
         return w->last_origin.origin;
@@ -139,11 +163,11 @@ static uint8_t origin_of(rndz__worker *w, unsigned k, const struct msghdr *h) {
     memcpy(&d6->sin6_addr, raw, 16);
     uint8_t o;
     if (!unicast(&dst)) {
-        o = intern_origin(w->s, k, NULL, 0);
+        o = (uint8_t)k;
     } else {
         if (w->s->local[k].ss_family == AF_INET) rndz__addr_unmap(&dst);
         o = dst.ss_family == w->s->local[k].ss_family ? intern_origin(w->s, k, &dst, ifindex)
-                                                      : intern_origin(w->s, k, NULL, 0);
+                                                      : (uint8_t)k;
     }
     if (!ifindex) {
         w->last_origin.valid = true;

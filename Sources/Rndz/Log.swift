@@ -73,7 +73,7 @@ public func setLogLevel(_ level: LogLevel) {
 
 /// The version of the rndz C library that is loaded.
 public enum RndzVersion {
-    /// `major.minor.patch`, e.g. `"0.2.0"`.
+    /// `major.minor.patch`, e.g. `"0.3.0"`.
     public static var string: String { String(cString: rndz_version_string()) }
     /// The major version: same major, same ABI.
     public static var major: Int { Int(rndz_version() >> 16) }

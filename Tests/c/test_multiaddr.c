@@ -162,6 +162,77 @@ static void test_listen_addrs(bool v6) {
     tl_server_stop(&v);
 }
 
+/* "0.0.0.0:P" next to "[::]:P": the IPv6 one serves IPv6 only, so both bind one port. */
+static void test_v4_and_v6_wildcards(void) {
+    tl_case("0.0.0.0 and [::] together");
+    const char *addrs[] = {"0.0.0.0:0", "[::]:0"};
+    rndz_server_options o;
+    tl_server_options(&o, "0.0.0.0:0");
+    o.listen_addrs = addrs;
+    o.n_listen_addrs = 2;
+    tl_server v;
+    if (!tl_server_start(&v, &o)) return;
+    char a4[64], a6[64];
+    snprintf(a4, sizeof a4, "127.0.0.2:%d", v.port);
+    snprintf(a6, sizeof a6, "[::1]:%d", v.port);
+    int x = connected_to("127.0.0.1:0", a4), y = connected_to("[::1]:0", a6);
+    CHECK(pong_on(x, "w4"));
+    CHECK(pong_on(y, "w6"));
+    close(x);
+    close(y);
+    tl_server_stop(&v);
+}
+
+/* A datagram to a broadcast address is answered from an address of ours (the kernel's
+ * choice), not from the broadcast address. */
+static void test_broadcast(void) {
+    tl_case("broadcast destination");
+    tl_server v;
+    if (!tl_server_open(&v, "0.0.0.0:0")) return;
+    int u = tl_udp_socket_at("127.0.0.1:0", 2000);
+    int on = 1;
+    CHECK(setsockopt(u, SOL_SOCKET, SO_BROADCAST, &on, sizeof on) == 0);
+    char to[64];
+    snprintf(to, sizeof to, "127.255.255.255:%d", v.port);
+    uint8_t b[256], r[256];
+    size_t n = tl_v1_bytes(b, sizeof b, "bc", F_PING, NULL, NULL);
+    struct sockaddr_storage from;
+    CHECK(tl_udp_request(u, b, n, to, r, sizeof r, &from, tl_ms(1000)) > 0);
+    close(u);
+    tl_server_stop(&v);
+}
+
+/* More destinations than the origin table holds: the rest are answered unpinned, on the
+ * socket they came in on (here the second, IPv4 one, behind an IPv6 first). */
+static void test_origins_full(void) {
+    tl_case("origin table full");
+    const char *addrs[] = {"[::1]:0", "0.0.0.0:0"};
+    rndz_server_options o;
+    tl_server_options(&o, "0.0.0.0:0");
+    o.listen_addrs = addrs;
+    o.n_listen_addrs = 2;
+    o.workers = 1;
+    tl_server v;
+    if (!tl_server_start(&v, &o)) return;
+    struct sockaddr_storage got[2];
+    rndz_server_local_addrs(v.s, got, 2);
+    int port = tl_addr_port(&got[1]);
+    int u = tl_udp_socket_at("127.0.0.1:0", 2000);
+    uint8_t b[256], r[256];
+    int answered = 0;
+    for (int i = 0; i < 140; i++) {
+        char to[64], id[16];
+        snprintf(to, sizeof to, "127.0.%d.%d:%d", 1 + i / 200, 2 + i % 200, port);
+        snprintf(id, sizeof id, "f%d", i);
+        size_t n = tl_v1_bytes(b, sizeof b, id, F_PING, NULL, NULL);
+        struct sockaddr_storage from;
+        if (tl_udp_request(u, b, n, to, r, sizeof r, &from, tl_ms(1000)) > 0) answered++;
+    }
+    CHECK_EQ_INT(answered, 140);
+    close(u);
+    tl_server_stop(&v);
+}
+
 static void test_bad_options(void) {
     tl_case("bad listen_addrs");
     rndz_server_options o;
@@ -188,6 +259,11 @@ int main(void) {
     test_pair_through_two_addresses();
     test_listen_addrs(false);
     if (tl_have_ipv6()) test_listen_addrs(true);
+    if (tl_have_ipv6()) {
+        test_v4_and_v6_wildcards();
+        test_origins_full();
+    }
+    test_broadcast();
     test_bad_options();
     tl_case("nothing left behind");
     tl_mark_check(&m);

@@ -54,28 +54,40 @@ void rndz__worker_flush(rndz__worker *w) {
     w->nout = 0;
 }
 
-/* Is `a` an address a reply may come from (not a broadcast or multicast one)? */
-static bool unicast(const struct sockaddr_storage *a) {
-    if (a->ss_family == AF_INET) {
-        uint32_t v = ntohl(((const struct sockaddr_in *)a)->sin_addr.s_addr);
-        return v != INADDR_BROADCAST && (v >> 28) != 0xe && v != INADDR_ANY;
-    }
-    const struct in6_addr *x = &((const struct sockaddr_in6 *)a)->sin6_addr;
-    if (IN6_IS_ADDR_V4MAPPED(x)) {
-        uint32_t v = (uint32_t)x->s6_addr[12] << 24 | (uint32_t)x->s6_addr[13] << 16 |
-                     (uint32_t)x->s6_addr[14] << 8 | x->s6_addr[15];
-        return v != INADDR_BROADCAST && (v >> 28) != 0xe && v != INADDR_ANY;
-    }
-    return !IN6_IS_ADDR_MULTICAST(x) && !IN6_IS_ADDR_UNSPECIFIED(x);
+/* Is `x` (IPv6, or IPv4 as ::ffff:a.b.c.d) an address a reply may come from: not a
+ * broadcast, multicast or unspecified one? */
+static bool unicast(const struct in6_addr *x) {
+    if (!IN6_IS_ADDR_V4MAPPED(x)) return !IN6_IS_ADDR_MULTICAST(x) && !IN6_IS_ADDR_UNSPECIFIED(x);
+    uint32_t v = (uint32_t)x->s6_addr[12] << 24 | (uint32_t)x->s6_addr[13] << 16 |
+                 (uint32_t)x->s6_addr[14] << 8 | x->s6_addr[15];
+    return v != INADDR_BROADCAST && (v >> 28) != 0xe && v != INADDR_ANY;
 }
 
-static void build_ctl(rndz__origin *o);
+/* The control message that makes a datagram leave from o->src. */
+static void build_ctl(rndz__origin *o) {
+    memset(&o->ctl, 0, sizeof o->ctl);
+    struct cmsghdr *c = (struct cmsghdr *)o->ctl.buf;
+    if (o->src.ss_family == AF_INET) {
+        struct in_pktinfo pi = {.ipi_spec_dst = ((const struct sockaddr_in *)&o->src)->sin_addr};
+        c->cmsg_level = IPPROTO_IP;
+        c->cmsg_type = IP_PKTINFO;
+        c->cmsg_len = CMSG_LEN(sizeof pi);
+        memcpy(CMSG_DATA(c), &pi, sizeof pi);
+        o->ctllen = CMSG_SPACE(sizeof pi);
+    } else {
+        struct in6_pktinfo pi = {.ipi6_addr = ((const struct sockaddr_in6 *)&o->src)->sin6_addr,
+                                 .ipi6_ifindex = o->ifindex};
+        c->cmsg_level = IPPROTO_IPV6;
+        c->cmsg_type = IPV6_PKTINFO;
+        c->cmsg_len = CMSG_LEN(sizeof pi);
+        memcpy(CMSG_DATA(c), &pi, sizeof pi);
+        o->ctllen = CMSG_SPACE(sizeof pi);
+    }
+}
 
 static bool same_origin(const rndz__origin *o, unsigned k, const struct sockaddr_storage *src,
                         unsigned ifindex) {
-    if (o->k != k || o->has_src != (src != NULL)) return false;
-    if (!src) return true;
-    return o->ifindex == ifindex &&
+    return o->has_src && o->k == k && o->ifindex == ifindex &&
            rndz__addr_equal((const struct sockaddr *)&o->src, (const struct sockaddr *)src);
 }
 
@@ -97,7 +109,6 @@ static bool is_ours(const struct sockaddr_storage *a, unsigned ifindex) {
  * source we cannot send from: k, socket k unpinned. */
 static uint8_t intern_origin(rndz_server *s, unsigned k, const struct sockaddr_storage *src,
                              unsigned ifindex) {
-    if (!src) return (uint8_t)k;
     unsigned n = atomic_load_explicit(&s->norigins, memory_order_acquire);
     for (unsigned i = 0; i < n; i++)
         if (same_origin(&s->origins[i], k, src, ifindex)) return (uint8_t)i;
@@ -111,12 +122,10 @@ static uint8_t intern_origin(rndz_server *s, unsigned k, const struct sockaddr_s
         rndz__origin *o = &s->origins[n];
         memset(o, 0, sizeof *o);
         o->k = (uint8_t)k;
-        o->has_src = src != NULL;
+        o->has_src = true;
         o->ifindex = ifindex;
-        if (src) {
-            o->src = *src;
-            build_ctl(o);
-        }
+        o->src = *src;
+        build_ctl(o);
         atomic_store_explicit(&s->norigins, n + 1, memory_order_release);
     } else if (i == n) {
         i = k; /* more origins than the table holds: answer as before, unpinned */
@@ -161,13 +170,11 @@ static uint8_t origin_of(rndz__worker *w, unsigned k, const struct msghdr *h) {
     struct sockaddr_in6 *d6 = (struct sockaddr_in6 *)&dst;
     d6->sin6_family = AF_INET6;
     memcpy(&d6->sin6_addr, raw, 16);
-    uint8_t o;
-    if (!unicast(&dst)) {
-        o = (uint8_t)k;
-    } else {
+    uint8_t o = (uint8_t)k;
+    if (unicast(&d6->sin6_addr)) {
+        /* an IPv4 socket gets IP_PKTINFO only: its destinations are IPv4 */
         if (w->s->local[k].ss_family == AF_INET) rndz__addr_unmap(&dst);
-        o = dst.ss_family == w->s->local[k].ss_family ? intern_origin(w->s, k, &dst, ifindex)
-                                                      : (uint8_t)k;
+        o = intern_origin(w->s, k, &dst, ifindex);
     }
     if (!ifindex) {
         w->last_origin.valid = true;
@@ -176,28 +183,6 @@ static uint8_t origin_of(rndz__worker *w, unsigned k, const struct msghdr *h) {
         memcpy(w->last_origin.dst, raw, 16);
     }
     return o;
-}
-
-/* The control message that makes a datagram leave from o->src. */
-static void build_ctl(rndz__origin *o) {
-    memset(&o->ctl, 0, sizeof o->ctl);
-    struct cmsghdr *c = (struct cmsghdr *)o->ctl.buf;
-    if (o->src.ss_family == AF_INET) {
-        struct in_pktinfo pi = {.ipi_spec_dst = ((const struct sockaddr_in *)&o->src)->sin_addr};
-        c->cmsg_level = IPPROTO_IP;
-        c->cmsg_type = IP_PKTINFO;
-        c->cmsg_len = CMSG_LEN(sizeof pi);
-        memcpy(CMSG_DATA(c), &pi, sizeof pi);
-        o->ctllen = CMSG_SPACE(sizeof pi);
-    } else {
-        struct in6_pktinfo pi = {.ipi6_addr = ((const struct sockaddr_in6 *)&o->src)->sin6_addr,
-                                 .ipi6_ifindex = o->ifindex};
-        c->cmsg_level = IPPROTO_IPV6;
-        c->cmsg_type = IPV6_PKTINFO;
-        c->cmsg_len = CMSG_LEN(sizeof pi);
-        memcpy(CMSG_DATA(c), &pi, sizeof pi);
-        o->ctllen = CMSG_SPACE(sizeof pi);
-    }
 }
 
 /* Queue the response of `a` to `to` (a peer's address in any form), from origin o: on its

@@ -15,7 +15,7 @@ FUZZ_SAN      = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit
 # The toolchain's own linker when it has one (the system's gold warns about sanitizer symbols).
 FUZZ_LD      ?= $(if $(wildcard $(dir $(FUZZ_CC))ld.lld),-fuse-ld=lld)
 FUZZ_INC      = -std=c11 -D_GNU_SOURCE $(WARN) -Iinclude -ISources/CRndz -ITests/fuzz
-FUZZ_DEPS     = Tests/fuzz/fuzz.h $(HDRS)
+FUZZ_DEPS     = Tests/fuzz/fuzz.h Tests/fuzz/fuzz_server.h $(HDRS)
 
 FUZZ_REPLAY   = $(FUZZ_TARGETS:%=$(BUILD)/fuzz/replay_%)
 FUZZ_BINS     = $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/%)

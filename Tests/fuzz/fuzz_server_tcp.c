@@ -34,7 +34,7 @@
  * At the end the server is destroyed (LeakSanitizer checks each input). */
 #include "server.h"
 
-#include "fuzz.h"
+#include "fuzz_server.h"
 
 #include <string.h>
 #include <sys/socket.h>
@@ -43,7 +43,6 @@
 static const uint8_t SEP[4] = {0xff, 0xfe, 0xfd, 0xfc};
 static const uint32_t STEP_MS[8] = {0, 1, 10, 1000, 10000, 30000, 59999, 60001};
 static const uint32_t IDLE_MS[4] = {0, 1, 1000, 30000};
-static const uint8_t SECRET[] = "fuzz_server_tcp secret, not real"; /* sizeof - 1 used */
 static const char *const SRC[4] = {"127.0.0.2:4000", "127.0.0.3:4001", "[2001:db8::7]:4002",
                                    "127.0.0.2:4003"};
 #define NCONN 8
@@ -75,13 +74,6 @@ static unsigned shadow_frames(slot *sl, const uint8_t *p, size_t n, bool *over) 
     return k;
 }
 
-static void quiet_log(rndz_log_level level, const char *msg, void *user) {
-    (void)level;
-    (void)user;
-    FUZZ_CHECK(msg && strlen(msg) < 4096, "log message");
-}
-
-/* Read every frame the server sent down slot i; check each. Returns how many. */
 static unsigned drain(slot *sl) {
     if (sl->fd < 0) return 0;
     unsigned got = 0;
@@ -115,33 +107,9 @@ static void slot_close(slot *sl) {
     sl->conn = NULL;
 }
 
-/* Same as fuzz_server_udp.c: sign per the auth byte; *authentic: fresh with its own id. */
-static size_t sign(uint8_t *dg, size_t len, uint8_t auth, bool *authentic) {
-    *authentic = false;
-    int mode = auth & 3;
-    rndz_msg m;
-    if ((mode != 1 && mode != 3) || rndz_msg_decode(dg, len, 0, &m)) return len;
-    static const char other[] = "mallory";
-    const char *id = m.id;
-    size_t id_len = m.id_len;
-    if (auth & 4) {
-        bool same = id_len == sizeof other - 1 && memcmp(id, other, id_len) == 0;
-        id = other;
-        id_len = sizeof other - 1 - same;
-    }
-    uint8_t cred[RNDZ_CREDENTIAL_LEN];
-    FUZZ_CHECK(rndz_credential_derive(SECRET, sizeof SECRET - 1, id, id_len, cred) == 0, "derive");
-    uint64_t ts = mode == 1 ? rndz__auth_next_ts() : rndz__unix_ms() - 600000;
-    static const uint8_t nonce[] = "0123456789abcdef";
-    int n = rndz_msg_sign(cred, ts, nonce, sizeof nonce - 1, dg, len, RNDZ_MAX_MSG);
-    if (n < 0) return len;
-    *authentic = mode == 1 && !(auth & 4);
-    return (size_t)n;
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static bool ready;
-    if (!ready) rndz_set_log(quiet_log, NULL, RNDZ_LOG_TRACE), ready = true;
+    if (!ready) rndz_set_log(fuzz_quiet_log, NULL, RNDZ_LOG_TRACE), ready = true;
     if (size < 1) return 0;
     rndz_server_options o;
     rndz_server_options_init(&o);
@@ -151,16 +119,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     o.max_peers = 16; /* no UDP here; keeps the replay table small */
     o.max_tcp_conns = 64;
     o.tcp_idle_ms = IDLE_MS[data[0] & 3];
-    bool secret = data[0] & 0x10;
-    if (secret) {
-        o.secret = SECRET;
-        o.secret_len = sizeof SECRET - 1;
-    }
-    switch ((data[0] >> 5) & 3) {
-    case 1: o.sync_rate = o.sync_burst = o.fsync_rate = o.fsync_burst = 1; break;
-    case 2: o.sync_rate = o.fsync_rate = UINT32_MAX; break;
-    case 3: o.max_id_len = 4; break;
-    }
+    bool secret = fuzz_server_config(&o, data[0]);
     rndz_server *srv;
     int rc = rndz_server_create(&o, &srv);
     FUZZ_CHECK(rc == 0, "rndz_server_create: %s", rndz_strerror(rc));
@@ -230,7 +189,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 authentic = prev_fresh;
             } else {
                 memcpy(body, dat, len);
-                len = sign(body, len, auth, &authentic);
+                len = fuzz_sign(body, len, auth, &authentic);
             }
             memcpy(prev, body, len);
             prev_len = len;

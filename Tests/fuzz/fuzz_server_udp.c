@@ -41,7 +41,7 @@
  */
 #include "server.h"
 
-#include "fuzz.h"
+#include "fuzz_server.h"
 
 #include <arpa/inet.h>
 #include <sys/epoll.h>
@@ -52,18 +52,11 @@ static const uint8_t SEP[4] = {0xff, 0xfe, 0xfd, 0xfc};
 static const uint32_t STEP_MS[8] = {0, 1, 10, 1000, 10000, 30000, 59999, 60001};
 static const uint64_t MAX_PEERS[4] = {1, 1024, 2048, 4096}; /* 1, 1, 2, 4 shards */
 static const uint32_t EXPIRY_MS[4] = {0, 1, 1000, 30000};
-static const uint8_t SECRET[] = "fuzz_server_udp secret, not real"; /* sizeof - 1 used */
 
 #define NSRC 8
 static struct sockaddr_storage src[NSRC];
 static int sink[NSRC]; /* the socket bound at src[i], or -1 (not a sendable address) */
 static int sinks_ep;   /* epoll over the sinks: one call finds which have datagrams */
-
-static void quiet_log(rndz_log_level level, const char *msg, void *user) {
-    (void)level;
-    (void)user;
-    FUZZ_CHECK(msg && strlen(msg) < 4096, "log message");
-}
 
 static int bind_sink(const char *text, struct sockaddr_storage *out) {
     struct sockaddr_storage a;
@@ -81,7 +74,7 @@ static int bind_sink(const char *text, struct sockaddr_storage *out) {
 }
 
 static void setup(void) {
-    rndz_set_log(quiet_log, NULL, RNDZ_LOG_TRACE); /* run every log statement's formatting */
+    rndz_set_log(fuzz_quiet_log, NULL, RNDZ_LOG_TRACE); /* run every log statement's formatting */
     static const char *const v4[] = {"127.0.0.2:0", "127.0.0.3:0", "127.0.0.2:0", "127.0.0.4:0",
                                      NULL,          NULL,          "127.0.0.5:0", "127.0.0.6:0"};
     for (int i = 0; i < NSRC; i++) {
@@ -152,31 +145,6 @@ static unsigned drain(unsigned want, int from, size_t req_len, const bool *has_s
     return got;
 }
 
-/* Sign `dg` (len bytes, room for RNDZ_MAX_MSG) per the auth byte; returns the new length, or
- * the old one if it cannot be signed. *authentic: signed fresh with its own credential. */
-static size_t sign(uint8_t *dg, size_t len, uint8_t auth, bool *authentic) {
-    *authentic = false;
-    int mode = auth & 3;
-    rndz_msg m;
-    if ((mode != 1 && mode != 3) || rndz_msg_decode(dg, len, 0, &m)) return len;
-    static const char other[] = "mallory";
-    const char *id = m.id;
-    size_t id_len = m.id_len;
-    if (auth & 4) {
-        bool same = id_len == sizeof other - 1 && memcmp(id, other, id_len) == 0;
-        id = other;
-        id_len = sizeof other - 1 - same; /* "mallory" signs as "mallor" */
-    }
-    uint8_t cred[RNDZ_CREDENTIAL_LEN];
-    FUZZ_CHECK(rndz_credential_derive(SECRET, sizeof SECRET - 1, id, id_len, cred) == 0, "derive");
-    uint64_t ts = mode == 1 ? rndz__auth_next_ts() : rndz__unix_ms() - 600000;
-    static const uint8_t nonce[] = "0123456789abcdef"; /* 16 bytes and a NUL */
-    int n = rndz_msg_sign(cred, ts, nonce, sizeof nonce - 1, dg, len, RNDZ_MAX_MSG);
-    if (n < 0) return len;
-    *authentic = mode == 1 && !(auth & 4);
-    return (size_t)n;
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static bool ready;
     if (!ready) setup(), ready = true;
@@ -189,16 +157,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     o.max_tcp_conns = 16; /* no TCP here; keeps the replay table small */
     o.max_peers = MAX_PEERS[data[0] & 3];
     o.udp_expiry_ms = EXPIRY_MS[(data[0] >> 2) & 3];
-    bool secret = data[0] & 0x10;
-    if (secret) {
-        o.secret = SECRET;
-        o.secret_len = sizeof SECRET - 1;
-    }
-    switch ((data[0] >> 5) & 3) {
-    case 1: o.sync_rate = o.sync_burst = o.fsync_rate = o.fsync_burst = 1; break;
-    case 2: o.sync_rate = o.fsync_rate = UINT32_MAX; break;
-    case 3: o.max_id_len = 4; break;
-    }
+    bool secret = fuzz_server_config(&o, data[0]);
     rndz_server *srv;
     int rc = rndz_server_create(&o, &srv);
     FUZZ_CHECK(rc == 0, "rndz_server_create: %s", rndz_strerror(rc));
@@ -235,7 +194,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             len = prev_len;
         } else {
             memcpy(dg, dend - len, len);
-            len = sign(dg, len, auth, &authentic);
+            len = fuzz_sign(dg, len, auth, &authentic);
         }
         memcpy(prev, dg, len);
         prev_len = len;

@@ -39,6 +39,23 @@ static bool pong_on(int fd, const char *id) {
     return got > 0 && rndz_msg_decode(r, (size_t)got, 1, &m) == 0 && m.cmd == RNDZ_RSP_PONG;
 }
 
+/* Start a server on these listen addresses, `workers` workers (0: the default). */
+static bool start_on(tl_server *v, const char *const *addrs, size_t n, unsigned workers) {
+    rndz_server_options o;
+    tl_server_options(&o, addrs[0]);
+    o.listen_addrs = addrs;
+    o.n_listen_addrs = n;
+    if (workers) o.workers = workers;
+    return tl_server_start(v, &o);
+}
+
+/* Ping as `id` from the unconnected socket u to `to`; true if answered (from *from). */
+static bool pong_from(int u, const char *id, const char *to, struct sockaddr_storage *from) {
+    uint8_t b[256], r[256];
+    size_t n = tl_v1_bytes(b, sizeof b, id, F_PING, NULL, NULL);
+    return tl_udp_request(u, b, n, to, r, sizeof r, from, tl_ms(1000)) > 0;
+}
+
 static void text_at(char *out, size_t cap, const char *host, int port) {
     snprintf(out, cap, "%s:%d", host, port);
 }
@@ -63,14 +80,13 @@ static void test_wildcard(const char *listen) {
     CHECK(pong_on(z, "mz"));
     /* an unconnected socket sees where the answer came from */
     int u = tl_udp_socket_at("127.0.0.1:0", 2000);
-    uint8_t b[256], r[256];
-    size_t n = tl_v1_bytes(b, sizeof b, "mu", F_PING, NULL, NULL);
     struct sockaddr_storage from;
     char ft[RNDZ_ADDRSTRLEN];
-    CHECK(tl_udp_request(u, b, n, at3, r, sizeof r, &from, tl_ms(1000)) > 0);
+    CHECK(pong_from(u, "mu", at3, &from));
     CHECK_EQ_STR(tl_addr_text(&from, ft, sizeof ft), at3);
     /* y asks for x: the Fsync reaches x on its socket connected to 127.0.0.2 */
-    n = tl_v1_bytes(b, sizeof b, "my", F_ISYNC, "mx", NULL);
+    uint8_t b[256], r[256];
+    size_t n = tl_v1_bytes(b, sizeof b, "my", F_ISYNC, "mx", NULL);
     CHECK_EQ_INT(send(y, b, n, 0), (long)n);
     long got = tl_recv_wait(x, r, sizeof r, NULL, tl_ms(1000));
     rndz_msg m;
@@ -128,12 +144,8 @@ static void test_pair_through_two_addresses(void) {
 static void test_listen_addrs(bool v6) {
     tl_case("listen_addrs%s", v6 ? " with IPv6" : "");
     const char *addrs[] = {"127.0.0.2:0", v6 ? "[::1]:0" : "127.0.0.3:0"};
-    rndz_server_options o;
-    tl_server_options(&o, "127.0.0.1:0");
-    o.listen_addrs = addrs;
-    o.n_listen_addrs = 2;
     tl_server v;
-    if (!tl_server_start(&v, &o)) return;
+    if (!start_on(&v, addrs, 2, 0)) return;
     struct sockaddr_storage got[4];
     CHECK_EQ_INT(rndz_server_local_addrs(v.s, got, 4), 2);
     char t0[RNDZ_ADDRSTRLEN], t1[RNDZ_ADDRSTRLEN];
@@ -166,12 +178,8 @@ static void test_listen_addrs(bool v6) {
 static void test_v4_and_v6_wildcards(void) {
     tl_case("0.0.0.0 and [::] together");
     const char *addrs[] = {"0.0.0.0:0", "[::]:0"};
-    rndz_server_options o;
-    tl_server_options(&o, "0.0.0.0:0");
-    o.listen_addrs = addrs;
-    o.n_listen_addrs = 2;
     tl_server v;
-    if (!tl_server_start(&v, &o)) return;
+    if (!start_on(&v, addrs, 2, 0)) return;
     char a4[64], a6[64];
     snprintf(a4, sizeof a4, "127.0.0.2:%d", v.port);
     snprintf(a6, sizeof a6, "[::1]:%d", v.port);
@@ -194,10 +202,8 @@ static void test_broadcast(void) {
     CHECK(setsockopt(u, SOL_SOCKET, SO_BROADCAST, &on, sizeof on) == 0);
     char to[64];
     snprintf(to, sizeof to, "127.255.255.255:%d", v.port);
-    uint8_t b[256], r[256];
-    size_t n = tl_v1_bytes(b, sizeof b, "bc", F_PING, NULL, NULL);
     struct sockaddr_storage from;
-    CHECK(tl_udp_request(u, b, n, to, r, sizeof r, &from, tl_ms(1000)) > 0);
+    CHECK(pong_from(u, "bc", to, &from));
     close(u);
     tl_server_stop(&v);
 }
@@ -207,26 +213,19 @@ static void test_broadcast(void) {
 static void test_origins_full(void) {
     tl_case("origin table full");
     const char *addrs[] = {"[::1]:0", "0.0.0.0:0"};
-    rndz_server_options o;
-    tl_server_options(&o, "0.0.0.0:0");
-    o.listen_addrs = addrs;
-    o.n_listen_addrs = 2;
-    o.workers = 1;
     tl_server v;
-    if (!tl_server_start(&v, &o)) return;
+    if (!start_on(&v, addrs, 2, 1)) return;
     struct sockaddr_storage got[2];
     rndz_server_local_addrs(v.s, got, 2);
     int port = tl_addr_port(&got[1]);
     int u = tl_udp_socket_at("127.0.0.1:0", 2000);
-    uint8_t b[256], r[256];
     int answered = 0;
     for (int i = 0; i < 140; i++) {
         char to[64], id[16];
         snprintf(to, sizeof to, "127.0.%d.%d:%d", 1 + i / 200, 2 + i % 200, port);
         snprintf(id, sizeof id, "f%d", i);
-        size_t n = tl_v1_bytes(b, sizeof b, id, F_PING, NULL, NULL);
         struct sockaddr_storage from;
-        if (tl_udp_request(u, b, n, to, r, sizeof r, &from, tl_ms(1000)) > 0) answered++;
+        if (pong_from(u, id, to, &from)) answered++;
     }
     CHECK_EQ_INT(answered, 140);
     close(u);

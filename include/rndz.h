@@ -310,6 +310,19 @@ typedef struct rndz_server_options {
      * address that peer wrote to. */
     const char *const *listen_addrs;
     size_t n_listen_addrs;
+    /* Relay (opt-in; SECURITY.md, "Relay"). NULL: none. Else a numeric address (port 0: any)
+     * on which the server relays, UDP and TCP, between the two peers of a connect that no
+     * direct path serves: the server hands both a token with the Fsync and Redirect (only
+     * when both asked for it, in fields v1 skips), and only token holders join; a session
+     * forwards only between the two addresses that joined it. The limits below: 0 = the
+     * default, UINT32_MAX = none (not for relay_max_sessions). */
+    const char *relay_addr;
+    uint32_t relay_max_sessions; /* sessions at once (UDP and TCP each). Default 1024 */
+    uint32_t relay_rate;         /* bytes per second per session, each way summed. Default
+                                    1048576 (1 MiB/s) */
+    uint32_t relay_total_rate;   /* bytes per second through the relay in all. Default
+                                    67108864 (64 MiB/s) */
+    uint32_t relay_idle_ms;      /* a session with no traffic this long ends. Default 60000 */
 } rndz_server_options;
 
 /* Addresses one server serves on at most. */
@@ -341,7 +354,19 @@ typedef struct rndz_server_options {
     X(fsync_limited, COUNTER, "Fsync/Redirect not sent: the target was over fsync_rate")      \
     X(id_refused, COUNTER, "requests dropped: id longer than max_id_len")                    \
     X(tcp_refused, COUNTER, "TCP connections closed at once: over max_tcp_conns or "         \
-      "max_tcp_conns_per_ip")
+      "max_tcp_conns_per_ip")                                                                \
+    X(relay_sessions, GAUGE, "relay sessions open now (one or both peers joined)")           \
+    X(relay_rx, COUNTER, "datagrams (UDP) and chunks (TCP) received on the relay")           \
+    X(relay_tx, COUNTER, "datagrams and chunks the relay forwarded to a peer")               \
+    X(relay_bytes, COUNTER, "bytes the relay forwarded")                                     \
+    X(relay_foreign, COUNTER, "relay datagrams dropped: from an address in no session, or "  \
+      "before the other peer joined")                                                        \
+    X(relay_refused, COUNTER, "relay joins refused: forged or expired token, role taken "    \
+      "from another address, or relay_max_sessions reached")                                 \
+    X(relay_limited, COUNTER, "relay datagrams dropped (TCP: reads paused) over "            \
+      "relay_rate or relay_total_rate")                                                      \
+    X(relay_expired, COUNTER, "relay sessions ended: idle for relay_idle_ms, or a TCP side " \
+      "closed")
 
 /* The server's statistics; UDP and TCP together for auth_failed .. id_refused. */
 typedef struct rndz_server_stats {
@@ -361,6 +386,10 @@ RNDZ_API int rndz_server_local_addr(rndz_server *s, struct sockaddr_storage *out
  * the server has (which may exceed max). */
 RNDZ_API size_t rndz_server_local_addrs(rndz_server *s, struct sockaddr_storage *out,
                                         size_t max);
+/* The relay's address (relay_addr, with the port bound). -ENOENT when the server has no
+ * relay. */
+RNDZ_API int rndz_server_relay_addr(rndz_server *s, struct sockaddr_storage *out,
+                                    socklen_t *len);
 /* Serve on the calling thread until rndz_server_stop(). Returns 0 after a stop. A server
  * serves once: after a stop, run and start return -EBUSY. */
 RNDZ_API int rndz_server_run(rndz_server *s);
@@ -415,7 +444,19 @@ typedef struct rndz_client_options {
                                        is dropped by the kernel as soon as its RTO reaches the
                                        cap (an orphan then counts as dead: 0 retries), so
                                        shutdown(SHUT_WR) and wait for the peer's end first. */
+    /* The server's relay (rndz_server_options.relay_addr), when no direct path works: */
+    int relay;                      /* RNDZ_RELAY_AUTO (default): direct first; the relay when
+                                       no direct path verified within relay_after_ms.
+                                       RNDZ_RELAY_NEVER: direct only (as before 0.3).
+                                       RNDZ_RELAY_ONLY: the relay at once (a direct path is
+                                       known to be impossible). Both sides must allow it; a
+                                       v1 peer or server never relays. */
+    uint32_t relay_after_ms;        /* default 2000 */
 } rndz_client_options;
+
+#define RNDZ_RELAY_AUTO 0
+#define RNDZ_RELAY_NEVER 1
+#define RNDZ_RELAY_ONLY 2
 
 RNDZ_API void rndz_client_options_init(rndz_client_options *o);
 
@@ -430,6 +471,8 @@ typedef struct rndz_peer_info {
     int lan;             /* the address is private (RFC 1918, 100.64/10, fc00::/7) */
     int advertised;      /* 1: one of the addresses the peer advertised (LAN, IPv6); 0: the
                             address the rendezvous server saw */
+    int relayed;         /* 1: the path goes through the server's relay, and addr is the
+                            relay's address; the socket carries the peer's bytes unchanged */
 } rndz_peer_info;
 
 /* UDP listener: registers our id with every server and keeps the registration alive from a
@@ -460,6 +503,17 @@ RNDZ_API int rndz_udp_listener_next_peer(rndz_udp_listener *l, uint32_t timeout_
  * at once) or after the listener is closed. Borrowed: owned by the listener; only wait on it,
  * never read, write or close it. */
 RNDZ_API int rndz_udp_listener_ready_fd(rndz_udp_listener *l);
+/* Wait up to timeout_ms (UINT32_MAX: no limit) for the next peer, and return a UDP socket of
+ * its own, connected to it (the caller owns it; blocking mode): bound to the shared port for
+ * a direct path, or connected to the server's relay for a relayed one (info->relayed). Either
+ * way read and write the peer's datagrams as they are; protocol packets never reach it.
+ * The first call switches the listener to per-peer sockets: from then on it offers the relay
+ * to connectors that ask (client option `relay`), hands each peer out only once the
+ * connector has chosen its path, and the peer's datagrams reach its own socket, not
+ * rndz_udp_listener_fd(). Do not mix with rndz_udp_listener_next_peer() after that. Returns
+ * the fd, RNDZ_E_TIMEDOUT, or RNDZ_E_CLOSED. */
+RNDZ_API int rndz_udp_listener_accept(rndz_udp_listener *l, uint32_t timeout_ms,
+                                      rndz_peer_info *info);
 /* Send Bye to every server, stop and join the background thread, close every socket, free.
  * Accepts NULL. */
 RNDZ_API void rndz_udp_listener_destroy(rndz_udp_listener *l);
@@ -508,6 +562,10 @@ RNDZ_API int rndz_tcp_listener_wait_registered(rndz_tcp_listener *l, uint32_t ti
  * wait at once. */
 RNDZ_API int rndz_tcp_listener_accept(rndz_tcp_listener *l, uint32_t timeout_ms,
                                       struct sockaddr_storage *peer, socklen_t *peer_len);
+/* rndz_tcp_listener_accept, telling what is known of the peer: its address (a relayed
+ * connection: the relay's, with relayed = 1, and the peer's id). */
+RNDZ_API int rndz_tcp_listener_accept_info(rndz_tcp_listener *l, uint32_t timeout_ms,
+                                           rndz_peer_info *info);
 /* As rndz_udp_listener_ready_fd, for accept: readable while a connection is queued
  * (rndz_tcp_listener_accept(l, 0, ...) returns it at once) or after close. Borrowed. */
 RNDZ_API int rndz_tcp_listener_ready_fd(rndz_tcp_listener *l);

@@ -16,6 +16,10 @@ static void client_defaults(rndz_client_options *o) {
     /* the pace Isync rounds double up to: a lost datagram costs at most 1 s, not 5 */
     if (!o->round_ms) o->round_ms = 1000;
     if (!o->timeout_ms) o->timeout_ms = 10000;
+    /* A direct path verifies within a round trip or two; under 20% loss per link, 2 s of
+     * probes (at 0, 0.1, 0.3, 0.7, 1.5 s) fail about 7% of the time, and the relay then
+     * still has most of the default 10 s timeout. */
+    if (!o->relay_after_ms) o->relay_after_ms = 2000;
 }
 
 void rndz_client_options_init(rndz_client_options *o) {
@@ -54,6 +58,9 @@ int rndz__client_init(rndz__client *c, const rndz_client_options *o) {
     c->keepalive_ms = d.keepalive_ms;
     c->round_ms = d.round_ms;
     c->timeout_ms = d.timeout_ms;
+    if (o->relay < RNDZ_RELAY_AUTO || o->relay > RNDZ_RELAY_ONLY) return -EINVAL;
+    c->relay = o->relay;
+    c->relay_after_ms = d.relay_after_ms;
     /* The kernel refuses caps outside 1..120 s; say so now rather than at the first connect. */
     if (o->tcp_rto_max_ms && (o->tcp_rto_max_ms < 1000 || o->tcp_rto_max_ms > 120000))
         return -EINVAL;

@@ -19,6 +19,8 @@ typedef struct rndz__client {
     rndz__sockopts so;
     uint32_t keepalive_ms, round_ms, timeout_ms;
     uint32_t tcp_rto_max_ms; /* for connections handed over; 0: the kernel's default */
+    int relay;               /* RNDZ_RELAY_* */
+    uint32_t relay_after_ms;
     bool signing; /* a credential was given: requests to servers carry an Auth field */
     uint8_t credential[RNDZ_CREDENTIAL_LEN];
 } rndz__client;

@@ -5,7 +5,8 @@
 #include <string.h>
 
 bool rndz__ext_present(const rndz__ext *e) {
-    return e->ncands > 0 || e->has_nonce || e->rtt_ms;
+    return e->ncands > 0 || e->has_nonce || e->rtt_ms || e->relay || e->relay_addr[0] ||
+           e->has_token;
 }
 
 int rndz__ext_decode(const uint8_t *buf, size_t len, rndz__ext *out) {
@@ -19,6 +20,14 @@ int rndz__ext_decode(const uint8_t *buf, size_t len, rndz__ext *out) {
         } else if (f.num == 18 && f.wt == RNDZ_PB_I64) {
             out->nonce = f.u64; /* fixed64: little endian */
             out->has_nonce = true;
+        } else if (f.num == 20 && f.wt == RNDZ_PB_VARINT) {
+            out->relay = f.u64 > 2 ? 2 : (uint32_t)f.u64;
+        } else if (f.num == 21 && f.wt == RNDZ_PB_LEN && f.len > 0 && f.len < RNDZ_ADDRSTRLEN) {
+            memcpy(out->relay_addr, f.data, f.len);
+            out->relay_addr[f.len] = 0;
+        } else if (f.num == 22 && f.wt == RNDZ_PB_LEN && f.len == sizeof out->token) {
+            memcpy(out->token, f.data, f.len);
+            out->has_token = true;
         } else if (f.num == 17 && f.wt == RNDZ_PB_LEN && out->ncands < RNDZ_MAX_CANDS &&
                    f.len > 0 && f.len < RNDZ_ADDRSTRLEN) {
             memcpy(out->cands[out->ncands], f.data, f.len);
@@ -34,6 +43,10 @@ int rndz__ext_append(const rndz__ext *e, uint8_t *buf, size_t n, size_t cap) {
     for (size_t i = 0; i < e->ncands; i++) need += 3 + strlen(e->cands[i]);
     if (e->has_nonce) need += 2 + 8;
     if (e->rtt_ms) need += 2 + 5;
+    if (e->relay) need += 3;
+    size_t ral = strlen(e->relay_addr);
+    if (ral) need += 3 + ral;
+    if (e->has_token) need += 3 + sizeof e->token;
     if (n + need > RNDZ_MAX_MSG) return RNDZ_E_TOOBIG;
     if (n + need > cap) return RNDZ_E_NOSPACE;
     for (size_t i = 0; i < e->ncands; i++) {
@@ -56,6 +69,26 @@ int rndz__ext_append(const rndz__ext *e, uint8_t *buf, size_t n, size_t cap) {
             buf[n++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
             if (v <= 0x7f) break;
         }
+    }
+    /* fields 20..22 take two-byte tags too: 0xa0 0x01, 0xaa 0x01, 0xb2 0x01 */
+    if (e->relay) {
+        buf[n++] = (20 << 3 | 0) | 0x80;
+        buf[n++] = 1;
+        buf[n++] = (uint8_t)e->relay; /* 1 or 2: one byte */
+    }
+    if (ral) {
+        buf[n++] = (21 << 3 | 2) | 0x80;
+        buf[n++] = 1;
+        buf[n++] = (uint8_t)ral;
+        memcpy(buf + n, e->relay_addr, ral);
+        n += ral;
+    }
+    if (e->has_token) {
+        buf[n++] = (22 << 3 | 2) | 0x80;
+        buf[n++] = 1;
+        buf[n++] = (uint8_t)sizeof e->token;
+        memcpy(buf + n, e->token, sizeof e->token);
+        n += sizeof e->token;
     }
     return (int)n;
 }

@@ -6,6 +6,13 @@
  *     19: rtt    uint32           the connector's round trip to the server, ms (Isync, and
  *                                 the Fsync made of it): the TCP listener times its
  *                                 coordinated SYN with it (synplan.h)
+ *     20: relay  uint32           Isync: the connector can use a relay (1), or wants it at
+ *                                 once (2); Rsync: the listener will join one (1, 2)
+ *     21: relay_addr string       Fsync, Redirect: the server's relay ("[::]:9000": a
+ *                                 wildcard host means the server's own address)
+ *     22: relay_token bytes[32]   Fsync, Redirect: the token that joins it (relay.h)
+ *   The server fills 21 and 22 itself (never copied from a request) when it has a relay and
+ *   the request asked for one (20); a Redirect gets them only when both peers asked.
  *   A connector puts its candidates and session in Isync; a server that knows these fields
  *   copies them into the Fsync it forwards; the listener answers with its own candidates in
  *   Rsync, which the server copies into the Redirect. Their presence tells each side that
@@ -25,6 +32,10 @@ typedef struct rndz__ext {
     bool has_nonce;
     uint64_t nonce;
     uint32_t rtt_ms; /* 0: absent */
+    uint32_t relay;  /* 0: absent */
+    char relay_addr[RNDZ_ADDRSTRLEN]; /* "": absent */
+    bool has_token;
+    uint8_t token[32];
 } rndz__ext;
 
 /* Find the extension fields of an encoded Request or Response (0; *out empty if none). Only

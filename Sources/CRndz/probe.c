@@ -1,5 +1,6 @@
 /* probe.c: see probe.h. */
 #include "probe.h"
+#include "relay.h"
 
 #include <arpa/inet.h>
 #include <linux/filter.h>
@@ -42,13 +43,13 @@ int rndz__probe_decode(const uint8_t *buf, size_t len, int *type, uint32_t *seq,
 int rndz__probe_filter_drop(int fd) {
     struct sock_filter code[] = {
         BPF_STMT(BPF_LD | BPF_W | BPF_LEN, 0),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, UDP_HDR + RNDZ_PROBE_LEN, 0, 5), /* not a probe's
-                                                                              length: keep */
+        BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, UDP_HDR + 8, 0, 6), /* shorter than a magic: keep */
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, UDP_HDR),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, RNDZ_PROBE_MAGIC_HI, 0, 3),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, RNDZ_PROBE_MAGIC_HI, 0, 4),
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, UDP_HDR + 4),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, RNDZ_PROBE_MAGIC_LO, 0, 1),
-        BPF_STMT(BPF_RET | BPF_K, 0),          /* a probe: drop */
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, RNDZ_PROBE_MAGIC_LO, 1, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, RNDZ_RELAY_MAGIC_LO, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, 0),          /* a probe or a relay message: drop */
         BPF_STMT(BPF_RET | BPF_K, 0xffffffffu) /* anything else: keep */
     };
     struct sock_fprog prog;

@@ -23,7 +23,8 @@ RNDZ_INTERNAL void rndz__probe_encode(uint8_t out[RNDZ_PROBE_LEN], int type, uin
 /* 1 and the fields if buf is a probe, else 0. */
 RNDZ_INTERNAL int rndz__probe_decode(const uint8_t *buf, size_t len, int *type, uint32_t *seq,
                                      uint64_t *nonce);
-/* Attach a socket filter that drops probes (for sockets handed to the application). */
+/* Attach a socket filter that drops probes and relay control messages (relay.h: the same
+ * first four bytes), for sockets handed to the application. */
 RNDZ_INTERNAL int rndz__probe_filter_drop(int fd);
 /* Attach a reuseport steering program to the group of `fd`: probes go to socket index
  * probe_idx, everything else to other_idx. */

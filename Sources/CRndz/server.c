@@ -33,6 +33,13 @@ static void server_defaults(rndz_server_options *o) {
     if (!o->max_tcp_conns_per_ip) o->max_tcp_conns_per_ip = 256;
     /* what our clients send at most; v1 had no limit but a datagram of 1500 */
     if (!o->max_id_len) o->max_id_len = RNDZ_MAX_ID_LEN;
+    /* The relay (SECURITY.md, "Relay"): 1024 sessions of 1 MiB/s each would be 1 GiB/s, so
+     * the total (64 MiB/s, about half a gigabit) is what binds on a small host; a minute of
+     * silence is past any NAT's UDP timeout, so a flow that quiet is gone anyway. */
+    if (!o->relay_max_sessions) o->relay_max_sessions = 1024;
+    if (!o->relay_rate) o->relay_rate = 1u << 20;
+    if (!o->relay_total_rate) o->relay_total_rate = 64u << 20;
+    if (!o->relay_idle_ms) o->relay_idle_ms = 60000;
 }
 
 void rndz_server_options_init(rndz_server_options *o) {
@@ -66,6 +73,7 @@ static void close_sockets(rndz_server *s) {
     for (unsigned i = 0; i < s->nworkers; i++)
         if (s->w[i]) worker_close_udp(s->w[i]);
     rndz__server_tcp_close(s);
+    rndz__server_relay_close(s);
 }
 
 /* Bind listen address k: UDP for every worker (which fixes the port when it is 0; every
@@ -130,6 +138,8 @@ static uint64_t worker_tick(void *ctx, uint64_t now) {
     rndz__worker *w = ctx;
     uint64_t a = w->s->o.enable_udp ? rndz__server_udp_tick(w, now) : UINT64_MAX;
     uint64_t b = w->idx == 0 && w->s->tcp ? rndz__server_tcp_tick(w->s, now) : UINT64_MAX;
+    uint64_t c = w->idx == 0 ? rndz__server_relay_tick(w->s, now) : UINT64_MAX;
+    if (c < b) b = c;
     return a < b ? a : b;
 }
 
@@ -147,6 +157,7 @@ int rndz_server_create(const rndz_server_options *opts, rndz_server **out) {
     s->o.listen_addr = NULL; /* not kept: the caller's strings may go away */
     s->o.listen_addrs = NULL;
     s->o.n_listen_addrs = 0;
+    s->o.relay_addr = NULL;
     server_defaults(&s->o);
     s->o.secret = NULL; /* not kept: only its keyed HMAC state is */
     s->o.secret_len = 0;
@@ -214,6 +225,10 @@ int rndz_server_create(const rndz_server_options *opts, rndz_server **out) {
         any_port[k] = rndz__addr_port(&s->local[k]) == 0;
         want[k] = s->local[k];
     }
+    if (opts->relay_addr) {
+        rc = rndz_addr_parse(opts->relay_addr, &s->relay_local, &s->relay_len);
+        if (rc) goto fail;
+    }
     for (int attempt = 0;; attempt++) {
         unsigned failed = 0;
         if ((rc = bind_all(s, &so, any_port, &failed))) {
@@ -227,11 +242,20 @@ int rndz_server_create(const rndz_server_options *opts, rndz_server **out) {
         }
         break;
     }
+    if (opts->relay_addr && (rc = rndz__server_relay_open(s, &so))) goto fail;
     *out = s;
     return 0;
 fail:
     rndz_server_destroy(s);
     return rc;
+}
+
+int rndz_server_relay_addr(rndz_server *s, struct sockaddr_storage *out, socklen_t *len) {
+    if (!s || !out) return -EINVAL;
+    if (!s->relay) return -ENOENT;
+    *out = s->relay_local;
+    if (len) *len = s->relay_len;
+    return 0;
 }
 
 int rndz_server_local_addr(rndz_server *s, struct sockaddr_storage *out, socklen_t *len) {

@@ -113,6 +113,11 @@ struct rndz_server {
     atomic_bool starting; /* rndz_server_start() claimed the handle */
     rndz__stats c; /* TCP's */
     rndz__proto core; /* limits, auth, replay: server_proto.h */
+    /* the relay (server_relay.c), when relay_addr was given */
+    void *relay;
+    struct sockaddr_storage relay_local;
+    socklen_t relay_len;
+    rndz__relay_key relay_key;
 };
 
 /* The server's (TCP's) statistics, by index or by name. */
@@ -128,6 +133,15 @@ struct rndz_server {
 #define RNDZ_WSTAT_ADD(w, name, n) RNDZ_WSTAT_IDX_ADD(w, RNDZ__ST_##name, n)
 
 /* server_udp.c */
+/* The destination of a received datagram from its IP_PKTINFO / IPV6_PKTINFO control message,
+ * as 16 bytes (IPv4 as ::ffff:a.b.c.d), and its interface for a link-local one (else 0).
+ * false: none, or cut short. */
+RNDZ_INTERNAL bool rndz__pktinfo_dst(const struct msghdr *h, uint8_t raw[16], unsigned *ifindex);
+/* Is that an address a reply may leave from (not broadcast, multicast, unspecified)? */
+RNDZ_INTERNAL bool rndz__pktinfo_unicast(const struct in6_addr *x);
+/* The control message that makes a datagram leave from src; returns its length. */
+RNDZ_INTERNAL size_t rndz__pktinfo_ctl(rndz__pktinfo_buf *ctl, const struct sockaddr_storage *src,
+                                       unsigned ifindex);
 /* Ask for the destination address of every datagram (IP_PKTINFO, IPV6_RECVPKTINFO). */
 RNDZ_INTERNAL int rndz__server_udp_pktinfo(int fd, int family);
 RNDZ_INTERNAL void rndz__server_udp_readable(void *ctx, uint32_t events);
@@ -142,6 +156,11 @@ RNDZ_INTERNAL void rndz__worker_flush(rndz__worker *w);
 /* Handle one datagram on worker 0 and send its replies at once (tests and fuzzing). */
 RNDZ_INTERNAL void rndz__server_udp_handle(rndz_server *s, const uint8_t *buf, size_t len,
                                            const struct sockaddr_storage *from, uint64_t now);
+
+/* server_relay.c: the relay on s->relay_local, served by worker 0 */
+RNDZ_INTERNAL int rndz__server_relay_open(rndz_server *s, const rndz__sockopts *so);
+RNDZ_INTERNAL uint64_t rndz__server_relay_tick(rndz_server *s, uint64_t now);
+RNDZ_INTERNAL void rndz__server_relay_close(rndz_server *s);
 
 /* server_tcp.c */
 /* Listen on address k (s->local[k], updated with the port bound). */

@@ -75,6 +75,16 @@ static bool forward(rndz__proto *p, const rndz__dir *dir, const uint8_t *buf, si
     a->msg = (rndz_msg){cmd, src->stream ? NULL : req->peer_id, src->stream ? 0 : req->peer_id_len,
                         req->id, req->id_len, a->text, (size_t)n};
     if (rndz__ext_decode(buf, len, &a->ext)) memset(&a->ext, 0, sizeof a->ext);
+    /* The relay's fields are the server's to give, never a peer's to pass on. */
+    a->ext.relay_addr[0] = 0;
+    a->ext.has_token = false;
+    if (a->ext.relay && !p->relay_key) a->ext.relay = 0;
+    if (a->ext.relay && a->ext.has_nonce) {
+        int role = cmd == RNDZ_RSP_FSYNC ? RNDZ_RELAY_ROLE_LISTENER : RNDZ_RELAY_ROLE_CONNECTOR;
+        rndz__relay_token(p->relay_key, a->ext.nonce, role, now, a->ext.token);
+        a->ext.has_token = true;
+        memcpy(a->ext.relay_addr, p->relay_text, sizeof a->ext.relay_addr);
+    }
     a->respond = true;
     a->to_source = false;
     return true;
@@ -88,6 +98,9 @@ void rndz__proto_serve(rndz__proto *p, const rndz__dir *dir, const uint8_t *buf,
     a->ext.ncands = 0;
     a->ext.has_nonce = false;
     a->ext.rtt_ms = 0;
+    a->ext.relay = 0;
+    a->ext.relay_addr[0] = 0;
+    a->ext.has_token = false;
     int malformed = src->stream ? RNDZ__ST_tcp_malformed : RNDZ__ST_udp_malformed;
     rndz_msg req;
     int rc = rndz_msg_decode(buf, len, 0, &req);

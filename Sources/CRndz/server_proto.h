@@ -9,6 +9,10 @@
  *                         fsync rate): register X, Fsync{X, source address} to T, with the
  *                         request's extension fields (ext.h); else Redirect{T, ""} back;
  *   - Rsync{T} from L  -> the same limits; Redirect{L, source address} to T, extensions too;
+ *                         with a relay, a request that asks for one (ext.h, field 20) gets
+ *                         the relay's address and a token for its session in what is
+ *                         forwarded: the Fsync (the listener's token) and the Redirect (the
+ *                         connector's; only if the listener asked too);
  *   - Bye from X       -> forget X if this source holds it (TCP: end the connection);
  *   - anything else    -> drop (TCP: end the connection).
  * Over TCP, responses carry no id. Every drop names the statistic it counts.
@@ -22,6 +26,7 @@
 #include "auth.h"
 #include "ext.h"
 #include "limit.h"
+#include "relay.h"
 #include "replay.h"
 
 /* The statistics (rndz.h, RNDZ_SERVER_STATS) as indices. */
@@ -38,6 +43,10 @@ typedef struct rndz__proto {
     rndz__auth_key *auth; /* NULL: no secret (v1) */
     rndz__replay replay;  /* with auth: the newest ts accepted per id */
     rndz__limits lim;
+    /* the relay (relay.h), when the server has one: the key its tokens are made with, and
+     * its address as handed to peers */
+    rndz__relay_key *relay_key;
+    char relay_text[RNDZ_ADDRSTRLEN];
 } rndz__proto;
 
 /* Where a response goes: a registered peer's address (UDP) or connection (TCP). */

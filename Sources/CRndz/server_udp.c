@@ -56,34 +56,36 @@ void rndz__worker_flush(rndz__worker *w) {
 
 /* Is `x` (IPv6, or IPv4 as ::ffff:a.b.c.d) an address a reply may come from: not a
  * broadcast, multicast or unspecified one? */
-static bool unicast(const struct in6_addr *x) {
+bool rndz__pktinfo_unicast(const struct in6_addr *x) {
     if (!IN6_IS_ADDR_V4MAPPED(x)) return !IN6_IS_ADDR_MULTICAST(x) && !IN6_IS_ADDR_UNSPECIFIED(x);
     uint32_t v = (uint32_t)x->s6_addr[12] << 24 | (uint32_t)x->s6_addr[13] << 16 |
                  (uint32_t)x->s6_addr[14] << 8 | x->s6_addr[15];
     return v != INADDR_BROADCAST && (v >> 28) != 0xe && v != INADDR_ANY;
 }
 
-/* The control message that makes a datagram leave from o->src. */
-static void build_ctl(rndz__origin *o) {
-    memset(&o->ctl, 0, sizeof o->ctl);
-    struct cmsghdr *c = (struct cmsghdr *)o->ctl.buf;
-    if (o->src.ss_family == AF_INET) {
-        struct in_pktinfo pi = {.ipi_spec_dst = ((const struct sockaddr_in *)&o->src)->sin_addr};
+size_t rndz__pktinfo_ctl(rndz__pktinfo_buf *ctl, const struct sockaddr_storage *src,
+                         unsigned ifindex) {
+    memset(ctl, 0, sizeof *ctl);
+    struct cmsghdr *c = (struct cmsghdr *)ctl->buf;
+    if (src->ss_family == AF_INET) {
+        struct in_pktinfo pi = {.ipi_spec_dst = ((const struct sockaddr_in *)src)->sin_addr};
         c->cmsg_level = IPPROTO_IP;
         c->cmsg_type = IP_PKTINFO;
         c->cmsg_len = CMSG_LEN(sizeof pi);
         memcpy(CMSG_DATA(c), &pi, sizeof pi);
-        o->ctllen = CMSG_SPACE(sizeof pi);
-    } else {
-        struct in6_pktinfo pi = {.ipi6_addr = ((const struct sockaddr_in6 *)&o->src)->sin6_addr,
-                                 .ipi6_ifindex = o->ifindex};
-        c->cmsg_level = IPPROTO_IPV6;
-        c->cmsg_type = IPV6_PKTINFO;
-        c->cmsg_len = CMSG_LEN(sizeof pi);
-        memcpy(CMSG_DATA(c), &pi, sizeof pi);
-        o->ctllen = CMSG_SPACE(sizeof pi);
+        return CMSG_SPACE(sizeof pi);
     }
+    struct in6_pktinfo pi = {.ipi6_addr = ((const struct sockaddr_in6 *)src)->sin6_addr,
+                             .ipi6_ifindex = ifindex};
+    c->cmsg_level = IPPROTO_IPV6;
+    c->cmsg_type = IPV6_PKTINFO;
+    c->cmsg_len = CMSG_LEN(sizeof pi);
+    memcpy(CMSG_DATA(c), &pi, sizeof pi);
+    return CMSG_SPACE(sizeof pi);
 }
+
+/* The control message that makes a datagram leave from o->src. */
+static void build_ctl(rndz__origin *o) { o->ctllen = rndz__pktinfo_ctl(&o->ctl, &o->src, o->ifindex); }
 
 static bool same_origin(const rndz__origin *o, unsigned k, const struct sockaddr_storage *src,
                         unsigned ifindex) {
@@ -134,13 +136,10 @@ static uint8_t intern_origin(rndz_server *s, unsigned k, const struct sockaddr_s
     return (uint8_t)i;
 }
 
-/* The origin of a received datagram: its socket, and its destination address from the
- * control message (none: the kernel picks the reply's source). */
-static uint8_t origin_of(rndz__worker *w, unsigned k, const struct msghdr *h) {
-    uint8_t raw[16]; /* the destination, IPv4 as ::ffff:a.b.c.d */
-    unsigned ifindex = 0;
+bool rndz__pktinfo_dst(const struct msghdr *h, uint8_t raw[16], unsigned *ifindex) {
     bool found = false;
-    if (h->msg_flags & MSG_CTRUNC) return (uint8_t)k; /* a control message cut short */
+    *ifindex = 0;
+    if (h->msg_flags & MSG_CTRUNC) return false; /* a control message cut short */
     for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c; c = CMSG_NXTHDR((struct msghdr *)h, c)) {
         if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO &&
             c->cmsg_len >= CMSG_LEN(sizeof(struct in_pktinfo))) {
@@ -157,11 +156,19 @@ static uint8_t origin_of(rndz__worker *w, unsigned k, const struct msghdr *h) {
             struct in6_pktinfo pi;
             memcpy(&pi, CMSG_DATA(c), sizeof pi);
             memcpy(raw, &pi.ipi6_addr, 16);
-            if (IN6_IS_ADDR_LINKLOCAL(&pi.ipi6_addr)) ifindex = pi.ipi6_ifindex;
+            if (IN6_IS_ADDR_LINKLOCAL(&pi.ipi6_addr)) *ifindex = pi.ipi6_ifindex;
             found = true;
         }
     }
-    if (!found) return (uint8_t)k;
+    return found;
+}
+
+/* The origin of a received datagram: its socket, and its destination address from the
+ * control message (none: the kernel picks the reply's source). */
+static uint8_t origin_of(rndz__worker *w, unsigned k, const struct msghdr *h) {
+    uint8_t raw[16]; /* the destination, IPv4 as ::ffff:a.b.c.d */
+    unsigned ifindex;
+    if (!rndz__pktinfo_dst(h, raw, &ifindex)) return (uint8_t)k;
     if (w->last_origin.valid && w->last_origin.k == k && !ifindex &&
         memcmp(w->last_origin.dst, raw, 16) == 0)
         return w->last_origin.origin;
@@ -171,7 +178,7 @@ static uint8_t origin_of(rndz__worker *w, unsigned k, const struct msghdr *h) {
     d6->sin6_family = AF_INET6;
     memcpy(&d6->sin6_addr, raw, 16);
     uint8_t o = (uint8_t)k;
-    if (unicast(&d6->sin6_addr)) {
+    if (rndz__pktinfo_unicast(&d6->sin6_addr)) {
         /* an IPv4 socket gets IP_PKTINFO only: its destinations are IPv4 */
         if (w->s->local[k].ss_family == AF_INET) rndz__addr_unmap(&dst);
         o = intern_origin(w->s, k, &dst, ifindex);

@@ -5,6 +5,7 @@
  * and to the listener's advertised ones, retrying until the deadline. */
 #include "client.h"
 #include "ifaddr.h"
+#include "relay_peer.h"
 
 #include <netinet/in.h>
 #include <poll.h>
@@ -108,9 +109,13 @@ static int ask_server(rndz__client *c, size_t i, const char *target, size_t tlen
  * CANDIDATE_DELAY_MS, so where the first works at once the listener does not also accept a
  * second connection that we would drop. A refused or failed attempt is made again after
  * PEER_RETRY_MS (the peer's SYN may not have left yet, or an RST raced it), until the
- * deadline. Returns the fd and the winner's index. */
+ * deadline. With a relay offered (rp->role), its connection starts at relay_at alongside:
+ * whichever completes first wins (the relay's once the listener joined too: then "use" goes
+ * to the listener, relay_peer.h). Returns the fd and the winner's index (n: the relay). */
 static int connect_any(rndz__client *c, const struct sockaddr_storage *to, size_t n,
-                       uint64_t deadline, size_t *winner, int *attempts) {
+                       uint64_t deadline, size_t *winner, int *attempts, rndz__rpeer *rp,
+                       uint64_t relay_at) {
+    bool relay_connected = false;
     int fds[RNDZ_MAX_CANDS + 1];
     uint64_t retry_at[RNDZ_MAX_CANDS + 1];
     uint64_t t0 = rndz__now_ms();
@@ -119,7 +124,7 @@ static int connect_any(rndz__client *c, const struct sockaddr_storage *to, size_
     for (;;) {
         uint64_t now = rndz__now_ms();
         if (now >= deadline) break;
-        struct pollfd pf[RNDZ_MAX_CANDS + 1];
+        struct pollfd pf[RNDZ_MAX_CANDS + 2];
         uint64_t wake = deadline;
         for (size_t i = 0; i < n; i++) {
             if (fds[i] < 0 && now >= retry_at[i]) {
@@ -141,10 +146,37 @@ static int connect_any(rndz__client *c, const struct sockaddr_storage *to, size_
             if (fds[i] < 0 && retry_at[i] < wake) wake = retry_at[i];
             pf[i] = (struct pollfd){.fd = fds[i], .events = POLLOUT}; /* -1: ignored */
         }
-        int pr = poll(pf, (nfds_t)n, (int)(wake > now ? wake - now : 0));
+        if (rp->role && rp->fd < 0 && now >= relay_at) {
+            int rc = rndz__rpeer_open(rp, c, now);
+            if (rc) {
+                RNDZ_LOG(RNDZ_LOG_WARN, "tcp connect: relay: %s", rndz_strerror(rc));
+                rndz__rpeer_close(rp);
+                rp->role = 0;
+            } else {
+                RNDZ_LOG(RNDZ_LOG_INFO, "tcp connect: no direct connection yet; trying the relay");
+            }
+        }
+        if (rp->role && rp->fd < 0 && relay_at < wake) wake = relay_at;
+        pf[n] = (struct pollfd){.fd = rp->fd, .events = relay_connected ? POLLIN : POLLOUT};
+        int pr = poll(pf, (nfds_t)n + 1, (int)(wake > now ? wake - now : 0));
         if (pr < 0 && errno != EINTR) {
             result = -errno;
             break;
+        }
+        if (pr > 0 && rp->fd >= 0 && pf[n].revents) {
+            int rc = relay_connected ? rndz__rpeer_readable(rp, rndz__now_ms())
+                                     : rndz__rpeer_connected(rp);
+            relay_connected = true;
+            if (rc) {
+                RNDZ_LOG(RNDZ_LOG_DEBUG, "tcp connect: relay: %s", rndz_strerror(rc));
+                rndz__rpeer_close(rp);
+                rp->role = 0;
+            } else if (rp->done) { /* both joined, "use" sent: the relay it is */
+                for (size_t k = 0; k < n; k++)
+                    if (fds[k] >= 0) close(fds[k]);
+                *winner = n;
+                return rndz__rpeer_take(rp, c);
+            }
         }
         for (size_t i = 0; i < n && pr > 0; i++) {
             if (fds[i] < 0 || !pf[i].revents) continue;
@@ -156,6 +188,7 @@ static int connect_any(rndz__client *c, const struct sockaddr_storage *to, size_
                 int fd = fds[i];
                 for (size_t k = 0; k < n; k++)
                     if (k != i && fds[k] >= 0) close(fds[k]);
+                rndz__rpeer_close(rp); /* the relay drops the listener's side too */
                 return fd;
             }
             char text[RNDZ_ADDRSTRLEN];
@@ -168,6 +201,7 @@ static int connect_any(rndz__client *c, const struct sockaddr_storage *to, size_
     }
     for (size_t i = 0; i < n; i++)
         if (fds[i] >= 0) close(fds[i]);
+    rndz__rpeer_close(rp);
     return result;
 }
 
@@ -191,12 +225,14 @@ int rndz_tcp_connect_info(const rndz_client_options *o, const char *target,
     memset(&theirs, 0, sizeof theirs);
     mine.has_nonce = true;
     mine.nonce = (uint64_t)rndz__random() << 32 | rndz__random();
+    mine.relay = c.relay == RNDZ_RELAY_NEVER ? 0 : c.relay == RNDZ_RELAY_ONLY ? 2 : 1;
     /* Our candidates carry our port: fix it now (binding a first socket does). */
     int first = rndz__client_bind(&c, SOCK_STREAM);
     if (first < 0) return first;
     close(first);
     rndz__local_cands(&c.local, c.local.ss_family == AF_INET6, &mine);
     int srv_fd = -1, found = 0;
+    size_t found_at = 0;
     size_t not_found = 0;
     rc = RNDZ_E_TIMEDOUT;
     for (size_t i = 0; i < c.n_servers && !found; i++) {
@@ -207,7 +243,7 @@ int rndz_tcp_connect_info(const rndz_client_options *o, const char *target,
         uint64_t now = rndz__now_ms();
         uint64_t share = now < deadline ? (deadline - now) / (c.n_servers - i) : 0;
         int r = ask_server(&c, i, target, tlen, now + share, &mine, &to[0], &theirs, &srv_fd);
-        if (r == 1) found = 1;
+        if (r == 1) found = 1, found_at = i;
         else if (r == 0) not_found++;
         else {
             RNDZ_LOG(RNDZ_LOG_DEBUG, "tcp connect: server %s: %s", c.server_text[i],
@@ -230,28 +266,45 @@ int rndz_tcp_connect_info(const rndz_client_options *o, const char *target,
             !rndz__addr_equal((struct sockaddr *)&to[n], (struct sockaddr *)&to[0]) &&
             (!rndz__addr_is_private(&to[n]) || rndz__addr_on_local_subnet(&to[n])))
             n++;
+    /* The relay, when the server offered one (both asked): alongside the direct attempts
+     * from relay_after_ms on, or at once if either side said a direct path is impossible
+     * (then no direct attempt is made). */
+    rndz__rpeer rp;
+    uint64_t relay_at = UINT64_MAX;
+    if (rndz__rpeer_init(&rp, &c, &theirs, &c.servers[found_at], RNDZ_RELAY_ROLE_CONNECTOR,
+                         SOCK_STREAM)) {
+        bool at_once = c.relay == RNDZ_RELAY_ONLY || theirs.relay == 2;
+        relay_at = at_once ? rndz__now_ms() : rndz__now_ms() + c.relay_after_ms;
+        if (at_once) n = 0;
+    } else {
+        rp.role = 0;
+    }
     size_t winner = 0;
     int attempts = 0;
-    int fd = connect_any(&c, to, n, deadline, &winner, &attempts);
+    int fd = connect_any(&c, to, n, deadline, &winner, &attempts, &rp, relay_at);
     close(srv_fd);
     if (fd < 0) return fd == RNDZ_E_PEERFAIL || fd == -ETIMEDOUT ? RNDZ_E_PEERFAIL : fd;
     rndz__sock_set_nonblock(fd, false);
     rndz__client_handover(&c, fd);
     uint64_t elapsed = rndz__now_ms() - start;
     uint32_t rtt_ms = rndz__sock_tcp_rtt_ms(fd); /* the kernel's, after the handshake */
+    bool relayed = winner == n;
+    const struct sockaddr_storage *via = relayed ? &rp.addr : &to[winner];
     if (info) {
-        info->addr = to[winner];
+        info->addr = *via;
         rndz__addr_unmap(&info->addr);
         info->rtt_ms = rtt_ms;
         info->elapsed_ms = elapsed > UINT32_MAX ? UINT32_MAX : (uint32_t)elapsed;
         info->verified = 1;
-        info->lan = rndz__addr_is_private(&info->addr);
-        info->advertised = winner > 0;
+        info->relayed = relayed;
+        info->lan = !relayed && rndz__addr_is_private(&info->addr);
+        info->advertised = !relayed && winner > 0;
     }
     char text[RNDZ_ADDRSTRLEN];
-    rndz_addr_format((struct sockaddr *)&to[winner], text, sizeof text);
-    RNDZ_LOG(RNDZ_LOG_INFO, "tcp connect: %s is at %s%s (after %llu ms, rtt %u ms, %d attempt%s)",
-             target, text, winner ? ", an address it advertised" : "", (unsigned long long)elapsed,
+    rndz_addr_format((const struct sockaddr *)via, text, sizeof text);
+    RNDZ_LOG(RNDZ_LOG_INFO, "tcp connect: %s is at %s%s%s (after %llu ms, rtt %u ms, %d attempt%s)",
+             target, relayed ? "relay " : "", text,
+             !relayed && winner ? ", an address it advertised" : "", (unsigned long long)elapsed,
              rtt_ms, attempts, attempts == 1 ? "" : "s");
     return fd;
 }

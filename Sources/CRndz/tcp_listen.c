@@ -17,6 +17,7 @@
 #include "client.h"
 #include "ifaddr.h"
 #include "listener.h"
+#include "relay_peer.h"
 #include "srvlink.h"
 #include "synplan.h"
 
@@ -30,6 +31,8 @@
 #include <unistd.h>
 
 #define MAX_PUNCH 64
+/* Relay sessions a listener joins at once (one per connect that was offered a relay). */
+#define MAX_RELAYS 32
 #define ACCEPT_QUEUE 128
 /* Peer connections accepted per readiness event at most, and the listen backlog. */
 #define ACCEPT_BATCH 16
@@ -60,12 +63,24 @@ typedef struct punch {
     uint64_t group; /* the punches of one Fsync (one per address of the peer) */
 } punch;
 
+/* The relay of one connect (relay_peer.h): joined at `at` unless a direct connection of its
+ * punch group came first; handed to accept once the connector says "use". */
+typedef struct trelay {
+    bool used, connected;
+    rndz__rpeer rp;
+    rndz__io io;
+    struct rndz_tcp_listener *l;
+    uint64_t at, deadline, group;
+    char peer_id[RNDZ_MAX_ID + 1];
+} trelay;
+
 struct rndz_tcp_listener {
     rndz__client c;
     int listen_fd;
     rndz__io listen_io;
     tsrv srv[RNDZ_MAX_SERVERS];
     punch punches[MAX_PUNCH];
+    trelay relays[MAX_RELAYS];
     rndz__lsn base;
     rndz__ext my_cands; /* our LAN / IPv6 addresses with the listening port */
     uint64_t groups; /* punch groups started */
@@ -74,6 +89,31 @@ struct rndz_tcp_listener {
 static int send_frame(int fd, const rndz__client *c, rndz_cmd cmd, const char *peer,
                       size_t peer_len) {
     return rndz__client_send_frame(fd, c, cmd, peer, peer_len, NULL);
+}
+
+static void relay_free(trelay *r) {
+    if (r->rp.fd >= 0) rndz__loop_del(&r->l->base.loop, &r->io);
+    rndz__rpeer_close(&r->rp);
+    r->used = false;
+}
+
+/* A direct connection of punch group `group` (0: from `from`, any group) came: the relay
+ * would be joined in vain. */
+static void relay_forget(rndz_tcp_listener *l, uint64_t group) {
+    for (size_t i = 0; i < MAX_RELAYS; i++)
+        if (l->relays[i].used && l->relays[i].group == group && l->relays[i].rp.fd < 0)
+            relay_free(&l->relays[i]);
+}
+
+static void enqueue_info(rndz_tcp_listener *l, int fd, const rndz_peer_info *info) {
+    rndz__sock_set_nonblock(fd, false);
+    rndz__client_handover(&l->c, fd);
+    rndz__lsn_item item = {.fd = fd, .info = *info};
+    rndz__addr_unmap(&item.info.addr);
+    if (!rndz__lsn_push(&l->base, &item)) {
+        RNDZ_LOG(RNDZ_LOG_WARN, "tcp listener: accept queue full; connection dropped");
+        close(fd);
+    }
 }
 
 static void enqueue(rndz_tcp_listener *l, int fd, const struct sockaddr_storage *peer) {
@@ -140,6 +180,7 @@ static void punch_event(void *ctx, uint32_t events) {
     p->fd = -1;
     p->used = false;
     punch_free_group(p->l, p->group); /* the peer's other addresses are not needed now */
+    relay_forget(p->l, p->group);
 }
 
 /* Send a SYN: a new socket on the shared port, connecting to the peer. */
@@ -200,6 +241,75 @@ static void start_punch(rndz_tcp_listener *l, const struct sockaddr_storage *pee
     p->group = group;
     rndz__synplan_init(&p->plan, now, delay_ms, now + l->c.timeout_ms);
     punch_run(p, now);
+}
+
+static void relay_event(void *ctx, uint32_t events) {
+    trelay *r = ctx;
+    if (!r->used || r->rp.fd < 0) return;
+    rndz_tcp_listener *l = r->l;
+    (void)events;
+    int rc;
+    if (!r->connected) {
+        rc = rndz__rpeer_connected(&r->rp);
+        r->connected = true;
+        if (!rc) rndz__loop_mod(&l->base.loop, &r->io, EPOLLIN);
+    } else {
+        rc = rndz__rpeer_readable(&r->rp, rndz__now_ms());
+    }
+    if (rc) {
+        RNDZ_LOG(RNDZ_LOG_DEBUG, "tcp listener: relay for %s: %s", r->peer_id, rndz_strerror(rc));
+        relay_free(r);
+        return;
+    }
+    if (!r->rp.done) return;
+    /* the connector chose the relay: the stream is the peer's from here on */
+    rndz_peer_info info = {.verified = 1, .relayed = 1, .addr = r->rp.addr};
+    memcpy(info.id, r->peer_id, sizeof info.id);
+    RNDZ_LOG(RNDZ_LOG_INFO, "tcp listener: peer %s connected through the relay", r->peer_id);
+    rndz__loop_del(&l->base.loop, &r->io);
+    int fd = rndz__rpeer_take(&r->rp, &l->c);
+    r->used = false;
+    enqueue_info(l, fd, &info);
+}
+
+/* Run a relay slot at `now`; returns when it next wants to run. */
+static uint64_t relay_run(trelay *r, uint64_t now) {
+    if (now >= r->deadline) {
+        relay_free(r);
+        return UINT64_MAX;
+    }
+    if (r->rp.fd < 0 && now >= r->at) {
+        int rc = rndz__rpeer_open(&r->rp, &r->l->c, now);
+        r->io = (rndz__io){r->rp.fd, relay_event, r};
+        if (!rc) rc = rndz__loop_add(&r->l->base.loop, &r->io, EPOLLOUT);
+        if (rc) {
+            RNDZ_LOG(RNDZ_LOG_WARN, "tcp listener: relay: %s", rndz_strerror(rc));
+            rndz__rpeer_close(&r->rp);
+            r->used = false;
+            return UINT64_MAX;
+        }
+    }
+    return r->rp.fd < 0 ? r->at : r->deadline;
+}
+
+/* A relay offered with a Fsync: remember it for group `group`. true if taken. */
+static bool relay_offer(rndz_tcp_listener *l, const rndz__ext *ext, const tsrv *s,
+                        const rndz_msg *m, uint64_t group, uint64_t now) {
+    trelay *r = NULL;
+    for (size_t i = 0; i < MAX_RELAYS && !r; i++)
+        if (!l->relays[i].used) r = &l->relays[i];
+    if (!r) return false;
+    if (!rndz__rpeer_init(&r->rp, &l->c, ext, &l->c.servers[s->idx], RNDZ_RELAY_ROLE_LISTENER,
+                          SOCK_STREAM))
+        return false;
+    r->used = true;
+    r->connected = false;
+    r->l = l;
+    r->group = group;
+    r->at = ext->relay == 2 || l->c.relay == RNDZ_RELAY_ONLY ? now : now + l->c.relay_after_ms;
+    r->deadline = now + l->c.timeout_ms + l->c.relay_after_ms;
+    rndz__copy_id(r->peer_id, m->peer_id, m->peer_id_len);
+    return true;
 }
 
 /* A round-trip sample to a server. A lower one is taken at once (a sample is only ever
@@ -272,6 +382,8 @@ static void on_frame(tsrv *s, const uint8_t *body, size_t len, uint64_t now) {
             mine.has_nonce = true;
             mine.nonce = ext.nonce;
             mine.rtt_ms = 0;
+            if (relay_offer(l, &ext, s, &m, group, now))
+                mine.relay = l->c.relay == RNDZ_RELAY_ONLY ? 2 : 1;
             rc = rndz__client_send_frame(s->fd, &l->c, RNDZ_REQ_RSYNC, m.peer_id, m.peer_id_len,
                                          &mine);
         } else {
@@ -358,8 +470,10 @@ static void on_accept(void *ctx, uint32_t events) {
          * punch toward it has nothing left to do. */
         for (size_t k = 0; k < MAX_PUNCH; k++) {
             punch *p = &l->punches[k];
-            if (p->used && rndz__addr_equal((struct sockaddr *)&p->peer, (struct sockaddr *)&from))
+            if (p->used && rndz__addr_equal((struct sockaddr *)&p->peer, (struct sockaddr *)&from)) {
+                relay_forget(l, p->group);
                 punch_free_group(l, p->group);
+            }
         }
         enqueue(l, fd, &from);
     }
@@ -389,6 +503,11 @@ static uint64_t listener_tick(void *ctx, uint64_t now) {
         punch *p = &l->punches[i];
         if (p->used && punch_run(p, now) && p->wake < next) next = p->wake;
     }
+    for (size_t i = 0; i < MAX_RELAYS; i++) {
+        if (!l->relays[i].used) continue;
+        uint64_t t = relay_run(&l->relays[i], now);
+        if (t < next) next = t;
+    }
     return next;
 }
 
@@ -400,6 +519,7 @@ int rndz_tcp_listener_create(const rndz_client_options *o, rndz_tcp_listener **o
     l->listen_fd = -1;
     for (size_t i = 0; i < RNDZ_MAX_SERVERS; i++) l->srv[i].fd = -1;
     for (size_t i = 0; i < MAX_PUNCH; i++) l->punches[i].fd = -1, l->punches[i].used = false;
+    for (size_t i = 0; i < MAX_RELAYS; i++) l->relays[i].rp.fd = -1;
     int rc = rndz__lsn_init(&l->base, ACCEPT_QUEUE, false);
     if (rc) goto fail;
     if ((rc = rndz__client_init(&l->c, o))) goto fail;
@@ -437,15 +557,24 @@ int rndz_tcp_listener_wait_registered(rndz_tcp_listener *l, uint32_t timeout_ms)
     return rndz__lsn_wait_registered(&l->base, timeout_ms);
 }
 
-int rndz_tcp_listener_accept(rndz_tcp_listener *l, uint32_t timeout_ms,
-                             struct sockaddr_storage *peer, socklen_t *peer_len) {
+int rndz_tcp_listener_accept_info(rndz_tcp_listener *l, uint32_t timeout_ms,
+                                  rndz_peer_info *info) {
     if (!l) return -EINVAL;
     rndz__lsn_item item;
     int rc = rndz__lsn_pop(&l->base, timeout_ms, &item);
     if (rc) return rc;
-    if (peer) *peer = item.info.addr;
-    if (peer_len) *peer_len = rndz__addr_len((struct sockaddr *)&item.info.addr);
+    if (info) *info = item.info;
     return item.fd;
+}
+
+int rndz_tcp_listener_accept(rndz_tcp_listener *l, uint32_t timeout_ms,
+                             struct sockaddr_storage *peer, socklen_t *peer_len) {
+    rndz_peer_info info;
+    int fd = rndz_tcp_listener_accept_info(l, timeout_ms, &info);
+    if (fd < 0) return fd;
+    if (peer) *peer = info.addr;
+    if (peer_len) *peer_len = rndz__addr_len((struct sockaddr *)&info.addr);
+    return fd;
 }
 
 int rndz_tcp_listener_ready_fd(rndz_tcp_listener *l) { return l ? l->base.ready_fd : -EINVAL; }
@@ -466,6 +595,7 @@ void rndz_tcp_listener_destroy(rndz_tcp_listener *l) {
         if (l->srv[i].fd >= 0) close(l->srv[i].fd);
     for (size_t i = 0; i < MAX_PUNCH; i++)
         if (l->punches[i].fd >= 0) close(l->punches[i].fd);
+    for (size_t i = 0; i < MAX_RELAYS; i++) rndz__rpeer_close(&l->relays[i].rp);
     if (l->listen_fd >= 0) close(l->listen_fd);
     rndz__lsn_free(&l->base);
     free(l);

@@ -9,6 +9,7 @@
 #include "client.h"
 #include "ifaddr.h"
 #include "punch.h"
+#include "relay_peer.h"
 
 #include <poll.h>
 #include <string.h>
@@ -25,7 +26,7 @@
 /* After connect(), datagrams that arrived before it are still queued: the punch from the
  * peer, a second server's Redirect, late probe acks. Drop those that are protocol messages,
  * so the caller's first read is the peer's data; stop at the first datagram that is not. */
-static void drain_protocol(int fd) {
+static void drain_protocol(int fd, bool relayed) {
     uint8_t buf[RNDZ_MAX_MSG + 1];
     for (;;) {
         ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT | MSG_PEEK);
@@ -34,7 +35,10 @@ static void drain_protocol(int fd) {
         int type;
         uint32_t seq;
         uint64_t nonce;
-        if (rndz_msg_decode(buf, (size_t)n, 0, &m) != 0 &&
+        const uint8_t *tok;
+        if (relayed) { /* only the relay's messages and the listener's late "ack" */
+            if (!rndz__relay_decode(buf, (size_t)n, &type, &nonce, &tok)) return;
+        } else if (rndz_msg_decode(buf, (size_t)n, 0, &m) != 0 &&
             rndz_msg_decode(buf, (size_t)n, 1, &m) != 0 &&
             !rndz__probe_decode(buf, (size_t)n, &type, &seq, &nonce))
             return;
@@ -43,23 +47,54 @@ static void drain_protocol(int fd) {
 }
 
 /* The connect session after the Redirect, with a listener that probes: probe its candidates,
- * answer its probes, until one path answers. Returns the fd connected to the winner, or an
- * error; fills info. */
+ * answer its probes, until one path answers; with a relay offered (rp->fd < 0 until then),
+ * join it at relay_at, and from then on the relay is the path (relay_peer.h). Returns the fd
+ * that carries the peer (fd, or the relay's socket) or an error; fills info. */
 static int probe_peer(int fd, const rndz__client *c, rndz__punch *p, uint64_t start,
-                      rndz_peer_info *info) {
+                      rndz_peer_info *info, rndz__rpeer *rp, uint64_t relay_at) {
     uint8_t buf[RNDZ_MAX_MSG + 1];
+    bool relaying = false;
     for (;;) {
-        uint64_t now = rndz__now_ms(), next;
+        uint64_t now = rndz__now_ms(), next = UINT64_MAX;
+        if (!relaying && rp->role && now >= relay_at) {
+            int rc = rndz__rpeer_open(rp, c, now);
+            if (rc) {
+                RNDZ_LOG(RNDZ_LOG_WARN, "udp connect: relay: %s", rndz_strerror(rc));
+                rndz__rpeer_close(rp);
+                rp->role = 0; /* no relay after all: go on direct */
+            } else {
+                relaying = true;
+                RNDZ_LOG(RNDZ_LOG_INFO, "udp connect: no direct path yet; joining the relay");
+            }
+        }
+        if (relaying) {
+            if (rp->done) break;
+            next = rndz__rpeer_tick(rp, now);
+            if (now >= p->deadline) return RNDZ_E_PEERFAIL;
+            if (p->deadline < next) next = p->deadline;
+        }
         rndz__punch_send sends[RNDZ_MAX_CANDS + 1];
-        size_t n = rndz__punch_tick(p, now, sends, RNDZ_ARRAY_LEN(sends), &next);
-        for (size_t k = 0; k < n; k++)
-            rndz__probe_send(fd, RNDZ_PROBE, sends[k].seq, p->nonce, &p->cand[sends[k].cand]);
-        if (p->state == RNDZ_PUNCH_FAILED) return RNDZ_E_PEERFAIL;
-        if (p->state == RNDZ_PUNCH_VERIFIED) break;
-        struct pollfd pfd = {.fd = fd, .events = POLLIN};
-        int pr = poll(&pfd, 1, next == UINT64_MAX ? 0 : (int)(next > now ? next - now : 0));
+        uint64_t pnext;
+        size_t n = rndz__punch_tick(p, now, sends, RNDZ_ARRAY_LEN(sends), &pnext);
+        if (!relaying) {
+            /* committed to the relay: no more probes, and no direct path is taken */
+            for (size_t k = 0; k < n; k++)
+                rndz__probe_send(fd, RNDZ_PROBE, sends[k].seq, p->nonce, &p->cand[sends[k].cand]);
+            if (p->state == RNDZ_PUNCH_FAILED) return RNDZ_E_PEERFAIL;
+            if (p->state == RNDZ_PUNCH_VERIFIED) break;
+            next = pnext;
+            if (rp->role && relay_at < next) next = relay_at;
+        }
+        struct pollfd pfd[2] = {{.fd = fd, .events = POLLIN}, {.fd = rp->fd, .events = POLLIN}};
+        int pr = poll(pfd, relaying ? 2 : 1,
+                      next == UINT64_MAX ? 0 : (int)(next > now ? next - now : 0));
         if (pr < 0 && errno != EINTR) return -errno;
         if (pr <= 0) continue;
+        if (relaying && (pfd[1].revents & (POLLIN | POLLERR))) {
+            int rc = rndz__rpeer_readable(rp, rndz__now_ms());
+            if (rc) return rc;
+        }
+        if (!(pfd[0].revents & POLLIN)) continue;
         struct sockaddr_storage from;
         socklen_t fl = sizeof from;
         ssize_t r = recvfrom(fd, buf, sizeof buf, MSG_DONTWAIT, (struct sockaddr *)&from, &fl);
@@ -69,8 +104,18 @@ static int probe_peer(int fd, const rndz__client *c, rndz__punch *p, uint64_t st
         if (r < 0 || !rndz__probe_decode(buf, (size_t)r, &type, &seq, &nonce) || nonce != p->nonce)
             continue; /* late server answers and the like */
         if (type == RNDZ_PROBE) rndz__probe_send(fd, RNDZ_PROBE_ACK, seq, nonce, &from);
-        else if (type == RNDZ_PROBE_ACK) rndz__punch_on_ack(p, &from, seq, rndz__now_ms());
+        else if (type == RNDZ_PROBE_ACK && !relaying) rndz__punch_on_ack(p, &from, seq, rndz__now_ms());
     }
+    uint64_t now = rndz__now_ms();
+    info->verified = 1;
+    info->elapsed_ms = (uint32_t)(now - start);
+    if (relaying) {
+        info->addr = rp->addr;
+        info->rtt_ms = rp->rtt_ms;
+        info->relayed = 1;
+        return rndz__rpeer_take(rp, c);
+    }
+    rndz__rpeer_close(rp);
     const struct sockaddr_storage *w = &p->cand[p->winner];
     /* Tell the listener its ack arrived (its proof of the path), then keep probes from the
      * application and pin the socket to the winner. */
@@ -78,13 +123,9 @@ static int probe_peer(int fd, const rndz__client *c, rndz__punch *p, uint64_t st
     rndz__probe_filter_drop(fd);
     if (connect(fd, (const struct sockaddr *)w, rndz__addr_len((const struct sockaddr *)w)) < 0)
         return -errno;
-    uint64_t now = rndz__now_ms();
     info->addr = *w;
     info->rtt_ms = p->rtt_ms;
-    info->verified = 1;
     info->advertised = p->winner != 0; /* candidate 0 is the address the server saw */
-    info->elapsed_ms = (uint32_t)(now - start);
-    (void)c;
     return fd;
 }
 
@@ -106,6 +147,7 @@ int rndz_udp_connect_info(const rndz_client_options *o, const char *target,
     rndz__local_cands(&c.local, c.local.ss_family == AF_INET6, &mine);
     mine.has_nonce = true;
     mine.nonce = (uint64_t)rndz__random() << 32 | rndz__random();
+    mine.relay = c.relay == RNDZ_RELAY_NEVER ? 0 : c.relay == RNDZ_RELAY_ONLY ? 2 : 1;
     bool not_found[RNDZ_MAX_SERVERS] = {0};
     size_t n_not_found = 0;
     uint64_t start = rndz__now_ms(), deadline = start + c.timeout_ms, next_round = start;
@@ -173,8 +215,26 @@ int rndz_udp_connect_info(const rndz_client_options *o, const char *target,
                 if (rndz__client_peer_addr(&c, theirs.cands[k], strlen(theirs.cands[k]), &a) == 0)
                     rndz__punch_add(&p, &a, rndz__addr_is_private(&a));
             }
-            rc = probe_peer(fd, &c, &p, start, &info);
-            if (rc < 0) break;
+            /* The relay, when the server offered one (both sides asked): at once if either
+             * side said a direct path is impossible, else after relay_after_ms. */
+            rndz__rpeer rp;
+            uint64_t relay_at = UINT64_MAX;
+            if (rndz__rpeer_init(&rp, &c, &theirs, &from, RNDZ_RELAY_ROLE_CONNECTOR, SOCK_DGRAM)) {
+                relay_at = c.relay == RNDZ_RELAY_ONLY || theirs.relay == 2
+                               ? rndz__now_ms() : rndz__now_ms() + c.relay_after_ms;
+            } else {
+                rp.role = 0;
+            }
+            int got = probe_peer(fd, &c, &p, start, &info, &rp, relay_at);
+            if (got < 0) {
+                rndz__rpeer_close(&rp);
+                rc = got;
+                break;
+            }
+            if (got != fd) {
+                close(fd); /* relayed: the shared-port socket is not needed */
+                fd = got;
+            }
         } else {
             /* v1: the address the server gave, unverified, as rndz 0.1.5 does */
             if (connect(fd, (struct sockaddr *)&peer, rndz__addr_len((struct sockaddr *)&peer)) < 0) {
@@ -184,14 +244,15 @@ int rndz_udp_connect_info(const rndz_client_options *o, const char *target,
             info.addr = peer;
             info.elapsed_ms = (uint32_t)(rndz__now_ms() - start);
         }
-        drain_protocol(fd);
+        drain_protocol(fd, info.relayed);
         rndz__sock_set_nonblock(fd, false);
         rndz__addr_unmap(&info.addr);
         info.lan = rndz__addr_is_private(&info.addr);
         rndz__copy_id(info.id, target, tlen);
         char text[RNDZ_ADDRSTRLEN];
         rndz_addr_format((struct sockaddr *)&info.addr, text, sizeof text);
-        RNDZ_LOG(RNDZ_LOG_INFO, "udp connect: %s at %s, %s, rtt %u ms, after %u ms", target, text,
+        RNDZ_LOG(RNDZ_LOG_INFO, "udp connect: %s at %s%s, %s, rtt %u ms, after %u ms", target,
+                 info.relayed ? "relay " : "", text,
                  info.verified ? "verified" : "unverified (v1 peer)", info.rtt_ms,
                  info.elapsed_ms);
         if (info_out) *info_out = info;

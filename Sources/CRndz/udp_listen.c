@@ -20,6 +20,7 @@
 #include "ifaddr.h"
 #include "listener.h"
 #include "punch.h"
+#include "relay_peer.h"
 #include "srvlink.h"
 
 #include <poll.h>
@@ -53,6 +54,14 @@ typedef struct session {
     char peer_id[RNDZ_MAX_ID + 1];
     rndz__punch p;
     uint64_t started, ended, last_ack_sent;
+    /* per-peer sockets (after the first accept): the peer is handed out once the connector
+     * chose its path: a confirm (direct) or "use" through the relay */
+    bool handed;
+    bool confirmed;
+    rndz__rpeer rp; /* rp.role 0: no relay offered */
+    uint64_t relay_at;
+    rndz__io rio;
+    struct rndz_udp_listener *l;
 } session;
 
 struct rndz_udp_listener {
@@ -64,11 +73,43 @@ struct rndz_udp_listener {
     rndz__ext my_cands;
     session sessions[MAX_SESSIONS];
     rndz__lsn base;
+    atomic_bool per_peer; /* rndz_udp_listener_accept was called */
 };
 
-static void push_peer(rndz_udp_listener *l, const rndz_peer_info *info) {
-    rndz__lsn_item item = {.fd = -1, .info = *info};
-    rndz__lsn_push(&l->base, &item); /* full: the oldest peer goes */
+/* A socket of its own for a peer reached directly: on the shared port, connected to it, so
+ * the kernel hands it that peer's datagrams (a connected socket beats the group); probes
+ * and relay messages filtered. -1 on failure (logged). */
+static int direct_socket(rndz_udp_listener *l, const struct sockaddr_storage *addr) {
+    struct sockaddr_storage peer = *addr;
+    if (l->c.local.ss_family == AF_INET6) rndz__addr_map(&peer);
+    int fd = rndz__client_bind(&l->c, SOCK_DGRAM);
+    if (fd >= 0 && connect(fd, (const struct sockaddr *)&peer,
+                           rndz__addr_len((const struct sockaddr *)&peer)) < 0) {
+        int e = -errno;
+        close(fd);
+        fd = e;
+    }
+    if (fd < 0) {
+        RNDZ_LOG(RNDZ_LOG_WARN, "udp listener: no socket for a peer: %s", rndz_strerror(fd));
+        return -1;
+    }
+    rndz__probe_filter_drop(fd);
+    rndz__sock_set_nonblock(fd, false);
+    return fd;
+}
+
+static void session_free(rndz_udp_listener *l, session *se) {
+    if (se->rp.fd >= 0) rndz__loop_del(&l->base.loop, &se->rio);
+    rndz__rpeer_close(&se->rp);
+    se->used = false;
+}
+
+/* Queue a peer; with per-peer sockets, on a socket of its own (fd, or a new direct one). */
+static void push_peer(rndz_udp_listener *l, const rndz_peer_info *info, int fd) {
+    if (fd < 0 && atomic_load(&l->per_peer)) fd = direct_socket(l, &info->addr);
+    rndz__lsn_item item = {.fd = fd, .info = *info};
+    rndz__addr_unmap(&item.info.addr);
+    if (!rndz__lsn_push(&l->base, &item) && fd >= 0) close(fd); /* full: the oldest goes */
 }
 
 static session *find_session(rndz_udp_listener *l, uint64_t nonce) {
@@ -83,6 +124,7 @@ static session *new_session(rndz_udp_listener *l) {
         if (!l->sessions[i].used) return &l->sessions[i];
         if (l->sessions[i].started < oldest->started) oldest = &l->sessions[i];
     }
+    session_free(l, oldest);
     return oldest;
 }
 
@@ -114,6 +156,8 @@ static void on_fsync(rndz_udp_listener *l, srv_sock *s, const rndz_msg *m, const
         if (!se) {
             se = new_session(l);
             memset(se, 0, sizeof *se);
+            se->rp.fd = -1;
+            se->l = l;
             se->used = true;
             se->started = now;
             rndz__copy_id(se->peer_id, m->peer_id, m->peer_id_len);
@@ -122,10 +166,20 @@ static void on_fsync(rndz_udp_listener *l, srv_sock *s, const rndz_msg *m, const
             add_cands(&l->c, &se->p, &ext);
             RNDZ_LOG(RNDZ_LOG_INFO, "udp listener: peer %s at %s (+%zu candidates) wants to "
                      "connect; probing", peer_id, text, ext.ncands);
+            /* a relay only with sockets of our own to hand out */
+            se->relay_at = UINT64_MAX;
+            if (atomic_load(&l->per_peer) &&
+                rndz__rpeer_init(&se->rp, &l->c, &ext, &l->c.servers[s->idx],
+                                 RNDZ_RELAY_ROLE_LISTENER, SOCK_DGRAM))
+                se->relay_at = ext.relay == 2 || l->c.relay == RNDZ_RELAY_ONLY
+                                   ? now : now + l->c.relay_after_ms;
+            else
+                se->rp.role = 0;
         }
         rndz__ext mine = l->my_cands;
         mine.has_nonce = true;
         mine.nonce = ext.nonce;
+        if (se->rp.role) mine.relay = l->c.relay == RNDZ_RELAY_ONLY ? 2 : 1;
         int rc = rndz__client_send(s->fd, &l->c, RNDZ_REQ_RSYNC, m->peer_id, m->peer_id_len, NULL,
                               &mine);
         if (rc) RNDZ_LOG(RNDZ_LOG_DEBUG, "udp listener: Rsync to server: %s", rndz_strerror(rc));
@@ -141,9 +195,8 @@ static void on_fsync(rndz_udp_listener *l, srv_sock *s, const rndz_msg *m, const
     rc = rndz__client_send(s->fd, &l->c, RNDZ_REQ_RSYNC, m->peer_id, m->peer_id_len, NULL, NULL);
     if (rc) RNDZ_LOG(RNDZ_LOG_DEBUG, "udp listener: Rsync to server: %s", rndz_strerror(rc));
     rndz_peer_info info = {.addr = peer, .lan = rndz__addr_is_private(&peer)};
-    rndz__addr_unmap(&info.addr);
     rndz__copy_id(info.id, m->peer_id, m->peer_id_len);
-    push_peer(l, &info);
+    push_peer(l, &info, -1);
 }
 
 static void srv_readable(void *ctx, uint32_t events) {
@@ -172,20 +225,61 @@ static void srv_readable(void *ctx, uint32_t events) {
     }
 }
 
-static void session_verified(rndz_udp_listener *l, session *se, uint64_t now) {
+/* Hand the session's peer out: direct (the winner) or relayed (the relay's socket). */
+static void session_report(rndz_udp_listener *l, session *se, uint64_t now, bool relayed) {
     rndz_peer_info info = {.rtt_ms = se->p.rtt_ms, .verified = 1,
                            .elapsed_ms = (uint32_t)(now - se->started)};
-    info.addr = se->p.cand[se->p.winner];
-    rndz__addr_unmap(&info.addr);
-    info.lan = rndz__addr_is_private(&info.addr);
+    int fd = -1;
+    if (relayed) {
+        info.addr = se->rp.addr;
+        info.rtt_ms = 0; /* not measured on this side */
+        info.relayed = 1;
+        rndz__loop_del(&l->base.loop, &se->rio);
+        fd = rndz__rpeer_take(&se->rp, &l->c);
+    } else {
+        info.addr = se->p.cand[se->p.winner];
+        if (se->rp.fd >= 0) rndz__loop_del(&l->base.loop, &se->rio);
+        rndz__rpeer_close(&se->rp); /* joined in vain: the connector went direct */
+    }
+    info.lan = !relayed && rndz__addr_is_private(&info.addr);
     memcpy(info.id, se->peer_id, sizeof info.id < sizeof se->peer_id ? sizeof info.id
                                                                       : sizeof se->peer_id);
     char text[RNDZ_ADDRSTRLEN];
-    rndz_addr_format((struct sockaddr *)&info.addr, text, sizeof text);
-    RNDZ_LOG(RNDZ_LOG_INFO, "udp listener: peer %s verified at %s, rtt %u ms", se->peer_id, text,
-             info.rtt_ms);
+    struct sockaddr_storage shown = info.addr;
+    rndz__addr_unmap(&shown);
+    rndz_addr_format((struct sockaddr *)&shown, text, sizeof text);
+    RNDZ_LOG(RNDZ_LOG_INFO, "udp listener: peer %s %s %s, rtt %u ms", se->peer_id,
+             relayed ? "relayed through" : "verified at", text, info.rtt_ms);
     se->ended = now;
-    push_peer(l, &info);
+    se->handed = true;
+    push_peer(l, &info, fd);
+}
+
+/* The punch verified a path. Without per-peer sockets the peer is reported at once (it
+ * shares the port's socket); with them, only once the connector chose it (its confirm): it
+ * might still choose the relay, and its confirm says which address its datagrams come from
+ * (the per-peer socket is connected to that one). */
+static void session_verified(rndz_udp_listener *l, session *se, uint64_t now) {
+    if (se->handed) return;
+    if (!atomic_load(&l->per_peer) || se->confirmed) {
+        session_report(l, se, now, false);
+        return;
+    }
+    se->ended = now;
+}
+
+/* The relay's socket of a session is readable. */
+static void relay_readable(void *ctx, uint32_t events) {
+    session *se = ctx;
+    rndz_udp_listener *l = se->l;
+    (void)events;
+    uint64_t now = rndz__now_ms();
+    int rc = rndz__rpeer_readable(&se->rp, now);
+    if (rc) {
+        RNDZ_LOG(RNDZ_LOG_DEBUG, "udp listener: relay: %s", rndz_strerror(rc));
+        return;
+    }
+    if (se->rp.done && !se->handed) session_report(l, se, now, true);
 }
 
 /* The listener's probe socket: probes get acks (only for sessions a server announced: we
@@ -213,18 +307,26 @@ static void probe_readable(void *ctx, uint32_t events) {
             se->last_ack_sent = now;
             continue;
         }
-        if (se->p.state == RNDZ_PUNCH_VERIFIED) continue;
-        if (type == RNDZ_PROBE_ACK) {
-            rndz__punch_on_ack(&se->p, &from, seq, now);
-        } else { /* confirm: the connector picked this path; our ack proved it */
+        if (type == RNDZ_PROBE_CONFIRM) {
+            /* The connector picked its path, and `from` is where its datagrams come from
+             * (which may differ from the address our own probes verified: another source
+             * address toward another of our candidates). */
+            if (se->handed) continue;
             rndz__punch_add(&se->p, &from, rndz__addr_is_private(&from));
             for (size_t k = 0; k < se->p.ncand; k++)
                 if (rndz__addr_equal((struct sockaddr *)&se->p.cand[k], (struct sockaddr *)&from))
                     se->p.winner = (int)k;
-            uint64_t since = se->last_ack_sent ? now - se->last_ack_sent : 0;
-            se->p.rtt_ms = since ? (uint32_t)since : 1;
-            se->p.state = RNDZ_PUNCH_VERIFIED;
+            if (se->p.state != RNDZ_PUNCH_VERIFIED) {
+                uint64_t since = se->last_ack_sent ? now - se->last_ack_sent : 0;
+                se->p.rtt_ms = since ? (uint32_t)since : 1;
+                se->p.state = RNDZ_PUNCH_VERIFIED;
+            }
+            se->confirmed = true;
+            session_verified(l, se, now);
+            continue;
         }
+        if (se->p.state == RNDZ_PUNCH_VERIFIED) continue;
+        rndz__punch_on_ack(&se->p, &from, seq, now);
         if (se->p.state == RNDZ_PUNCH_VERIFIED) session_verified(l, se, now);
     }
 }
@@ -234,6 +336,23 @@ static uint64_t sessions_tick(rndz_udp_listener *l, uint64_t now) {
     for (size_t i = 0; i < MAX_SESSIONS; i++) {
         session *se = &l->sessions[i];
         if (!se->used) continue;
+        if (!se->handed && se->rp.role && se->rp.fd < 0 && now >= se->relay_at) {
+            /* no confirm yet: join the relay, in case the connector goes there */
+            int rc = rndz__rpeer_open(&se->rp, &l->c, now);
+            se->rio = (rndz__io){se->rp.fd, relay_readable, se};
+            if (!rc) rc = rndz__loop_add(&l->base.loop, &se->rio, EPOLLIN);
+            if (rc) {
+                RNDZ_LOG(RNDZ_LOG_WARN, "udp listener: relay: %s", rndz_strerror(rc));
+                rndz__rpeer_close(&se->rp);
+                se->rp.role = 0;
+            }
+        }
+        if (se->rp.fd >= 0) {
+            uint64_t rw = rndz__rpeer_tick(&se->rp, now);
+            if (rw < next) next = rw;
+        } else if (se->rp.role && !se->handed && se->relay_at < next) {
+            next = se->relay_at;
+        }
         rndz__punch_send sends[RNDZ_MAX_CANDS + 1];
         uint64_t wake;
         int before = se->p.state;
@@ -249,12 +368,20 @@ static uint64_t sessions_tick(rndz_udp_listener *l, uint64_t now) {
         /* A finished session keeps answering the peer's probes until the peer's own deadline
          * could have passed: we may have verified through an ack of ours while every ack we
          * sent was lost, and the peer still probes. */
+        /* Verified through an ack, no confirm and no "use" by the peer's deadline: its
+         * confirms were lost; the direct path is the one it took. */
+        if (!se->handed && se->p.state == RNDZ_PUNCH_VERIFIED && now >= se->p.deadline) {
+            se->confirmed = true;
+            session_verified(l, se, now);
+        } else if (!se->handed && se->p.state == RNDZ_PUNCH_VERIFIED && se->p.deadline < wake) {
+            wake = se->p.deadline;
+        }
         if (se->p.state != RNDZ_PUNCH_RUNNING) {
             uint64_t window = l->c.timeout_ms > SESSION_LINGER_MS ? l->c.timeout_ms
                                                                   : SESSION_LINGER_MS;
             uint64_t linger = se->started + window + 2000;
             if (linger < se->ended + 2000) linger = se->ended + 2000;
-            if (now >= linger) se->used = false;
+            if (now >= linger) session_free(l, se);
             else wake = linger;
         }
         if (wake < next) next = wake;
@@ -283,6 +410,7 @@ static uint64_t listener_tick(void *ctx, uint64_t now) {
 }
 
 static void listener_close(rndz_udp_listener *l) {
+    for (size_t i = 0; i < MAX_SESSIONS; i++) rndz__rpeer_close(&l->sessions[i].rp);
     for (size_t i = 0; i < RNDZ_MAX_SERVERS; i++)
         if (l->srv[i].fd >= 0) close(l->srv[i].fd);
     if (l->peer_fd >= 0) close(l->peer_fd);
@@ -319,6 +447,7 @@ int rndz_udp_listener_create(const rndz_client_options *o, rndz_udp_listener **o
     rndz_udp_listener *l = calloc(1, sizeof *l);
     if (!l) return -ENOMEM;
     l->peer_fd = l->probe_fd = -1;
+    for (size_t i = 0; i < MAX_SESSIONS; i++) l->sessions[i].rp.fd = -1;
     for (size_t i = 0; i < RNDZ_MAX_SERVERS; i++) l->srv[i].fd = -1;
     int rc = rndz__lsn_init(&l->base, PEER_QUEUE, true);
     if (rc) goto fail;
@@ -358,7 +487,24 @@ int rndz_udp_listener_next_peer(rndz_udp_listener *l, uint32_t timeout_ms,
     rndz__lsn_item item;
     int rc = rndz__lsn_pop(&l->base, timeout_ms, &item);
     if (rc == 0 && info) *info = item.info;
+    if (rc == 0 && item.fd >= 0) close(item.fd); /* a per-peer socket nobody asked for */
     return rc;
+}
+
+int rndz_udp_listener_accept(rndz_udp_listener *l, uint32_t timeout_ms, rndz_peer_info *info) {
+    if (!l) return -EINVAL;
+    atomic_store(&l->per_peer, true);
+    for (;;) {
+        rndz__lsn_item item;
+        int rc = rndz__lsn_pop(&l->base, timeout_ms, &item);
+        if (rc) return rc;
+        /* queued before the first accept: its socket now (datagrams that came before went
+         * to rndz_udp_listener_fd()) */
+        if (item.fd < 0) item.fd = direct_socket(l, &item.info.addr);
+        if (item.fd < 0) continue;
+        if (info) *info = item.info;
+        return item.fd;
+    }
 }
 
 int rndz_udp_listener_ready_fd(rndz_udp_listener *l) { return l ? l->base.ready_fd : -EINVAL; }

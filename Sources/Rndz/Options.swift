@@ -92,6 +92,19 @@ public struct ServerOptions: Sendable {
     /// Requests whose id or target id is longer (bytes) are dropped. Default 255
     /// (`RNDZ_MAX_ID_LEN`, the longest id the clients send).
     public var maxIDLength: UInt32
+    /// The relay (`rndz.h`, `relay_addr`; SECURITY.md, "Relay"): nil (the default) for none,
+    /// or the address (port 0: any) where the server relays UDP and TCP between the two peers
+    /// of a connect that no direct path serves. Only peers the server paired, holding its
+    /// token, join a session; it forwards only between their two addresses.
+    public var relayAddress: SocketAddress?
+    /// Relay sessions at once. Default 1024.
+    public var relayMaxSessions: UInt32
+    /// Bytes per second per relay session. Default 1 MiB/s.
+    public var relayRate: UInt32
+    /// Bytes per second through the relay in all. Default 64 MiB/s.
+    public var relayTotalRate: UInt32
+    /// A relay session with no traffic this long ends. Default 60 s.
+    public var relayIdle: Duration
 
     /// The C library's default listen address (`0.0.0.0:8888`).
     static let defaultListenAddress: SocketAddress = {
@@ -128,6 +141,11 @@ public struct ServerOptions: Sendable {
         self.maxTCPConnections = o.max_tcp_conns
         self.maxTCPConnectionsPerAddress = o.max_tcp_conns_per_ip
         self.maxIDLength = o.max_id_len
+        self.relayAddress = nil
+        self.relayMaxSessions = o.relay_max_sessions
+        self.relayRate = o.relay_rate
+        self.relayTotalRate = o.relay_total_rate
+        self.relayIdle = .milliseconds(o.relay_idle_ms)
     }
 
     /// Calls `body` with the C form. Strings live until `body` returns. One address goes to C
@@ -152,6 +170,10 @@ public struct ServerOptions: Sendable {
         o.max_tcp_conns = max(1, maxTCPConnections)
         o.max_tcp_conns_per_ip = max(1, maxTCPConnectionsPerAddress)
         o.max_id_len = max(1, maxIDLength)
+        o.relay_max_sessions = max(1, relayMaxSessions)
+        o.relay_rate = max(1, relayRate)
+        o.relay_total_rate = max(1, relayTotalRate)
+        o.relay_idle_ms = cMilliseconds(relayIdle)
         if let box {
             o.sock_config = SocketConfigBox.trampoline
             o.sock_config_user = box.user
@@ -160,6 +182,10 @@ public struct ServerOptions: Sendable {
         defer { for p in addrs { free(p) } }
         guard !addrs.contains(where: { $0 == nil }) else { throw RndzError(errno: ENOMEM) }
         let caddrs = addrs.map { UnsafePointer($0) }
+        let crelay = relayAddress.map { strdup($0.description) }
+        defer { if let crelay { free(crelay) } }
+        if crelay == .some(nil) { throw RndzError(errno: ENOMEM) }
+        o.relay_addr = crelay.map { UnsafePointer($0) } ?? nil
         return caddrs.withUnsafeBufferPointer { ap in
             if caddrs.count == 1 {
                 o.listen_addr = caddrs[0]
@@ -231,6 +257,23 @@ public struct ClientOptions: Sendable {
     /// acknowledged is then dropped by the kernel once its RTO reaches the cap: let the peer
     /// close first (`rndz.h`, `tcp_rto_max_ms`).
     public var tcpRetransmitCap: Duration?
+    /// Whether a connect may go through the server's relay (`rndz.h`, `relay`).
+    public var relay: RelayMode
+    /// With ``RelayMode/auto``: join the relay when no direct path verified this long after
+    /// the peer was found. Default 2 s.
+    public var relayAfter: Duration
+
+    /// When a connect uses the rendezvous server's relay (a server with
+    /// ``ServerOptions/relayAddress``; both peers must allow it, and a v1 peer or server
+    /// never relays).
+    public enum RelayMode: Sendable, Hashable {
+        /// Direct first; the relay when no direct path verified within ``relayAfter``.
+        case auto
+        /// Direct paths only.
+        case never
+        /// The relay at once (a direct path is known to be impossible).
+        case only
+    }
 
     /// Options for `id`, talking to `servers`, with the library's defaults otherwise.
     public init(id: String, servers: [String]) {
@@ -245,6 +288,8 @@ public struct ClientOptions: Sendable {
         self.socketConfigure = nil
         self.credential = nil
         self.tcpRetransmitCap = nil
+        self.relay = .auto
+        self.relayAfter = .milliseconds(o.relay_after_ms)
     }
 
     /// Calls `body` with the C form. Strings live until `body` returns.
@@ -261,6 +306,12 @@ public struct ClientOptions: Sendable {
         o.round_ms = cMilliseconds(round)
         o.timeout_ms = cMilliseconds(timeout)
         if let cap = tcpRetransmitCap { o.tcp_rto_max_ms = cMilliseconds(cap) }
+        o.relay = switch relay {
+        case .auto: RNDZ_RELAY_AUTO
+        case .never: RNDZ_RELAY_NEVER
+        case .only: RNDZ_RELAY_ONLY
+        }
+        o.relay_after_ms = cMilliseconds(relayAfter)
         if let box {
             o.sock_config = SocketConfigBox.trampoline
             o.sock_config_user = box.user

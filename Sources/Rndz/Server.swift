@@ -37,6 +37,21 @@ public struct ServerStats: Hashable, Sendable {
     public var idRefused: UInt64
     /// TCP connections closed at once: over the total or per-address cap.
     public var tcpRefused: UInt64
+    /// Relay sessions open now.
+    public var relaySessions: UInt64 = 0
+    /// Datagrams (and TCP chunks) the relay received, and forwarded to a peer.
+    public var relayReceived: UInt64 = 0
+    public var relayForwarded: UInt64 = 0
+    /// Bytes the relay forwarded.
+    public var relayBytes: UInt64 = 0
+    /// Relay datagrams from an address in no session (or before the other peer joined).
+    public var relayForeign: UInt64 = 0
+    /// Relay joins refused: a forged or expired token, a role taken, the table full.
+    public var relayRefused: UInt64 = 0
+    /// Relay datagrams dropped over a rate (TCP: reads paused).
+    public var relayLimited: UInt64 = 0
+    /// Relay sessions ended (idle, or a TCP side closed).
+    public var relayExpired: UInt64 = 0
 }
 
 /// A rendezvous server (protocol v1): registers peers and forwards connection requests.
@@ -135,6 +150,18 @@ public final class RndzServer: @unchecked Sendable {
             udpExpired: s.udp_expired, udpPeers: s.udp_peers, tcpConnections: s.tcp_conns,
             tcpPeers: s.tcp_peers, tcpMalformed: s.tcp_malformed, authFailed: s.auth_failed,
             authReplayed: s.auth_replayed, syncLimited: s.sync_limited,
-            fsyncLimited: s.fsync_limited, idRefused: s.id_refused, tcpRefused: s.tcp_refused)
+            fsyncLimited: s.fsync_limited, idRefused: s.id_refused, tcpRefused: s.tcp_refused,
+            relaySessions: s.relay_sessions, relayReceived: s.relay_rx, relayForwarded: s.relay_tx,
+            relayBytes: s.relay_bytes, relayForeign: s.relay_foreign,
+            relayRefused: s.relay_refused, relayLimited: s.relay_limited,
+            relayExpired: s.relay_expired)
+    }
+
+    /// The relay's address (``ServerOptions/relayAddress`` with the port bound), or nil
+    /// without a relay.
+    public var relayAddress: SocketAddress? {
+        var ss = sockaddr_storage()
+        guard rndz_server_relay_addr(handle, &ss, nil) == 0 else { return nil }
+        return try? SocketAddress(ss)
     }
 }

@@ -109,6 +109,44 @@ public final class UDPListener: Sendable {
     /// The peers of a ``UDPListener``: see ``UDPListener/peers``.
     public typealias Peers = ListenerSequence<Peer>
 
+    /// Waits up to `timeout` for the next peer and returns a socket of its own, connected to
+    /// it: on the shared port for a direct path, or to the server's relay for a relayed one
+    /// (``PathInfo/relayed``); either way it carries the peer's datagrams unchanged. Blocks.
+    ///
+    /// The first call switches the listener to per-peer sockets (`rndz_udp_listener_accept`):
+    /// from then on it offers the relay to connectors, a peer's datagrams reach its own
+    /// socket rather than ``receive(maxLength:timeout:)``, and ``nextPeer(timeout:)`` should
+    /// no longer be used.
+    ///
+    /// - Returns: the socket, or `nil` when the time ran out.
+    public func accept(timeout: Duration) throws(RndzError) -> UDPSocket? {
+        try accept(ms: UInt32(timeout.clampedMilliseconds(max: Int64(UInt32.max) - 1)))
+    }
+
+    /// Waits like ``accept(timeout:)`` without holding a thread (`timeout` nil: no limit).
+    ///
+    /// - Throws: ``RndzError/canceled`` if the task is cancelled (at once).
+    public func accept(timeout: Duration? = nil) async throws(RndzError) -> UDPSocket? {
+        // the first try (at once) switches the C listener to per-peer sockets
+        try await awaitListener(readyFD: base.readyFD, deadline: timeout.map { .now + $0 }) { () throws(RndzError) in
+            try accept(ms: 0)
+        }
+    }
+
+    private func accept(ms: UInt32) throws(RndzError) -> UDPSocket? {
+        var info = rndz_peer_info()
+        let fd = rndz_udp_listener_accept(handle, ms, &info)
+        if fd == RNDZ_E_TIMEDOUT.rawValue { return nil }
+        _ = try check(fd)
+        let peerID = withUnsafeBytes(of: info.id) { raw in
+            String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+        }
+        let peer = try cleaningUp({ close(fd) }) { () throws(RndzError) in try SocketAddress(info.addr) }
+        let socket = try UDPSocket(owning: fd, peer: peer, ourID: id, peerID: peerID)
+        socket.path = PathInfo(info)
+        return socket
+    }
+
     /// Waits like ``waitRegistered(timeout:)`` without holding a thread.
     ///
     /// - Throws: also ``RndzError/canceled`` if the task is cancelled (at once).
@@ -174,7 +212,8 @@ public final class UDPSocket: @unchecked Sendable {
     public internal(set) var path = PathInfo()
     /// Our id and the peer's, to recognise the peer's punch packet.
     private let ourID: String
-    private let peerID: String
+    /// The peer's id.
+    public let peerID: String
 
     /// Takes ownership of a connected UDP socket. On error the fd is closed.
     init(owning fd: Int32, peer: SocketAddress, ourID: String, peerID: String) throws(RndzError) {
@@ -264,6 +303,9 @@ public struct PathInfo: Sendable, Hashable {
     /// The address is one the peer advertised (its LAN or IPv6 address), not the one the
     /// rendezvous server saw.
     public var advertised = false
+    /// The path goes through the rendezvous server's relay: the address is the relay's. The
+    /// socket carries the peer's bytes unchanged all the same.
+    public var relayed = false
 
     public init() {}
 
@@ -273,6 +315,7 @@ public struct PathInfo: Sendable, Hashable {
         elapsed = .milliseconds(Int(info.elapsed_ms))
         lan = info.lan != 0
         advertised = info.advertised != 0
+        relayed = info.relayed != 0
     }
 }
 

@@ -260,7 +260,7 @@ final class StopSignal {
 let serverCommand = Command(
     name: "server",
     summary: "run a rendezvous server until SIGINT or SIGTERM",
-    usage: "rndz-cli server [--listen-addr ADDR ...] [--ipv6-only] [--secret-file FILE]",
+    usage: "rndz-cli server [--listen-addr ADDR ...] [--ipv6-only] [--secret-file FILE] [--relay-addr ADDR]",
     details: """
         Serves the rndz v1 protocol on ADDR, UDP and TCP, until SIGINT or SIGTERM.
         --listen-addr may be given up to \(ServerOptions.maxListenAddresses) times: one server on every ADDR, one
@@ -272,12 +272,17 @@ let serverCommand = Command(
         With --secret-file, ids are authenticated: the server serves only requests
         signed with the credential of their id (see the credential command and
         SECURITY.md); without it, any v1 client is served.
+        With --relay-addr, the server also relays, UDP and TCP on ADDR, between the
+        two peers of a connect that no direct path serves (both must allow it), and
+        prints "relay on ADDR" once ready. Relayed bytes cost the server bandwidth:
+        see SECURITY.md, "Relay", for the limits and what they cost.
         """,
     flags: [
         Flag("listen-addr", value: "ADDR",
              "address to serve on (repeatable; default 0.0.0.0:8888; port 0: any)"),
         Flag("ipv6-only", "IPv6 addresses serve IPv6 clients only (not IPv4-mapped)"),
         Flag("secret-file", value: "FILE", "authenticate ids with the secret in FILE (16+ bytes)"),
+        Flag("relay-addr", value: "ADDR", "relay between peers no direct path serves, on ADDR (UDP and TCP; port 0: any)"),
     ],
     run: runServer)
 
@@ -307,6 +312,14 @@ let serverCommand = Command(
         }
         opts.ipv6Only = true
     }
+    if let text = f.last("relay-addr") {
+        do {
+            opts.relayAddress = try SocketAddress(parsing: text)
+        } catch {
+            v.error("bad --relay-addr '\(text)': \(error)")
+            return ExitCode.usage
+        }
+    }
     let wanted = opts.listenAddresses.map(\.description).joined(separator: ", ")
     if let path = f.last("secret-file") {
         switch readSecret(path) {
@@ -326,6 +339,7 @@ let serverCommand = Command(
     }
     let stop = StopSignal(then: { server.stop() })
     for a in server.localAddresses { printOut("listening on \(a)") }
+    if let r = server.relayAddress { printOut("relay on \(r)") }
     let bound = server.localAddresses.map(\.description).joined(separator: ", ")
     do {
         try server.run()
@@ -339,7 +353,10 @@ let serverCommand = Command(
             + "\(s.udpMalformed) malformed, \(s.udpPeers) peers registered; refused: "
             + "\(s.authFailed) unauthenticated, \(s.authReplayed) replayed, "
             + "\(s.syncLimited + s.fsyncLimited) over a rate, \(s.tcpRefused) TCP connections "
-            + "(served on \(bound))")
+            + "(served on \(bound))"
+            + (server.relayAddress == nil ? "" : "; relay: \(s.relayForwarded) forwarded "
+                + "(\(s.relayBytes) bytes), \(s.relayForeign) foreign, \(s.relayRefused) joins "
+                + "refused, \(s.relayLimited) over a rate"))
     return ExitCode.ok
 }
 
@@ -349,7 +366,7 @@ let clientCommand = Command(
     name: "client",
     summary: "register and answer peers, or --remote-peer: say hello to a peer",
     usage:
-        "rndz-cli client --id ID --server-addr ADDR [--server-addr ADDR ...] [--remote-peer ID] [--tcp] [--local-addr ADDR] [--timeout MS] [--tcp-rto-max MS] [--credential-file FILE]",
+        "rndz-cli client --id ID --server-addr ADDR [--server-addr ADDR ...] [--remote-peer ID] [--tcp] [--local-addr ADDR] [--timeout MS] [--tcp-rto-max MS] [--credential-file FILE] [--no-relay | --relay-only]",
     details: """
         Without --remote-peer (listener): registers as ID with every server, prints
         "registered as ID on ADDR" on stdout, and answers peers until SIGINT or
@@ -360,6 +377,10 @@ let clientCommand = Command(
         --tcp: connects to it over TCP), sends "hello", prints "reply from ADDR: TEXT"
         on stdout and exits 0; exits 1 if the peer is not found, cannot be reached,
         or does not answer in time.
+        With a server that relays (server --relay-addr), a peer that no direct path
+        reaches within 2 s is reached through the relay; the connector's "path to"
+        line then says "relay" and the relay's address. --no-relay: direct only;
+        --relay-only: through the relay at once.
         """,
     flags: [
         Flag("id", value: "ID", "our id (required)"),
@@ -370,6 +391,8 @@ let clientCommand = Command(
         Flag("timeout", value: "MS", "connector: give up finding the peer, and waiting for its reply, after MS ms"),
         Flag("tcp-rto-max", value: "MS", "with --tcp: the peer connection keeps TCP's retransmission timeout at most MS ms (1000..120000; Linux 6.15+)"),
         Flag("credential-file", value: "FILE", "sign requests with ID's credential (hex, from 'rndz-cli credential')"),
+        Flag("no-relay", "never use the server's relay (direct paths only)"),
+        Flag("relay-only", "use the server's relay at once (a direct path is known to be impossible)"),
     ],
     run: runClient)
 
@@ -423,6 +446,12 @@ let clientCommand = Command(
         }
         opts.tcpRetransmitCap = .milliseconds(ms)
     }
+    if f.has("no-relay") && f.has("relay-only") {
+        v.error("--no-relay and --relay-only exclude each other")
+        return ExitCode.usage
+    }
+    if f.has("no-relay") { opts.relay = .never }
+    if f.has("relay-only") { opts.relay = .only }
     let tcp = f.has("tcp")
     if let peer = f.last("remote-peer") {
         // A connector has nothing to clean up: SIGINT and SIGTERM end it at once, as usual.
@@ -491,36 +520,58 @@ func runListener(_ opts: ClientOptions, _ v: Verbosity) -> Int32 {
         opts, stop, v, create: { (o) throws(RndzError) in try UDPListener(options: o) },
         waitRegistered: { (l, t) throws(RndzError) in try l.waitRegistered(timeout: t) }, localAddress: \.localAddress)
     guard let listener = opened else { return code }
-    var seen = Set<SocketAddress>()
+    // Each peer gets a socket of its own (direct, or through the server's relay), echoed on
+    // its own task; the overlay's async calls do not block the thread pool.
     while !stop.isSet {
-        // Peers as the library learns of them (verified paths, or v1 peers), on stderr.
-        while let p = try? listener.nextPeer(timeout: .zero) {
-            let rtt = p.path.rtt.map { ", rtt \($0)" } ?? ""
-            v.notice("peer '\(p.id)' at \(p.address): "
-                + (p.path.verified ? "path verified both ways\(rtt)" : "v1 peer, unverified"))
-        }
-        let d: Datagram
+        let socket: UDPSocket
         do {
-            guard let got = try listener.receive(timeout: .milliseconds(200)) else { continue }
-            d = got
+            guard let got = try listener.accept(timeout: .milliseconds(200)) else { continue }
+            socket = got
         } catch {
-            v.error("receive failed: \(error)")
+            v.error("accept failed: \(error)")
             return ExitCode.failure
         }
-        if let m = isProtocolPacket(d.bytes) {
-            v.debug("ignored a protocol packet (\(m.command) from '\(m.id)') from \(d.sender)")
-            continue
-        }
-        if seen.insert(d.sender).inserted { v.notice("peer \(d.sender) connected") }
-        v.debug("echo \(d.bytes.count) bytes to \(d.sender)")
-        do {
-            try listener.send(d.bytes, to: d.sender)
-        } catch {
-            v.notice("echo to \(d.sender) failed: \(error)")
-        }
+        let p = socket.path
+        let rtt = p.rtt.map { ", rtt \($0)" } ?? ""
+        v.notice("peer '\(socket.peerID)' connected from \(socket.peer): "
+            + (p.relayed ? "through the relay" : p.verified ? "path verified both ways\(rtt)"
+                : "v1 peer, unverified"))
+        Task.detached { await echoUDPPeer(socket, v) }
     }
     v.info("stopped by signal")
     return ExitCode.ok
+}
+
+/// How long a UDP peer may stay silent before the listener forgets it.
+let udpPeerIdle = Duration.seconds(60)
+
+/// Echoes every datagram of one peer back to it until it is silent for `udpPeerIdle`.
+func echoUDPPeer(_ socket: UDPSocket, _ v: Verbosity) async {
+    while true {
+        let got: [UInt8]
+        do {
+            guard let d = try await socket.receive(timeout: udpPeerIdle) else {
+                v.info("peer '\(socket.peerID)' silent for \(udpPeerIdle); forgetting it")
+                return
+            }
+            got = d
+        } catch .connectionRefused {
+            continue  // an ICMP error for an earlier datagram: the peer may come back
+        } catch {
+            v.notice("peer '\(socket.peerID)': \(error)")
+            return
+        }
+        if let m = isProtocolPacket(got) {
+            v.debug("ignored a protocol packet (\(m.command) from '\(m.id)') from \(socket.peer)")
+            continue
+        }
+        v.debug("echo \(got.count) bytes to \(socket.peer)")
+        do {
+            try await socket.send(got)
+        } catch {
+            v.notice("echo to \(socket.peer) failed: \(error)")
+        }
+    }
 }
 
 func runConnector(_ opts: ClientOptions, peer: String, replyTimeout: Duration, _ v: Verbosity)
@@ -648,13 +699,14 @@ func milliseconds(_ d: Duration) -> Int64 {
     d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000
 }
 
-/// The connector's "path to ID: ADDR (which candidate, verified or not), rtt, connected in"
-/// line on stdout.
+/// The connector's "path to ID: [relay ]ADDR (which candidate, verified or not), rtt,
+/// connected in" line on stdout: "relay" and the relay's address for a relayed path.
 func printPath(to peer: String, at addr: SocketAddress, _ p: PathInfo, proof: String) {
     let rtt = p.rtt.map { "\(milliseconds($0)) ms" } ?? "not measured"
-    let via = p.advertised ? (p.lan ? "its LAN address" : "an address it advertised")
+    let via = p.relayed ? "the rendezvous server forwards it"
+        : p.advertised ? (p.lan ? "its LAN address" : "an address it advertised")
         : "the address the server saw"
-    printOut("path to \(peer): \(addr) (\(via), "
+    printOut("path to \(peer): \(p.relayed ? "relay " : "")\(addr) (\(via), "
         + "\(p.verified ? proof : "unverified: v1 peer or server")), rtt \(rtt), "
         + "connected in \(milliseconds(p.elapsed)) ms")
 }

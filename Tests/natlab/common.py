@@ -32,6 +32,8 @@ CFG = {
     "clean_repeats": env_int("RNDZ_NATLAB_CLEAN_REPEATS", 5),
     "loss_repeats": env_int("RNDZ_NATLAB_REPEATS", 20),
     "xfail_repeats": env_int("RNDZ_NATLAB_XFAIL_REPEATS", 1),
+    # The relay matrix (every pair of NAT kinds, relay on): 20 per cell is the bar.
+    "relay_repeats": env_int("RNDZ_NATLAB_RELAY_REPEATS", 5),
     "loss": env_int("RNDZ_NATLAB_LOSS", 10),
     "loss_min": env_int("RNDZ_NATLAB_LOSS_MIN", 0),
     # The delay scenario: D ms one way on each router's WAN link (peer RTT 4D, server RTT 2D).

@@ -112,7 +112,8 @@ class Tools:
         if sc is not None and sc.raw_v1("server"):
             return [sys.executable, str(V1PEER), "udp-server", "--listen", listens[0]]
         if impl == "cli":
-            return [self.cli, "server"] + sum([["--listen-addr", a] for a in listens], [])
+            relay = ["--relay-addr", sc.relay_address()] if sc is not None and sc.relay else []
+            return [self.cli, "server"] + sum([["--listen-addr", a] for a in listens], []) + relay
         return [self.cpair, "server"] + sum([["--listen", a] for a in listens], [])
 
     def listener_argv(self, impl, transport, pid, server, sc=None):
@@ -131,16 +132,16 @@ class Tools:
         if impl == "cli":
             # The same deadline as cpair's: the attempt's (connect, then reply).
             return [self.cli, "client", "--id", cid, "--server-addr", server,
-                    "--remote-peer", target] + connect_timeout_flags() + \
+                    "--remote-peer", target] + connect_timeout_flags(sc) + \
                 local_flags(sc) + tcp_flags(transport)
         return [self.cpair, "connect", "--id", cid, "--server", server, "--target", target] + \
             connect_timeout_flags() + tcp_flags(transport)
 
 
-def connect_timeout_flags():
+def connect_timeout_flags(sc=None):
     """The connectors' --timeout (ms): the attempt's, or RNDZ_NATLAB_CONNECT_TIMEOUT's; none
-    with 0 (the library's default)."""
-    t = CFG["connect_timeout"]
+    with 0 (the library's default), as in rows that must fail in time (`sc.refuse`)."""
+    t = 0 if sc is not None and sc.refuse else CFG["connect_timeout"]
     if t == 0:
         return []
     return ["--timeout", str((CFG["timeout"] if t < 0 else t) * 1000)]

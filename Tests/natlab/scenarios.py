@@ -10,7 +10,7 @@ from pathlib import Path
 
 from common import CFG, PROBE, V1PEER, LabError, Stopped, last_json, sh, tail, vlog, wait_until
 from peers import child_env
-from topology import HOSTS, PORT, ROUTERS, SRV4, SRV4B, SRV6, SRV6B, WAN4, Lab
+from topology import HOSTS, PORT, RELAY_PORT, ROUTERS, SRV4, SRV4B, SRV6, SRV6B, WAN4, Lab
 
 
 # ---- results: a row is one transport x implementation of a scenario ------------------------
@@ -81,7 +81,7 @@ class Scenario:
                  server_host="srv", listener="b", connector="a", transports=("udp", "tcp"),
                  impls=("cli", "capi"), expect="pass", repeats="clean", concurrent=False,
                  v1=None, local=None, record_path=False, expects=None, liberal=(), delay=0,
-                 rst=(), via=(1, 1)):
+                 rst=(), via=(1, 1), relay=False, want_path=None, refuse=False):
         self.__dict__.update(locals())
         del self.__dict__["self"]
         self.rows = []
@@ -105,6 +105,10 @@ class Scenario:
             return f"[{SRV6 if n == 1 else SRV6B}]:{PORT}"
         return f"{SRV4 if n == 1 else SRV4B}:{PORT}"
 
+    def relay_address(self):
+        """The server's --relay-addr: its first address of `family`, RELAY_PORT."""
+        return f"[{SRV6}]:{RELAY_PORT}" if self.family == 6 else f"{SRV4}:{RELAY_PORT}"
+
     def client_servers(self):
         """The server address the listener and the connector use (`via`: which of the server
         host's addresses each writes to)."""
@@ -118,7 +122,8 @@ class Scenario:
         if row is not None and row.expect == "xfail":
             return CFG["xfail_repeats"]
         return CFG[{"clean": "clean_repeats", "loss": "loss_repeats",
-                    "xfail": "xfail_repeats", "delay": "delay_repeats"}[self.repeats]]
+                    "xfail": "xfail_repeats", "delay": "delay_repeats",
+                    "relay": "relay_repeats"}[self.repeats]]
 
 
 def all_scenarios():
@@ -150,9 +155,28 @@ def all_scenarios():
         Scenario("dd-b", "destination-dependent NAT on b's side (listener)", "pair",
                  nat=("eim", "random"), impls=("cli",), expect="xfail", repeats="xfail",
                  concurrent=True),
-        Scenario("dd-both", "destination-dependent NAT on both sides", "pair",
-                 nat=("random", "random"), impls=("cli",), expect="xfail", repeats="xfail",
+        # No direct path and no relay: each connect must fail on its own, in time (the
+        # library's default 10 s), exit 1, and say why.
+        Scenario("dd-both", "destination-dependent NAT on both sides, no relay: the "
+                 "connector fails by itself in time (exit 1) and says the peer cannot be "
+                 "reached", "pair", nat=("random", "random"), impls=("cli",), refuse=True,
+                 repeats="relay", concurrent=True),
+        # The relay matrix: every pair of NAT kinds with the server's relay on. Each connects
+        # every time; cone/cone must go direct, symmetric/symmetric through the relay (no
+        # direct path exists); the one-sided rows report which it was (issue 13 makes them
+        # direct). The dd-* rows above are the same NATs with the relay off.
+        Scenario("relay-cone", "relay on, endpoint-independent NATs on both sides: direct, "
+                 "never the relay", "pair", impls=("cli",), relay=True, want_path="direct",
+                 repeats="relay", concurrent=True),
+        Scenario("relay-dd-a", "relay on, destination-dependent NAT on a's side", "pair",
+                 nat=("random", "eim"), impls=("cli",), relay=True, repeats="relay",
                  concurrent=True),
+        Scenario("relay-dd-b", "relay on, destination-dependent NAT on b's side", "pair",
+                 nat=("eim", "random"), impls=("cli",), relay=True, repeats="relay",
+                 concurrent=True),
+        Scenario("relay-dd-both", "relay on, destination-dependent NATs on both sides: "
+                 "through the relay", "pair", nat=("random", "random"), impls=("cli",),
+                 relay=True, want_path="relay", repeats="relay", concurrent=True),
         Scenario("same-nat", "a<->a2 behind the same NAT: no hairpinning on Linux, the LAN "
                  "candidates connect them", "pair", listener="a2"),
         Scenario("v1-listener", "a raw v1 listener in b (the captured bytes) and our connector "
@@ -461,7 +485,17 @@ def run_row(sc, lab, tools, row, srv_addrs):
                     res = lab.x(r, ["nft", "list", "ruleset"], check=False)
                     f.write(f"== {r} ruleset (counters since the lab started)\n{res.stdout}")
 
-        if rc is None:
+        if sc.refuse:
+            # A clean refusal: exit 1 by itself within the default timeout (10 s, + the
+            # process's start), naming the cause.
+            err = Path(cp.natlab_err).read_text(errors="replace")
+            if rc == 1 and secs <= 13 and "could not be reached" in err:
+                row.add(True, secs)
+            else:
+                failed(f"wanted exit 1 within 13 s saying the peer could not be reached; got "
+                       f"{'no exit' if rc is None else f'exit {rc}'} after {secs:.2f}s: "
+                       f"{tail(cp.natlab_err, 2)}")
+        elif rc is None:
             failed(f"no result after {CFG['timeout']}s (killed); "
                    f"stderr: {tail(cp.natlab_err, 2)}")
         elif rc != 0:
@@ -473,9 +507,16 @@ def run_row(sc, lab, tools, row, srv_addrs):
                        "listener's punch) reached the application as the reply")
             failed(f"exit 0 but no 'hello' reply on stdout (stdout: {out.strip()[:120]!r}; "
                    f"stderr: {tail(cp.natlab_err, 2)}){why}")
+        elif sc.relay and (problem := path_problem(sc, row, out)):
+            failed(problem)
         else:
             direct = lab.counter(lrouter, peer_counter) - peer0
-            if sc.listener == "b" and direct == 0:
+            if is_relayed(out):
+                row.add(True, secs)  # through the server: no packet from the peer expected
+                ms = connect_ms(out)
+                if ms is not None:
+                    row.connect_ms.append(ms)
+            elif sc.listener == "b" and direct == 0:
                 failed(f"reply printed but {lrouter} forwarded no packet from the peer: not a "
                        "punched path")
             else:
@@ -493,6 +534,9 @@ def run_row(sc, lab, tools, row, srv_addrs):
              + (f", library time to connect {connect_ms(out)} ms"
                 if row.bar is not None and row.attempts[-1][0] else ""))
     lab.stop([lp])
+    if sc.relay:
+        row.notes.append(f"paths: {getattr(row, 'direct', 0)} direct, "
+                         f"{getattr(row, 'relayed', 0)} through the relay")
     if sc.record_path:
         summarize_paths(row)
         v6 = {h: lab.counter(HOSTS[h][0], f"peer6_in_{h}") - v6_0[h] for h in v6_0}
@@ -505,6 +549,25 @@ def run_row(sc, lab, tools, row, srv_addrs):
         except LabError:
             pass
     row.elapsed = time.monotonic() - t_row
+
+
+def is_relayed(out):
+    """The CLI connector's path line names the relay: "path to ID: relay ADDR (...)"."""
+    return re.search(r"^path to \S+: relay ", out, re.M) is not None
+
+
+def path_problem(sc, row, out):
+    """Relay rows: count direct and relayed attempts; None, or why this one is wrong."""
+    if not re.search(r"^path to ", out, re.M):
+        return "no path line on stdout"
+    relayed = is_relayed(out)
+    row.relayed = getattr(row, "relayed", 0) + relayed
+    row.direct = getattr(row, "direct", 0) + (not relayed)
+    if sc.want_path == "direct" and relayed:
+        return "went through the relay, but a direct path exists (cone NATs)"
+    if sc.want_path == "relay" and not relayed:
+        return "went direct where no direct path exists: the path line is wrong"
+    return None
 
 
 def connect_ms(out):

@@ -24,6 +24,7 @@ SRV4, SRV6 = "203.0.113.1", "2001:db8::1"
 # the source of a reply, as it would not pick the IPv4 secondary either; Lab.up checks both.
 SRV4B, SRV6B = "203.0.113.2", "2001:db8::2"
 PORT = 7000                      # rendezvous server, UDP and TCP
+RELAY_PORT = 7001                # its relay (relay rows), UDP and TCP
 ECHO_PORTS = (7100, 7101)        # probe.py echo on the server host: NAT mapping checks
 WAN4 = {"r1": "203.0.113.11", "r2": "203.0.113.12"}
 WAN6 = {"r1": "2001:db8::11", "r2": "2001:db8::12"}

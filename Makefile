@@ -20,7 +20,7 @@ SONAME = librndz.so.$(ABI_MAJOR)
 LIB    = $(BUILD)/librndz.so.$(VERSION)
 STAGE  = $(abspath $(BUILD)/stage)
 
-.PHONY: all install check test swift-test natlab clean header-check lib-check readme-check demo bench unit soak
+.PHONY: all install check test swift-test natlab clean header-check lib-check readme-check demo bench relay-bench unit soak
 all: $(LIB) $(BUILD)/librndz.a
 
 $(BUILD)/obj/%.o: Sources/CRndz/%.c $(HDRS)
@@ -118,6 +118,12 @@ swift-test:
 test: check swift-test natlab
 
 # The server benchmark: rndz against a plain batched UDP echo loop, same load generator.
+# The relay benchmark: the server's relay against a plain batched UDP forwarding loop.
+relay-bench: all
+	$(CC) -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror -Iinclude bench/relay-bench.c \
+	    -o $(BUILD)/relay-bench -L$(BUILD) -lrndz -lpthread -Wl,-rpath,$(abspath $(BUILD))
+	$(BUILD)/relay-bench $(RELAY_BENCH_ARGS)
+
 bench: all
 	$(CC) -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Iinclude bench/rndz-bench.c \
 	    -o $(BUILD)/rndz-bench -L$(BUILD) -lrndz -lpthread -Wl,-rpath,$(abspath $(BUILD))

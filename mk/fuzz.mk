@@ -6,7 +6,7 @@
 #   make fuzz-coverage               source coverage the corpora reach (seeds + what fuzz found)
 #   make fuzz-cli FUZZ_SECONDS=600   rndz-cli's argument parsing (Tests/fuzz/cli_args.py; it
 #                                    runs the built binary: $RNDZ_CLI, or build it first)
-FUZZ_TARGETS  = fuzz_wire fuzz_frame fuzz_addr fuzz_server_udp fuzz_server_tcp
+FUZZ_TARGETS  = fuzz_wire fuzz_frame fuzz_addr fuzz_server_udp fuzz_server_tcp fuzz_relay
 FUZZ_CC      ?= $(firstword $(wildcard /opt/swift/usr/bin/clang) clang)
 FUZZ_BUILD   ?= build-fuzz
 FUZZ_SECONDS ?= 60

@@ -130,28 +130,37 @@ static void bucket_fill(rndz__bytes_bucket *b, uint32_t rate, uint64_t now) {
 
 /* ---- tables ---- */
 
+/* Addresses as the relay's one UDP socket reports them: all in one form (an IPv6 socket's
+ * IPv4 peers mapped), so they compare and hash as they are, on every datagram. */
+static bool same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b) {
+    if (a->ss_family != b->ss_family) return false;
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *p = (const void *)a, *q = (const void *)b;
+        return p->sin_port == q->sin_port && p->sin_addr.s_addr == q->sin_addr.s_addr;
+    }
+    const struct sockaddr_in6 *p = (const void *)a, *q = (const void *)b;
+    return p->sin6_port == q->sin6_port && p->sin6_scope_id == q->sin6_scope_id &&
+           memcmp(&p->sin6_addr, &q->sin6_addr, sizeof p->sin6_addr) == 0;
+}
+
 static uint32_t addr_bucket(const rndz__relay *r, const struct sockaddr_storage *a) {
     uint8_t key[19];
     size_t n = 0;
-    struct sockaddr_storage u = *a;
-    rndz__addr_unmap(&u);
-    key[n++] = (uint8_t)u.ss_family;
-    if (u.ss_family == AF_INET) {
-        const struct sockaddr_in *s = (const struct sockaddr_in *)&u;
+    key[n++] = (uint8_t)a->ss_family;
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *s = (const struct sockaddr_in *)a;
         memcpy(key + n, &s->sin_addr, 4), n += 4;
         memcpy(key + n, &s->sin_port, 2), n += 2;
     } else {
-        const struct sockaddr_in6 *s = (const struct sockaddr_in6 *)&u;
+        const struct sockaddr_in6 *s = (const struct sockaddr_in6 *)a;
         memcpy(key + n, &s->sin6_addr, 16), n += 16;
         memcpy(key + n, &s->sin6_port, 2), n += 2;
     }
-    rndz__hkey k = {r->sweep_salt, ~r->sweep_salt};
-    return (uint32_t)rndz__hash64(&k, key, n) & r->mask;
+    return (uint32_t)rndz__hash64(&r->addr_key, key, n) & r->mask;
 }
 
 static uint32_t nonce_bucket(const rndz__relay *r, uint64_t nonce) {
-    rndz__hkey k = {~r->sweep_salt, r->sweep_salt};
-    return (uint32_t)rndz__hash64(&k, &nonce, sizeof nonce) & r->mask;
+    return (uint32_t)rndz__hash64(&r->nonce_key, &nonce, sizeof nonce) & r->mask;
 }
 
 int rndz__relay_init(rndz__relay *r, const rndz__relay_key *key, const rndz__relay_limits *lim,
@@ -173,9 +182,8 @@ int rndz__relay_init(rndz__relay *r, const rndz__relay_key *key, const rndz__rel
     }
     for (uint32_t i = 0; i < lim->max_sessions; i++) r->free_list[i] = lim->max_sessions - 1 - i;
     r->nfree = lim->max_sessions;
-    rndz__hkey salt;
-    rndz__hkey_random(&salt);
-    r->sweep_salt = salt.k0;
+    rndz__hkey_random(&r->addr_key);
+    rndz__hkey_random(&r->nonce_key);
     bucket_fill(&r->total, lim->total_rate, now);
     return 0;
 }
@@ -194,8 +202,7 @@ static rndz__relay_side *side_of(rndz__relay *r, uint32_t e) { return &r->sess[e
 
 static bool find_addr(rndz__relay *r, const struct sockaddr_storage *a, uint32_t *e_out) {
     for (uint32_t e1 = r->by_addr[addr_bucket(r, a)]; e1; e1 = side_of(r, e1 - 1)->next) {
-        if (rndz__addr_equal((const struct sockaddr *)&side_of(r, e1 - 1)->addr,
-                             (const struct sockaddr *)a)) {
+        if (same_addr(&side_of(r, e1 - 1)->addr, a)) {
             *e_out = e1 - 1;
             return true;
         }
@@ -267,13 +274,15 @@ static void join(rndz__relay *r, const struct sockaddr_storage *from,
     rndz__relay_sess *se = &r->sess[i];
     rndz__relay_side *me = &se->side[role - 1], *other = &se->side[2 - role];
     if (me->bound) {
-        bool same = conn ? me->conn == conn
-                         : rndz__addr_equal((const struct sockaddr *)&me->addr,
-                                            (const struct sockaddr *)from);
+        bool same = conn ? me->conn == conn : same_addr(&me->addr, from);
         if (!same) {
             drop(o, RNDZ__ST_relay_refused, "join of a role already taken from elsewhere");
             return;
         }
+    } else if (!conn && other->bound && same_addr(&other->addr, from)) {
+        /* both roles from one address: it would only hear itself (a reflector) */
+        drop(o, RNDZ__ST_relay_refused, "join of both roles from one address");
+        return;
     } else {
         me->bound = true;
         me->addr = *from;

@@ -28,6 +28,7 @@
 #ifndef RNDZ_RELAY_H
 #define RNDZ_RELAY_H
 
+#include "hash.h"
 #include "sha256.h"
 
 #define RNDZ_RELAY_TOKEN_LEN 32
@@ -108,7 +109,7 @@ typedef struct rndz__relay {
     rndz__bytes_bucket total;
     uint32_t active;
     uint32_t sweep_at; /* the next session the expiry step looks at */
-    uint64_t sweep_salt;
+    rndz__hkey addr_key, nonce_key; /* random per relay: nobody aims at one chain */
 } rndz__relay;
 
 RNDZ_INTERNAL int rndz__relay_init(rndz__relay *r, const rndz__relay_key *key,

@@ -427,19 +427,42 @@ int rndz__server_relay_open(rndz_server *s, const rndz__sockopts *base) {
     so.reuse = false;
     so.reuse_addr = true;
     so.v6only = s->relay_local.ss_family == AF_INET6 ? (s->o.ipv6_only ? 1 : 0) : -1;
-    int fd = rndz__sock_bind(SOCK_DGRAM, (struct sockaddr *)&s->relay_local, &so);
-    if (fd < 0) return fd;
+    /* UDP picks the port (port 0: any), TCP must get the same: if a TCP socket holds it,
+     * try another (only a port we picked) */
+    struct sockaddr_storage want = s->relay_local;
+    bool any_port = rndz__addr_port(&want) == 0;
+    int fd;
+    for (int attempt = 0;; attempt++) {
+        s->relay_local = want;
+        if ((fd = rndz__sock_bind(SOCK_DGRAM, (struct sockaddr *)&s->relay_local, &so)) < 0)
+            return fd;
+        socklen_t bl = sizeof s->relay_local;
+        if (getsockname(fd, (struct sockaddr *)&s->relay_local, &bl) < 0) {
+            rc = -errno;
+            close(fd);
+            return rc;
+        }
+        s->relay_len = bl;
+        r->tfd = rndz__sock_bind(SOCK_STREAM, (struct sockaddr *)&s->relay_local, &so);
+        if (r->tfd >= 0) break;
+        close(fd);
+        if (r->tfd != -EADDRINUSE || !any_port || attempt == 15) return r->tfd;
+    }
     r->ufd = fd;
-    socklen_t bl = sizeof s->relay_local;
-    if (getsockname(fd, (struct sockaddr *)&s->relay_local, &bl) < 0) return -errno;
-    s->relay_len = bl;
-    if ((rc = rndz__server_udp_pktinfo(fd, s->relay_local.ss_family))) return rc;
+    /* The address each datagram reached matters only on a wildcard address (a specific one
+     * is every reply's source anyway): there, and only there, ask for it. */
+    struct sockaddr_storage any = s->relay_local;
+    rndz__addr_set_port(&any, 0);
+    struct sockaddr_storage zero;
+    memset(&zero, 0, sizeof zero);
+    zero.ss_family = any.ss_family;
+    if (rndz__addr_equal((struct sockaddr *)&any, (struct sockaddr *)&zero) &&
+        (rc = rndz__server_udp_pktinfo(fd, s->relay_local.ss_family)))
+        return rc;
     r->uio = (rndz__io){fd, udp_readable, r};
     if ((rc = rndz__loop_add(s->w[0]->loop, &r->uio, EPOLLIN))) return rc;
-    if ((fd = rndz__sock_bind(SOCK_STREAM, (struct sockaddr *)&s->relay_local, &so)) < 0) return fd;
-    r->tfd = fd;
-    if (listen(fd, 1024) < 0) return -errno;
-    r->tio = (rndz__io){fd, tcp_acceptable, r};
+    if (listen(r->tfd, 1024) < 0) return -errno;
+    r->tio = (rndz__io){r->tfd, tcp_acceptable, r};
     if ((rc = rndz__loop_add(s->w[0]->loop, &r->tio, EPOLLIN))) return rc;
     /* what peers are told: the address as bound (a wildcard host: the server's own) */
     rndz_addr_format((struct sockaddr *)&s->relay_local, s->core.relay_text,

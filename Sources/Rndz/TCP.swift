@@ -89,10 +89,13 @@ public final class TCPListener: Sendable {
     }
 
     private func accept(ms: UInt32) throws(RndzError) -> TCPStream {
-        var ss = sockaddr_storage()
-        let fd = try check(rndz_tcp_listener_accept(handle, ms, &ss, nil))
-        let peer = try cleaningUp({ closeFD(fd) }) { () throws(RndzError) in try SocketAddress(ss) }
-        return try TCPStream(owning: fd, peer: peer)
+        var info = rndz_peer_info()
+        let fd = try check(rndz_tcp_listener_accept_info(handle, ms, &info))
+        let peer = try cleaningUp({ closeFD(fd) }) { () throws(RndzError) in try SocketAddress(info.addr) }
+        // An accepted stream knows only whether it came through the relay.
+        var path = PathInfo()
+        path.relayed = info.relayed != 0
+        return try TCPStream(owning: fd, peer: peer, path: path)
     }
 
     /// The peers' connections as they are accepted, until the listener is closed or the
@@ -138,7 +141,8 @@ public final class TCPStream: @unchecked Sendable {
     /// The local address (the same port the rendezvous server saw).
     public let localAddress: SocketAddress
     /// What the connect found out (connector side): which address carried the connection,
-    /// the handshake's RTT and the time to connect. Empty on accepted streams.
+    /// the handshake's RTT and the time to connect. On accepted streams only
+    /// ``PathInfo/relayed`` is set.
     public let path: PathInfo
 
     private struct State {

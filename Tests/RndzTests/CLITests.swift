@@ -101,6 +101,46 @@ struct CLITests {
         #expect(server.wait() == 0, "server said: \(server.stderrText)")
     }
 
+    /// A server with --relay-addr prints "relay on ADDR"; a connector with --relay-only is
+    /// relayed and its path line says "relay ADDR"; without it the path is direct and the
+    /// line has no such word; --no-relay with --relay-only is a usage error.
+    @Test(arguments: [false, true])
+    func relayPathLine(_ tcp: Bool) throws {
+        let server = try Child(["server", "--listen-addr", "127.0.0.1:0", "--relay-addr", "127.0.0.1:0"])
+        let line = try #require(server.readLine(), "server said: \(server.stderrText)")
+        let addr = String(line.dropFirst("listening on ".count))
+        let relayLine = try #require(server.readLine(), "server said: \(server.stderrText)")
+        #expect(relayLine.hasPrefix("relay on 127.0.0.1:"))
+        let relay = String(relayLine.dropFirst("relay on ".count))
+        let id = uniqueID("rl")
+        let t = tcp ? ["--tcp"] : []
+        let listener = try Child(["client", "--id", id, "--server-addr", addr] + t)
+        _ = try #require(listener.readLine(), "listener said: \(listener.stderrText)")
+
+        let relayed = try Child.run(["client", "--id", uniqueID("rc"), "--server-addr", addr,
+                                     "--remote-peer", id, "--relay-only"] + t)
+        #expect(relayed.status == 0, "connector said: \(relayed.stderrText)")
+        let lines = relayed.stdoutText.split(separator: "\n").map(String.init)
+        #expect(lines.first?.hasPrefix("path to \(id): relay \(relay) (") == true, "\(lines)")
+        #expect(lines.last?.hasSuffix(": hello") == true, "\(lines)")
+
+        let direct = try Child.run(["client", "--id", uniqueID("dc"), "--server-addr", addr,
+                                    "--remote-peer", id] + t)
+        #expect(direct.status == 0, "connector said: \(direct.stderrText)")
+        #expect(direct.stdoutText.hasPrefix("path to \(id): "))
+        #expect(!direct.stdoutText.contains("relay"), "\(direct.stdoutText)")
+
+        let both = try Child.run(["client", "--id", "x", "--server-addr", addr, "--remote-peer",
+                                  id, "--no-relay", "--relay-only"])
+        #expect(both.status == 2)
+        #expect(both.stderrText.contains("exclude each other"))
+
+        listener.signal(SIGINT)
+        #expect(listener.wait() == 0, "listener said: \(listener.stderrText)")
+        server.signal(SIGTERM)
+        #expect(server.wait() == 0, "server said: \(server.stderrText)")
+    }
+
     /// `--listen-addr` three times: one line per address, one port, one table of ids (a
     /// listener registered through 127.0.0.2 is found through 127.0.0.1), each address
     /// answering from itself; `--ipv6-only` with IPv4 addresses too applies to the IPv6 one.

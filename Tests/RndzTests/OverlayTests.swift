@@ -37,6 +37,9 @@ func syncWaitRegistered(_ l: UDPListener, timeout: Duration) throws(RndzError) {
 func syncReceive(_ l: UDPListener, timeout: Duration) throws(RndzError) -> Datagram? {
     try l.receive(timeout: timeout)
 }
+func syncAccept(_ l: UDPListener, timeout: Duration) throws(RndzError) -> UDPSocket? {
+    try l.accept(timeout: timeout)
+}
 
 @Suite("Server", .timeLimit(.minutes(1)))
 struct ServerTests {

@@ -108,6 +108,11 @@ static void test_pair(void) {
     CHECK_EQ_INT(o.stat, RNDZ__ST_relay_refused);
     CHECK_EQ_INT((int)o.ctl_len, 0);
 
+    /* the other role from the same address: it would only hear itself */
+    rndz__relay_input(&r, &a, NULL, NULL, jb, sizeof jb, 15, &o);
+    CHECK_EQ_INT(o.stat, RNDZ__ST_relay_refused);
+    CHECK_EQ_INT((int)o.ctl_len, 0);
+
     rndz__relay_input(&r, &b, NULL, NULL, jb, sizeof jb, 20, &o);
     CHECK_EQ_INT(state_of(&o), RNDZ_RELAY_READY);
     CHECK(o.notify);

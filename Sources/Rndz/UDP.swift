@@ -30,6 +30,10 @@ public final class UDPListener: Sendable {
     /// Our id.
     public let id: String
 
+    /// Sockets taken by ``connections`` when it switched the listener over, for its first
+    /// iterations.
+    private let pending = Locked<[UDPSocket]>([])
+
     /// Creates the listener and starts registering. Returns at once; see
     /// ``waitRegistered(timeout:)``.
     ///
@@ -132,6 +136,30 @@ public final class UDPListener: Sendable {
             try accept(ms: 0)
         }
     }
+
+    /// Each peer on a socket of its own, as ``accept(timeout:)`` hands them out, until the
+    /// listener is closed or the consuming task is cancelled (then the sequence ends). Making
+    /// the sequence switches the listener to per-peer sockets at once (so the relay is
+    /// offered from then on), before the first iteration.
+    ///
+    /// ```swift
+    /// for try await socket in listener.connections {
+    ///     Task { try await serve(socket) }  // socket.path.relayed: through the relay
+    /// }
+    /// ```
+    public var connections: Connections {
+        // accept(0) switches at once; a peer it already returns waits for the first next()
+        if let early = try? accept(ms: 0) { pending.withLock { $0.append(early) } }
+        return Connections { [self] () async throws(RndzError) in
+            if let early = pending.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) { return early }
+            while true {
+                if let s = try await accept() { return s }
+            }
+        }
+    }
+
+    /// The per-peer sockets of a ``UDPListener``: see ``UDPListener/connections``.
+    public typealias Connections = ListenerSequence<UDPSocket>
 
     private func accept(ms: UInt32) throws(RndzError) -> UDPSocket? {
         var info = rndz_peer_info()

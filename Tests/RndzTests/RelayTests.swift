@@ -59,6 +59,23 @@ struct RelayTests {
         server.stop()
     }
 
+    @Test func udpConnectionsSequence() async throws {
+        let server = try relayServer()
+        let lo = clientOptions("sl", server)
+        let listener = try UDPListener(options: lo)
+        try await listener.waitRegistered(timeout: .seconds(3))
+        let peers = listener.connections  // switches to per-peer sockets now
+        var co = clientOptions("sc", server)
+        co.relay = .only
+        let socket = try await UDPConnector(options: co).connect(to: lo.id)
+        var it = peers.makeAsyncIterator()
+        let peer = try #require(try await it.next())
+        #expect(peer.path.relayed && socket.path.relayed && peer.peerID == co.id)
+        try await socket.send([1, 2, 3])
+        #expect(try await peer.receive(timeout: .seconds(3)) == [1, 2, 3])
+        server.stop()
+    }
+
     @Test func tcpRelayed() async throws {
         let server = try relayServer()
         let lo = clientOptions("tl", server)

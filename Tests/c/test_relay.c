@@ -9,6 +9,8 @@
  * - Hostile traffic to the relay port: junk, a forged join, data from a third address, a
  *   copied token from elsewhere: counted, and the two peers receive none of it.
  * - rndz_udp_listener_accept on a direct path: a connected socket of its own.
+ * - With a secret: an authenticated pair is relayed; a connector without a credential gets
+ *   nothing from the server, so no token and no relay.
  * - TCP relayed: 256 KiB each way at once, byte for byte, then a half-close each way passes
  *   through; auto on loopback: direct, no session.
  * Loopback only. */
@@ -36,14 +38,24 @@ static void *job_main(void *arg) {
     return NULL;
 }
 
-static void job_start(job *j, const tl_server *v, const char *id, const char *target, int relay) {
+/* A UDP connect on a thread: prepare (then change j->o if needed), run, join. */
+static void job_prepare(job *j, const tl_server *v, const char *id, const char *target,
+                        int relay) {
     memset(j, 0, sizeof *j);
     j->server = v->text;
     tl_client_options(&j->o, id, &j->server, 1);
     j->o.relay = relay;
     j->o.timeout_ms = tl_ms(8000);
     snprintf(j->target, sizeof j->target, "%s", target);
-    CHECK(pthread_create(&j->thread, NULL, job_main, j) == 0);
+}
+
+static void job_run(job *j, void *(*fn)(void *)) {
+    CHECK(pthread_create(&j->thread, NULL, fn, j) == 0);
+}
+
+static void job_start(job *j, const tl_server *v, const char *id, const char *target, int relay) {
+    job_prepare(j, v, id, target, relay);
+    job_run(j, job_main);
 }
 
 static int job_join(job *j) {
@@ -260,13 +272,8 @@ static void test_tcp(bool relayed) {
         return;
     }
     job j;
-    memset(&j, 0, sizeof j);
-    j.server = v.text;
-    tl_client_options(&j.o, "trelay-c", &j.server, 1);
-    j.o.relay = relayed ? RNDZ_RELAY_ONLY : RNDZ_RELAY_AUTO;
-    j.o.timeout_ms = tl_ms(8000);
-    snprintf(j.target, sizeof j.target, "trelay-l");
-    CHECK(pthread_create(&j.thread, NULL, tcp_connect_main, &j) == 0);
+    job_prepare(&j, &v, "trelay-c", "trelay-l", relayed ? RNDZ_RELAY_ONLY : RNDZ_RELAY_AUTO);
+    job_run(&j, tcp_connect_main);
     rndz_peer_info li;
     int lfd = rndz_tcp_listener_accept_info(l, tl_ms(8000), &li);
     int c = job_join(&j);
@@ -306,6 +313,55 @@ static void test_tcp(bool relayed) {
     tl_server_stop(&v);
 }
 
+static void test_secret(void) {
+    tl_case("relay with a secret: only authenticated pairs");
+    static const uint8_t secret[] = "relay test secret, 32 bytes long";
+    rndz_server_options so;
+    tl_server_options(&so, "127.0.0.1:0");
+    so.relay_addr = "127.0.0.1:0";
+    so.secret = secret;
+    so.secret_len = sizeof secret - 1;
+    tl_server v;
+    if (!tl_server_start(&v, &so)) return;
+    uint8_t lcred[RNDZ_CREDENTIAL_LEN], ccred[RNDZ_CREDENTIAL_LEN];
+    CHECK_RC(rndz_credential_derive(secret, sizeof secret - 1, "sec-l", 5, lcred), 0);
+    CHECK_RC(rndz_credential_derive(secret, sizeof secret - 1, "sec-c", 5, ccred), 0);
+    rndz_client_options lo;
+    tl_client_options(&lo, "sec-l", (const char *const[]){v.text}, 1);
+    lo.credential = lcred;
+    rndz_udp_listener *l = tl_udp_listener(&lo);
+    if (!l) {
+        tl_server_stop(&v);
+        return;
+    }
+    rndz_peer_info li;
+    CHECK_EQ_INT(rndz_udp_listener_accept(l, 0, &li), RNDZ_E_TIMEDOUT);
+    /* no credential: the server serves nothing (auth_failed), so no relay either */
+    job j;
+    job_prepare(&j, &v, "sec-c", "sec-l", RNDZ_RELAY_ONLY);
+    j.o.timeout_ms = tl_ms(1500);
+    job_run(&j, job_main);
+    CHECK_EQ_INT(job_join(&j), RNDZ_E_TIMEDOUT);
+    job_prepare(&j, &v, "sec-c", "sec-l", RNDZ_RELAY_ONLY);
+    j.o.credential = ccred;
+    job_run(&j, job_main);
+    int lfd = rndz_udp_listener_accept(l, tl_ms(8000), &li);
+    int c = job_join(&j);
+    CHECK(c >= 0 && lfd >= 0);
+    if (c >= 0 && lfd >= 0) {
+        CHECK_EQ_INT(j.info.relayed, 1);
+        CHECK_EQ_INT(li.relayed, 1);
+        exchange(c, lfd);
+    }
+    rndz_server_stats st = tl_server_stats(&v);
+    CHECK(st.auth_failed >= 1);
+    CHECK_EQ_INT(st.relay_refused, 0);
+    if (c >= 0) close(c);
+    if (lfd >= 0) close(lfd);
+    rndz_udp_listener_destroy(l);
+    tl_server_stop(&v);
+}
+
 int main(void) {
     tl_init("test_relay", 120);
     tl_mark m = tl_mark_now(true);
@@ -317,6 +373,7 @@ int main(void) {
     test_direct("udp relay forbidden by the listener", true, RNDZ_RELAY_ONLY, RNDZ_RELAY_NEVER);
     test_direct("udp, server without a relay", false, RNDZ_RELAY_ONLY, RNDZ_RELAY_ONLY);
     test_hostile();
+    test_secret();
     test_tcp(true);
     test_tcp(false);
     tl_mark_check(&m);

@@ -106,7 +106,10 @@ class Scenario:
         return f"{SRV4 if n == 1 else SRV4B}:{PORT}"
 
     def relay_address(self):
-        """The server's --relay-addr: its first address of `family`, RELAY_PORT."""
+        """The server's --relay-addr: `relay` when it is an address, else the server host's
+        first address of `family`, RELAY_PORT."""
+        if isinstance(self.relay, str):
+            return self.relay
         return f"[{SRV6}]:{RELAY_PORT}" if self.family == 6 else f"{SRV4}:{RELAY_PORT}"
 
     def client_servers(self):
@@ -177,6 +180,15 @@ def all_scenarios():
         Scenario("relay-dd-both", "relay on, destination-dependent NATs on both sides: "
                  "through the relay", "pair", nat=("random", "random"), impls=("cli",),
                  relay=True, want_path="relay", repeats="relay", concurrent=True),
+        # The relay on a wildcard address, the clients writing to the server host's second
+        # address: the relay is handed out as 0.0.0.0:7001, so the peers use the address they
+        # reach the server at, and every relayed datagram must leave from it (IP_PKTINFO).
+        Scenario("relay-addr2", f"relay on 0.0.0.0:{RELAY_PORT}, server on 0.0.0.0:{PORT}, "
+                 f"destination-dependent NATs on both sides, clients write to {SRV4B}: "
+                 "through the relay, answered from the address written to", "pair",
+                 nat=("random", "random"), impls=("cli",), listen=f"0.0.0.0:{PORT}",
+                 via=(2, 2), relay=f"0.0.0.0:{RELAY_PORT}", want_path="relay",
+                 repeats="relay", concurrent=True),
         Scenario("same-nat", "a<->a2 behind the same NAT: no hairpinning on Linux, the LAN "
                  "candidates connect them", "pair", listener="a2"),
         Scenario("v1-listener", "a raw v1 listener in b (the captured bytes) and our connector "

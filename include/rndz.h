@@ -510,8 +510,11 @@ RNDZ_API int rndz_udp_listener_ready_fd(rndz_udp_listener *l);
  * The first call switches the listener to per-peer sockets: from then on it offers the relay
  * to connectors that ask (client option `relay`), hands each peer out only once the
  * connector has chosen its path, and the peer's datagrams reach its own socket, not
- * rndz_udp_listener_fd(). Do not mix with rndz_udp_listener_next_peer() after that. Returns
- * the fd, RNDZ_E_TIMEDOUT, or RNDZ_E_CLOSED. */
+ * rndz_udp_listener_fd(). Do not mix with rndz_udp_listener_next_peer() after that (it
+ * closes the sockets it pops). A relayed path lives while it carries traffic: the relay ends
+ * a session silent for its idle time (relay_idle_ms, default 60 s), as a NAT forgets a silent
+ * flow; send something (a keepalive of your own) at least that often. Returns the fd,
+ * RNDZ_E_TIMEDOUT, or RNDZ_E_CLOSED. */
 RNDZ_API int rndz_udp_listener_accept(rndz_udp_listener *l, uint32_t timeout_ms,
                                       rndz_peer_info *info);
 /* Send Bye to every server, stop and join the background thread, close every socket, free.
@@ -593,6 +596,63 @@ RNDZ_API int rndz_tcp_connect(const rndz_client_options *o, const char *target,
  * `info` may be NULL. */
 RNDZ_API int rndz_tcp_connect_info(const rndz_client_options *o, const char *target,
                                    rndz_peer_info *info);
+
+/* ---------------------------------------------------------------------------------------- */
+/* NAT check                                                                                */
+
+/* How the NAT in front of us maps one local port (RFC 4787): the same public address for every
+ * destination, or one per destination ("symmetric"). */
+#define RNDZ_NAT_UNKNOWN 0
+#define RNDZ_NAT_ENDPOINT_INDEPENDENT 1
+#define RNDZ_NAT_ENDPOINT_DEPENDENT 2
+/* How it picks public ports (endpoint-dependent mapping; for an endpoint-independent one only
+ * "preserving" is told) */
+#define RNDZ_NAT_PORT_UNKNOWN 0
+#define RNDZ_NAT_PORT_PRESERVING 1 /* the public port is the local one */
+#define RNDZ_NAT_PORT_SEQUENTIAL 2 /* each new mapping: the last one + port_step */
+#define RNDZ_NAT_PORT_RANDOM 3
+/* Filtering (with a server on two addresses): RNDZ_NAT_UNKNOWN, RNDZ_NAT_ENDPOINT_INDEPENDENT
+ * (a Pong from the server's other address came in), RNDZ_NAT_ENDPOINT_DEPENDENT (it did
+ * not). */
+
+/* Destinations a check asks at most: the servers given, and the other addresses they name. */
+#define RNDZ_NAT_MAX_DEST 8
+
+typedef struct rndz_nat_report {
+    struct sockaddr_storage local;                      /* the local address the check used */
+    size_t n_dest;                                      /* destinations asked */
+    struct sockaddr_storage dest[RNDZ_NAT_MAX_DEST];    /* each server address asked */
+    struct sockaddr_storage observed[RNDZ_NAT_MAX_DEST]; /* what it saw (ss_family 0: no
+                                                           answer) */
+    uint32_t rtt_ms[RNDZ_NAT_MAX_DEST];
+    int mapping;      /* RNDZ_NAT_* above */
+    int allocation;   /* RNDZ_NAT_PORT_* */
+    int port_step;    /* with RNDZ_NAT_PORT_SEQUENTIAL */
+    int filtering;    /* RNDZ_NAT_UNKNOWN, _ENDPOINT_INDEPENDENT, _ENDPOINT_DEPENDENT */
+    int hairpin;      /* 1: a datagram to our own public address came back; 0: it did not;
+                         -1: not tested (no NAT seen, or no answer) */
+    int port_mapping; /* the default gateway answered: 1 NAT-PMP (RFC 6886), 2 PCP (RFC 6887);
+                         0 no answer within 250 ms; -1 not tried (no IPv4 default gateway) */
+    int behind_nat;   /* 1: the address seen is not ours */
+} rndz_nat_report;
+
+/* Find out how the NAT in front of this host treats a UDP port, by asking the servers of `o`
+ * (o->id may be NULL; nothing is registered). Pings from one local port go to every server
+ * address (those given, and the other addresses each server names in its answer): the same
+ * address seen by all = endpoint-independent mapping. With an endpoint-dependent one, three
+ * more ports are asked to tell preserving, sequential and random allocation. Filtering is
+ * tested when a server has a second address, hairpinning by a datagram to our own public
+ * address, and a port-mapping protocol by asking the default gateway. Takes about a second
+ * (at most min(o->timeout_ms, 3000) ms waiting for servers). Returns 0 (report filled: what
+ * could not be told is UNKNOWN), RNDZ_E_TIMEDOUT when no server answered, or an error. */
+RNDZ_API int rndz_nat_check(const rndz_client_options *o, unsigned flags, rndz_nat_report *out);
+/* flags: leave out the gateway (port_mapping stays -1), the hairpin test (hairpin -1) */
+#define RNDZ_NAT_NO_PORT_MAPPING 1u
+#define RNDZ_NAT_NO_HAIRPIN 2u
+/* The words of a report's fields: "endpoint-independent", "endpoint-dependent", "unknown";
+ * "preserving", "sequential", "random", "unknown". Static storage. */
+RNDZ_API const char *rndz_nat_mapping_name(int mapping);
+RNDZ_API const char *rndz_nat_allocation_name(int allocation);
 
 #ifdef __cplusplus
 }

@@ -214,3 +214,12 @@ void rndz__addr_set_port(struct sockaddr_storage *a, uint16_t port) {
     if (a->ss_family == AF_INET) ((struct sockaddr_in *)a)->sin_port = port;
     else if (a->ss_family == AF_INET6) ((struct sockaddr_in6 *)a)->sin6_port = port;
 }
+
+bool rndz__addr_is_any(const struct sockaddr_storage *a) {
+    struct sockaddr_storage u = *a;
+    rndz__addr_unmap(&u);
+    if (u.ss_family == AF_INET)
+        return ((const struct sockaddr_in *)&u)->sin_addr.s_addr == htonl(INADDR_ANY);
+    return u.ss_family == AF_INET6 &&
+           IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)&u)->sin6_addr);
+}

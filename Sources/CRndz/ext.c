@@ -6,7 +6,7 @@
 
 bool rndz__ext_present(const rndz__ext *e) {
     return e->ncands > 0 || e->has_nonce || e->rtt_ms || e->relay || e->relay_addr[0] ||
-           e->has_token;
+           e->has_token || e->query || e->observed[0] || e->nalt || e->nat;
 }
 
 int rndz__ext_decode(const uint8_t *buf, size_t len, rndz__ext *out) {
@@ -28,6 +28,18 @@ int rndz__ext_decode(const uint8_t *buf, size_t len, rndz__ext *out) {
         } else if (f.num == 22 && f.wt == RNDZ_PB_LEN && f.len == sizeof out->token) {
             memcpy(out->token, f.data, f.len);
             out->has_token = true;
+        } else if (f.num == 23 && f.wt == RNDZ_PB_VARINT) {
+            out->query = (uint32_t)(f.u64 & 7);
+        } else if (f.num == 24 && f.wt == RNDZ_PB_LEN && f.len > 0 && f.len < RNDZ_ADDRSTRLEN) {
+            memcpy(out->observed, f.data, f.len);
+            out->observed[f.len] = 0;
+        } else if (f.num == 25 && f.wt == RNDZ_PB_LEN && out->nalt < RNDZ_MAX_ALT && f.len > 0 &&
+                   f.len < RNDZ_ADDRSTRLEN) {
+            memcpy(out->alt[out->nalt], f.data, f.len);
+            out->alt[out->nalt][f.len] = 0;
+            out->nalt++;
+        } else if (f.num == 26 && f.wt == RNDZ_PB_VARINT) {
+            out->nat = (uint32_t)(f.u64 & 0xffff);
         } else if (f.num == 17 && f.wt == RNDZ_PB_LEN && out->ncands < RNDZ_MAX_CANDS &&
                    f.len > 0 && f.len < RNDZ_ADDRSTRLEN) {
             memcpy(out->cands[out->ncands], f.data, f.len);
@@ -36,6 +48,15 @@ int rndz__ext_decode(const uint8_t *buf, size_t len, rndz__ext *out) {
         } /* anything else: not ours */
     }
     return rc;
+}
+
+/* A string field numbered 16..31 (a two-byte tag) shorter than 128 bytes. */
+static size_t put_str(uint8_t *buf, size_t n, unsigned num, const char *v, size_t l) {
+    buf[n++] = (uint8_t)((num << 3 | 2) | 0x80);
+    buf[n++] = 1;
+    buf[n++] = (uint8_t)l;
+    memcpy(buf + n, v, l);
+    return n + l;
 }
 
 int rndz__ext_append(const rndz__ext *e, uint8_t *buf, size_t n, size_t cap) {
@@ -47,6 +68,11 @@ int rndz__ext_append(const rndz__ext *e, uint8_t *buf, size_t n, size_t cap) {
     size_t ral = strlen(e->relay_addr);
     if (ral) need += 3 + ral;
     if (e->has_token) need += 3 + sizeof e->token;
+    if (e->query) need += 3;
+    size_t obl = strlen(e->observed);
+    if (obl) need += 3 + obl;
+    for (size_t i = 0; i < e->nalt; i++) need += 3 + strlen(e->alt[i]);
+    if (e->nat) need += 2 + 3;
     if (n + need > RNDZ_MAX_MSG) return RNDZ_E_TOOBIG;
     if (n + need > cap) return RNDZ_E_NOSPACE;
     for (size_t i = 0; i < e->ncands; i++) {
@@ -89,6 +115,22 @@ int rndz__ext_append(const rndz__ext *e, uint8_t *buf, size_t n, size_t cap) {
         buf[n++] = (uint8_t)sizeof e->token;
         memcpy(buf + n, e->token, sizeof e->token);
         n += sizeof e->token;
+    }
+    /* fields 23..26: two-byte tags 0xb8 0x01, 0xc2 0x01, 0xca 0x01, 0xd0 0x01 */
+    if (e->query) {
+        buf[n++] = (23 << 3 | 0) | 0x80;
+        buf[n++] = 1;
+        buf[n++] = (uint8_t)(e->query & 7);
+    }
+    if (obl) n = put_str(buf, n, 24, e->observed, obl);
+    for (size_t i = 0; i < e->nalt; i++) n = put_str(buf, n, 25, e->alt[i], strlen(e->alt[i]));
+    if (e->nat) {
+        buf[n++] = (26 << 3 | 0) | 0x80;
+        buf[n++] = 1;
+        for (uint32_t v = e->nat & 0xffff;; v >>= 7) {
+            buf[n++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+            if (v <= 0x7f) break;
+        }
     }
     return (int)n;
 }

@@ -11,6 +11,14 @@
  *     21: relay_addr string       Fsync, Redirect: the server's relay ("[::]:9000": a
  *                                 wildcard host means the server's own address)
  *     22: relay_token bytes[32]   Fsync, Redirect: the token that joins it (relay.h)
+ *     23: query  uint32           Ping: what the sender asks of the server (NAT checks):
+ *                                 1 its address as seen (24) and the server's other
+ *                                 addresses (25); 2 the Pong from another of the server's
+ *                                 addresses (filtering); 4 do not register the id
+ *     24: observed string         Pong: the source address the server saw
+ *     25: alt    repeated string  Pong: the server's own specific listen addresses
+ *     26: nat    uint32           Isync, Rsync (copied into Fsync, Redirect): the sender's NAT
+ *                                 as its NAT check found it (nat.h: RNDZ__NAT_WIRE)
  *   The server fills 21 and 22 itself (never copied from a request) when it has a relay and
  *   the request asked for one (20); a Redirect gets them only when both peers asked.
  *   A connector puts its candidates and session in Isync; a server that knows these fields
@@ -25,6 +33,8 @@
 #include "internal.h"
 
 #define RNDZ_MAX_CANDS 8
+#define RNDZ_MAX_ALT 4
+enum { RNDZ__Q_OBSERVED = 1, RNDZ__Q_OTHER = 2, RNDZ__Q_NOREG = 4 };
 
 typedef struct rndz__ext {
     size_t ncands;
@@ -36,6 +46,11 @@ typedef struct rndz__ext {
     char relay_addr[RNDZ_ADDRSTRLEN]; /* "": absent */
     bool has_token;
     uint8_t token[32];
+    uint32_t query;  /* 0: absent */
+    char observed[RNDZ_ADDRSTRLEN];
+    size_t nalt;
+    char alt[RNDZ_MAX_ALT][RNDZ_ADDRSTRLEN];
+    uint32_t nat;    /* 0: absent (unknown) */
 } rndz__ext;
 
 /* Find the extension fields of an encoded Request or Response (0; *out empty if none). Only

@@ -43,6 +43,8 @@ RNDZ_INTERNAL uint16_t rndz__addr_port(const struct sockaddr_storage *a);
 RNDZ_INTERNAL void rndz__addr_set_port(struct sockaddr_storage *a, uint16_t port);
 /* Whether an address is private (RFC 1918, 100.64/10, fc00::/7): a LAN candidate. */
 RNDZ_INTERNAL bool rndz__addr_is_private(const struct sockaddr_storage *a);
+/* A wildcard address: 0.0.0.0 or [::] (any port). */
+RNDZ_INTERNAL bool rndz__addr_is_any(const struct sockaddr_storage *a);
 
 /* sock.c */
 typedef struct rndz__sockopts {

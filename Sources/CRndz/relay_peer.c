@@ -7,12 +7,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-static bool wildcard(const struct sockaddr_storage *a) {
-    if (a->ss_family == AF_INET)
-        return ((const struct sockaddr_in *)a)->sin_addr.s_addr == htonl(INADDR_ANY);
-    return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)a)->sin6_addr);
-}
-
 bool rndz__rpeer_init(rndz__rpeer *r, const rndz__client *c, const rndz__ext *e,
                       const struct sockaddr_storage *server, int role, int socktype) {
     memset(r, 0, sizeof *r);
@@ -22,7 +16,7 @@ bool rndz__rpeer_init(rndz__rpeer *r, const rndz__client *c, const rndz__ext *e,
     struct sockaddr_storage a;
     socklen_t al;
     if (rndz_addr_parse(e->relay_addr, &a, &al)) return false;
-    if (wildcard(&a)) {
+    if (rndz__addr_is_any(&a)) {
         uint16_t port = rndz__addr_port(&a);
         a = *server;
         rndz__addr_set_port(&a, port);

@@ -243,6 +243,12 @@ int rndz_server_create(const rndz_server_options *opts, rndz_server **out) {
         break;
     }
     if (opts->relay_addr && (rc = rndz__server_relay_open(s, &so))) goto fail;
+    /* what NAT checks are told: the specific addresses (a wildcard names none) */
+    for (unsigned k = 0; k < s->nlocal && s->core.nalt < RNDZ_MAX_ALT; k++)
+        if (!rndz__addr_is_any(&s->local[k]) &&
+            rndz_addr_format((struct sockaddr *)&s->local[k], s->core.alt[s->core.nalt],
+                             sizeof s->core.alt[0]) > 0)
+            s->core.nalt++;
     *out = s;
     return 0;
 fail:

@@ -75,9 +75,13 @@ static bool forward(rndz__proto *p, const rndz__dir *dir, const uint8_t *buf, si
     a->msg = (rndz_msg){cmd, src->stream ? NULL : req->peer_id, src->stream ? 0 : req->peer_id_len,
                         req->id, req->id_len, a->text, (size_t)n};
     if (rndz__ext_decode(buf, len, &a->ext)) memset(&a->ext, 0, sizeof a->ext);
-    /* The relay's fields are the server's to give, never a peer's to pass on. */
+    /* The relay's fields are the server's to give, never a peer's to pass on; the NAT check's
+     * are a Ping's and a Pong's only. */
     a->ext.relay_addr[0] = 0;
     a->ext.has_token = false;
+    a->ext.query = 0;
+    a->ext.observed[0] = 0;
+    a->ext.nalt = 0;
     if (a->ext.relay && !p->relay_key) a->ext.relay = 0;
     if (a->ext.relay && a->ext.has_nonce) {
         int role = cmd == RNDZ_RSP_FSYNC ? RNDZ_RELAY_ROLE_LISTENER : RNDZ_RELAY_ROLE_CONNECTOR;
@@ -101,6 +105,11 @@ void rndz__proto_serve(rndz__proto *p, const rndz__dir *dir, const uint8_t *buf,
     a->ext.relay = 0;
     a->ext.relay_addr[0] = 0;
     a->ext.has_token = false;
+    a->ext.query = 0;
+    a->ext.observed[0] = 0;
+    a->ext.nalt = 0;
+    a->ext.nat = 0;
+    a->from_other = false;
     int malformed = src->stream ? RNDZ__ST_tcp_malformed : RNDZ__ST_udp_malformed;
     rndz_msg req;
     int rc = rndz_msg_decode(buf, len, 0, &req);
@@ -115,15 +124,27 @@ void rndz__proto_serve(rndz__proto *p, const rndz__dir *dir, const uint8_t *buf,
         return;
     }
     switch (req.cmd) {
-    case RNDZ_REQ_PING:
-        if (dir->put(dir->ctx, req.id, req.id_len, now)) {
+    case RNDZ_REQ_PING: {
+        /* A NAT check's Ping asks for what the server saw, and maybe not to register. */
+        rndz__ext q;
+        if (rndz__ext_decode(buf, len, &q)) q.query = 0;
+        if (!(q.query & RNDZ__Q_NOREG) && dir->put(dir->ctx, req.id, req.id_len, now)) {
             drop(a, RNDZ__ST_udp_refused, false, "table full"); /* no Pong: the client retries */
             return;
         }
         a->msg = (rndz_msg){.cmd = RNDZ_RSP_PONG, .id = src->stream ? NULL : req.id,
                             .id_len = src->stream ? 0 : req.id_len};
         a->respond = a->to_source = true;
+        if (q.query & RNDZ__Q_OBSERVED) {
+            int n = rndz_addr_format((const struct sockaddr *)src->addr, a->ext.observed,
+                                     sizeof a->ext.observed);
+            if (n < 0) a->ext.observed[0] = 0;
+            a->ext.nalt = p->nalt;
+            memcpy(a->ext.alt, p->alt, sizeof a->ext.alt);
+        }
+        a->from_other = (q.query & RNDZ__Q_OTHER) && !src->stream;
         return;
+    }
     case RNDZ_REQ_ISYNC:
     case RNDZ_REQ_RSYNC:
         /* before anything is sent anywhere */

@@ -4,7 +4,10 @@
  * rndz__proto_serve takes one request (its bytes), its source and `now`, and decides:
  *   - admit it: the id lengths (max_id_len), then with a secret the proof and its freshness
  *     (auth.h, replay.h);
- *   - Ping from X      -> register X at the source; Pong back (table full: nothing);
+ *   - Ping from X      -> register X at the source; Pong back (table full: nothing); a NAT
+ *                         check's Ping (ext.h, field 23) gets the address seen and the
+ *                         server's addresses in the Pong, may skip the registration, and
+ *                         may ask for the Pong from another address;
  *   - Isync{T} from X  -> over the source's sync rate: drop. T registered (and under its
  *                         fsync rate): register X, Fsync{X, source address} to T, with the
  *                         request's extension fields (ext.h); else Redirect{T, ""} back;
@@ -47,6 +50,9 @@ typedef struct rndz__proto {
      * its address as handed to peers */
     rndz__relay_key *relay_key;
     char relay_text[RNDZ_ADDRSTRLEN];
+    /* the server's specific (not wildcard) listen addresses, told to NAT checks */
+    size_t nalt;
+    char alt[RNDZ_MAX_ALT][RNDZ_ADDRSTRLEN];
 } rndz__proto;
 
 /* Where a response goes: a registered peer's address (UDP) or connection (TCP). */
@@ -84,6 +90,8 @@ typedef struct rndz__action {
     const char *why; /* why, for the log (with close) */
     bool respond;    /* send `msg` (+ `ext` when present) ... */
     bool to_source;  /* ... back to the source, or else to `dest` */
+    bool from_other; /* UDP: from another of the server's addresses, if it has one (a NAT
+                      * check's filtering test) */
     rndz__dest dest;
     rndz_msg msg;
     rndz__ext ext;

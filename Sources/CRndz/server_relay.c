@@ -451,12 +451,7 @@ int rndz__server_relay_open(rndz_server *s, const rndz__sockopts *base) {
     r->ufd = fd;
     /* The address each datagram reached matters only on a wildcard address (a specific one
      * is every reply's source anyway): there, and only there, ask for it. */
-    struct sockaddr_storage any = s->relay_local;
-    rndz__addr_set_port(&any, 0);
-    struct sockaddr_storage zero;
-    memset(&zero, 0, sizeof zero);
-    zero.ss_family = any.ss_family;
-    if (rndz__addr_equal((struct sockaddr *)&any, (struct sockaddr *)&zero) &&
+    if (rndz__addr_is_any(&s->relay_local) &&
         (rc = rndz__server_udp_pktinfo(fd, s->relay_local.ss_family)))
         return rc;
     r->uio = (rndz__io){fd, udp_readable, r};

@@ -228,6 +228,18 @@ static void queue_response(rndz__worker *w, const rndz__action *a,
     w->nout++;
 }
 
+/* For a NAT check's filtering test: another of the server's specific addresses of the same
+ * family than the one a request reached (its socket, unpinned: bound to that address, it is
+ * the source), or the request's own origin if there is none. */
+static uint8_t other_origin(const rndz_server *s, uint8_t origin) {
+    unsigned k = s->origins[origin].k;
+    for (unsigned k2 = 0; k2 < s->nlocal; k2++)
+        if (k2 != k && s->local[k2].ss_family == s->local[k].ss_family &&
+            !rndz__addr_is_any(&s->local[k2]))
+            return (uint8_t)k2;
+    return origin;
+}
+
 /* The directory of ids for one datagram: the peer table; the source is its address and
  * origin. */
 typedef struct udp_dir {
@@ -264,7 +276,8 @@ void rndz__worker_udp_handle(rndz__worker *w, uint8_t origin, const uint8_t *buf
     if (a.why && a.stat >= 0) RNDZ_LOG(RNDZ_LOG_TRACE, "udp: dropped a request: %s", a.why);
     if (a.respond)
         queue_response(w, &a, a.to_source ? from : &a.dest.addr,
-                       a.to_source ? origin : a.dest.origin);
+                       a.to_source ? (a.from_other ? other_origin(w->s, origin) : origin)
+                                   : a.dest.origin);
 }
 
 void rndz__server_udp_handle(rndz_server *s, const uint8_t *buf, size_t len,

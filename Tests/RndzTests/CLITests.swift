@@ -141,6 +141,24 @@ struct CLITests {
         #expect(server.wait() == 0, "server said: \(server.stderrText)")
     }
 
+    /// nat-check against a server on two loopback addresses: text and JSON name the mapping;
+    /// no server given is a usage error.
+    @Test func natCheck() throws {
+        let server = try Child(["server", "--listen-addr", "127.0.0.1:0", "--listen-addr", "127.0.0.2:0"])
+        let line = try #require(server.readLine(), "server said: \(server.stderrText)")
+        let addr = String(line.dropFirst("listening on ".count))
+        let text = try Child.run(["nat-check", "--server-addr", addr, "--no-port-mapping"])
+        #expect(text.status == 0, "\(text.stderrText)")
+        #expect(text.stdoutText.contains("mapping: endpoint-independent"), "\(text.stdoutText)")
+        let json = try Child.run(["nat-check", "--server-addr", addr, "--no-port-mapping", "--json"])
+        #expect(json.status == 0, "\(json.stderrText)")
+        #expect(json.stdoutText.hasPrefix("{") && json.stdoutText.contains("\"mapping\":\"endpoint-independent\""))
+        let none = try Child.run(["nat-check"])
+        #expect(none.status == 2)
+        server.signal(SIGTERM)
+        #expect(server.wait() == 0)
+    }
+
     /// `--listen-addr` three times: one line per address, one port, one table of ids (a
     /// listener registered through 127.0.0.2 is found through 127.0.0.1), each address
     /// answering from itself; `--ipv6-only` with IPv4 addresses too applies to the IPv6 one.

@@ -98,3 +98,32 @@ struct RelayTests {
         server.stop()
     }
 }
+
+@Suite("NAT check", .timeLimit(.minutes(1)))
+struct NATCheckTests {
+    @Test func loopbackHasNoNAT() throws {
+        var so = ServerOptions(listenAddresses: [try SocketAddress(parsing: "127.0.0.1:0"),
+                                                 try SocketAddress(parsing: "127.0.0.2:0")])
+        so.enableTCP = false
+        let server = try RndzServer(options: so)
+        try server.start()
+        let r = try checkNAT(options: ClientOptions(id: "x", servers: ["\(server.localAddress)"]),
+                             portMapping: false)
+        #expect(r.observations.count == 2)
+        #expect(r.observations.allSatisfy { $0.observed != nil })
+        #expect(r.mapping == .endpointIndependent)
+        #expect(r.allocation == .preserving)
+        #expect(!r.behindNAT)
+        #expect(r.filtering == .endpointIndependent)
+        #expect(r.portMapping == nil && r.hairpinning == nil)
+        #expect(server.stats.udpPeers == 0)
+        server.stop()
+    }
+
+    @Test func noServerTimesOut() throws {
+        let quiet = try RawUDP()  // bound, never answers
+        var o = ClientOptions(id: "x", servers: ["\(quiet.address)"])
+        o.timeout = .milliseconds(500)
+        #expect(throws: RndzError.timedOut) { try checkNAT(options: o, portMapping: false) }
+    }
+}

@@ -1,6 +1,7 @@
 """The NAT lab's scenarios: what each one builds and expects (all_scenarios()), its rows
 (a transport and a peer implementation each, with their attempts and verdict), and how they run.
 """
+import json
 import re
 import statistics
 import subprocess
@@ -87,6 +88,8 @@ class Scenario:
         self.rows = []
         if kind == "filter":
             self.rows = [Row(name, t, "raw", "pass", what) for t in ("udp", "tcp")]
+        elif kind == "natcheck":
+            self.rows = [Row(name, "udp", f, "pass", what) for f in ("json", "text")]
         else:
             for t in transports:
                 for i in impls:
@@ -189,6 +192,16 @@ def all_scenarios():
                  nat=("random", "random"), impls=("cli",), listen=f"0.0.0.0:{PORT}",
                  via=(2, 2), relay=f"0.0.0.0:{RELAY_PORT}", want_path="relay",
                  repeats="relay", concurrent=True),
+        # rndz-cli nat-check from a, against the server on both its IPv4 addresses: it must
+        # tell a cone NAT from a symmetric one every time, in JSON and in text.
+        Scenario("natcheck-cone", "rndz-cli nat-check behind an endpoint-independent NAT "
+                 "(server on two addresses): mapping endpoint-independent", "natcheck",
+                 listen=(f"{SRV4}:{PORT}", f"{SRV4B}:{PORT}"),
+                 expects={"mapping": "endpoint-independent"}),
+        Scenario("natcheck-symmetric", "rndz-cli nat-check behind a destination-dependent NAT "
+                 "with random ports: mapping endpoint-dependent, allocation random", "natcheck",
+                 nat=("random", "eim"), listen=(f"{SRV4}:{PORT}", f"{SRV4B}:{PORT}"),
+                 expects={"mapping": "endpoint-dependent", "allocation": "random"}),
         Scenario("same-nat", "a<->a2 behind the same NAT: no hairpinning on Linux, the LAN "
                  "candidates connect them", "pair", listener="a2"),
         Scenario("v1-listener", "a raw v1 listener in b (the captured bytes) and our connector "
@@ -321,6 +334,69 @@ def run_filter(sc, run):
     finally:
         lab.down()
 
+
+
+def run_natcheck(sc, run, tools):
+    """rndz-cli nat-check in a, `sc.expects` the fields its report must have, each repeat;
+    the text row checks the same words in the human output."""
+    lab = Lab(run, sc.name, nat=sc.nat)
+    rows = {r.impl: r for r in sc.rows}
+    if tools.problem("cli", "udp"):
+        for r in sc.rows:
+            r.error = tools.problem("cli", "udp")
+        return
+    try:
+        lab.up()
+        problems, seen = lab.check_mapping()
+        rows["json"].notes.append("lab mapping: " + seen)
+        if problems:
+            for r in sc.rows:
+                r.error = "lab NAT behaviour wrong: " + "; ".join(problems)
+            return
+        listens = sc.listens()
+        server = lab.spawn("srv", tools.server_argv("cli", listens, sc), "natcheck.server",
+                           env=child_env())
+        if not wait_until(lambda: lab.listening("srv", "udp", PORT), 5, alive=server):
+            for r in sc.rows:
+                r.error = f"rndz-cli server does not listen: {tail(server.natlab_err)}"
+            return
+        for i in range(sc.n_repeats()):
+            for fmt, row in rows.items():
+                argv = [tools.cli, "nat-check", "--server-addr", listens[0]] + \
+                    (["--json"] if fmt == "json" else [])
+                t0 = time.monotonic()
+                p = lab.spawn(sc.connector, argv, f"natcheck-{fmt}{i + 1}", env=child_env())
+                try:
+                    rc = p.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    lab.stop([p])
+                    row.add(False, None, f"attempt {i + 1}: no result in 15 s")
+                    continue
+                secs = time.monotonic() - t0
+                out = Path(p.natlab_out).read_text(errors="replace")
+                if rc != 0:
+                    row.add(False, None, f"attempt {i + 1}: exit {rc}: {tail(p.natlab_err, 2)}")
+                    continue
+                wrong = []
+                if fmt == "json":
+                    try:
+                        got = json.loads(out)
+                    except ValueError:
+                        row.add(False, None, f"attempt {i + 1}: not one JSON object: {out[:120]!r}")
+                        continue
+                    wrong = [f"{k} {got.get(k)!r} (want {v!r})" for k, v in sc.expects.items()
+                             if got.get(k) != v]
+                    if i == 0:
+                        row.notes.append(f"report: {out.strip()[:300]}")
+                else:
+                    want = {"mapping": f"mapping: {sc.expects['mapping']}"}
+                    if "allocation" in sc.expects:
+                        want["allocation"] = f"port allocation: {sc.expects['allocation']}"
+                    wrong = [f"no {v!r} line" for k, v in want.items() if v not in out]
+                row.add(not wrong, secs, f"attempt {i + 1}: " + "; ".join(wrong))
+        lab.stop([server])
+    finally:
+        lab.down()
 
 
 def run_pair(sc, run, tools):
@@ -623,6 +699,8 @@ def run_scenario(sc, run, tools):
     try:
         if sc.kind == "filter":
             run_filter(sc, run)
+        elif sc.kind == "natcheck":
+            run_natcheck(sc, run, tools)
         else:
             run_pair(sc, run, tools)
     except Stopped:

@@ -1,0 +1,76 @@
+/* test_nat.c: rndz_nat_check end to end on loopback, through the public API.
+ *
+ * Loopback has no NAT: a server on two addresses (127.0.0.1 and 127.0.0.2) sees one address
+ * for both (endpoint-independent, port preserved), names its second address in its answer
+ * (the check asks it too), answers from its other address on request (no NAT: that Pong
+ * arrives, so filtering is endpoint-independent), and registers nobody. A silent server
+ * gives RNDZ_E_TIMEDOUT in time. Loopback only: the gateway test is left out. */
+#include "testlib.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+static void test_loopback(void) {
+    tl_case("nat check against a server on two loopback addresses");
+    tl_server v;
+    const char *listens[] = {"127.0.0.1:0", "127.0.0.2:0"};
+    rndz_server_options so;
+    tl_server_options(&so, listens[0]);
+    so.listen_addrs = listens;
+    so.n_listen_addrs = 2;
+    if (!tl_server_start(&v, &so)) return;
+    rndz_client_options o;
+    tl_client_options(&o, "nat-check", (const char *const[]){v.text}, 1);
+    o.id = NULL; /* none needed */
+    rndz_nat_report r;
+    uint64_t t0 = tl_now_ms();
+    int rc = rndz_nat_check(&o, RNDZ_NAT_NO_PORT_MAPPING, &r);
+    uint64_t took = tl_now_ms() - t0;
+    CHECK_RC(rc, 0);
+    if (rc == 0) {
+        CHECK_EQ_INT((long)r.n_dest, 2); /* the one given and the one it named */
+        char a[RNDZ_ADDRSTRLEN], want[RNDZ_ADDRSTRLEN];
+        snprintf(want, sizeof want, "127.0.0.2:%d", v.port);
+        CHECK_EQ_STR(tl_addr_text(&r.dest[1], a, sizeof a), want);
+        for (size_t i = 0; i < r.n_dest; i++) {
+            CHECK(r.observed[i].ss_family == AF_INET);
+            CHECK_EQ_INT(tl_addr_port(&r.observed[i]), tl_addr_port(&r.local));
+        }
+        CHECK_EQ_INT(r.mapping, RNDZ_NAT_ENDPOINT_INDEPENDENT);
+        CHECK_EQ_INT(r.allocation, RNDZ_NAT_PORT_PRESERVING);
+        CHECK_EQ_INT(r.behind_nat, 0);
+        CHECK_EQ_INT(r.filtering, RNDZ_NAT_ENDPOINT_INDEPENDENT);
+        CHECK_EQ_INT(r.hairpin, -1);
+        CHECK_EQ_INT(r.port_mapping, -1);
+        CHECK(took < 2000);
+    }
+    rndz_server_stats st = tl_server_stats(&v);
+    CHECK_EQ_INT(st.udp_peers, 0); /* a check registers nobody */
+    tl_server_stop(&v);
+}
+
+static void test_silent(void) {
+    tl_case("nat check against a silent server: timed out, in time");
+    int quiet = tl_udp_socket(AF_INET, 100); /* bound, never answers */
+    char text[RNDZ_ADDRSTRLEN];
+    tl_local_text(quiet, text, sizeof text);
+    rndz_client_options o;
+    tl_client_options(&o, "x", (const char *const[]){text}, 1);
+    o.timeout_ms = 1000;
+    rndz_nat_report r;
+    uint64_t t0 = tl_now_ms();
+    CHECK_EQ_INT(rndz_nat_check(&o, RNDZ_NAT_NO_PORT_MAPPING, &r), RNDZ_E_TIMEDOUT);
+    uint64_t took = tl_now_ms() - t0;
+    CHECK(took >= 500 && took < 2500); /* 4 tries 200 ms apart, then it gives up */
+    close(quiet);
+}
+
+int main(void) {
+    tl_init("test_nat", 60);
+    tl_mark m = tl_mark_now(true);
+    test_loopback();
+    test_silent();
+    tl_mark_check(&m);
+    return tl_finish();
+}

@@ -473,6 +473,8 @@ typedef struct rndz_peer_info {
                             address the rendezvous server saw */
     int relayed;         /* 1: the path goes through the server's relay, and addr is the
                             relay's address; the socket carries the peer's bytes unchanged */
+    int predicted;       /* 1: a direct path through a destination-dependent NAT, found by
+                            port prediction (one side's NAT maps per destination) */
 } rndz_peer_info;
 
 /* UDP listener: registers our id with every server and keeps the registration alive from a

@@ -220,3 +220,11 @@ int rndz__client_connect_plain(rndz__connect_info_fn connect_info,
     }
     return fd;
 }
+
+int rndz__client_fresh(const rndz__client *c, int socktype) {
+    struct sockaddr_storage local = c->local;
+    rndz__addr_set_port(&local, 0);
+    rndz__sockopts so = c->so;
+    so.reuse = false;
+    return rndz__sock_bind(socktype, (struct sockaddr *)&local, &so);
+}

@@ -28,6 +28,9 @@ typedef struct rndz__client {
 
 /* Validate options, resolve every server, pick the local address. */
 RNDZ_INTERNAL int rndz__client_init(rndz__client *c, const rndz_client_options *o);
+/* A socket on the client's local address with a port of its own (not shared): the relay's,
+ * port prediction's, the NAT check's. The fd or an error. */
+RNDZ_INTERNAL int rndz__client_fresh(const rndz__client *c, int socktype);
 /* Bind one more socket to the client's local address (the first one fixes the port). */
 RNDZ_INTERNAL int rndz__client_bind(rndz__client *c, int socktype);
 /* A connection leaves rndz for the application: give it the retransmission cap the options

@@ -255,10 +255,9 @@ static int port_mapping(void) {
 /* Hairpinning: a datagram from another socket to our own public address `pub` reaches
  * socket fd? */
 static int hairpin(check *k, int fd, const struct sockaddr_storage *pub) {
-    struct sockaddr_storage local = k->c.local, to = *pub;
-    rndz__addr_set_port(&local, 0);
+    struct sockaddr_storage to = *pub;
     if (k->c.local.ss_family == AF_INET6) rndz__addr_map(&to);
-    int h = rndz__sock_bind(SOCK_DGRAM, (struct sockaddr *)&local, NULL);
+    int h = rndz__client_fresh(&k->c, SOCK_DGRAM);
     if (h < 0) return -1;
     uint64_t nonce = (uint64_t)rndz__random() << 32 | rndz__random();
     rndz__probe_send(h, RNDZ_PROBE, 0, nonce, &to);
@@ -296,11 +295,11 @@ int rndz_nat_check(const rndz_client_options *o, unsigned flags, rndz_nat_report
     /* socket 0 on the client's local address (its port, if one was given); the others on
      * fresh ports of the same address */
     for (int s = 0; s < NSOCK; s++) {
-        struct sockaddr_storage l = k->c.local;
-        if (s) rndz__addr_set_port(&l, 0);
         rndz__sockopts so = k->c.so;
         so.reuse = false;
-        if ((k->fd[s] = rc = rndz__sock_bind(SOCK_DGRAM, (struct sockaddr *)&l, &so)) < 0) goto done;
+        k->fd[s] = rc = s ? rndz__client_fresh(&k->c, SOCK_DGRAM)
+                          : rndz__sock_bind(SOCK_DGRAM, (struct sockaddr *)&k->c.local, &so);
+        if (rc < 0) goto done;
         socklen_t ll = sizeof k->local[s];
         getsockname(k->fd[s], (struct sockaddr *)&k->local[s], &ll);
     }
@@ -419,3 +418,4 @@ done:
     free(k);
     return rc;
 }
+

@@ -47,11 +47,7 @@ static void send_ctl(rndz__rpeer *r, int type) {
 
 int rndz__rpeer_open(rndz__rpeer *r, const rndz__client *c, uint64_t now) {
     /* our local address with any port: the relay path needs no hole of its own */
-    struct sockaddr_storage local = c->local;
-    rndz__addr_set_port(&local, 0);
-    rndz__sockopts so = c->so;
-    so.reuse = false;
-    int fd = rndz__sock_bind(r->socktype, (struct sockaddr *)&local, &so);
+    int fd = rndz__client_fresh(c, r->socktype);
     if (fd < 0) return fd;
     r->fd = fd;
     int rc = connect(fd, (struct sockaddr *)&r->addr, rndz__addr_len((struct sockaddr *)&r->addr));

@@ -83,6 +83,14 @@ static bool forward(rndz__proto *p, const rndz__dir *dir, const uint8_t *buf, si
     a->ext.observed[0] = 0;
     a->ext.nalt = 0;
     if (a->ext.relay && !p->relay_key) a->ext.relay = 0;
+    /* A Redirect to a connector that probes tells it what we saw of it and where else we
+     * listen: with a second address it learns how its NAT maps (nat.h) */
+    if (cmd == RNDZ_RSP_REDIRECT && a->ext.has_nonce && !src->stream &&
+        rndz_addr_format((const struct sockaddr *)&a->dest.addr, a->ext.observed,
+                         sizeof a->ext.observed) > 0) {
+        a->ext.nalt = p->nalt;
+        memcpy(a->ext.alt, p->alt, sizeof a->ext.alt);
+    }
     if (a->ext.relay && a->ext.has_nonce) {
         int role = cmd == RNDZ_RSP_FSYNC ? RNDZ_RELAY_ROLE_LISTENER : RNDZ_RELAY_ROLE_CONNECTOR;
         rndz__relay_token(p->relay_key, a->ext.nonce, role, now, a->ext.token);

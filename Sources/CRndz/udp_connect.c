@@ -8,6 +8,8 @@
  * does. */
 #include "client.h"
 #include "ifaddr.h"
+#include "nat.h"
+#include "predict.h"
 #include "punch.h"
 #include "relay_peer.h"
 
@@ -22,6 +24,13 @@
 /* The confirm is sent this many times at once: it is the listener's only news that its ack
  * arrived, and a retry later would hit the application's socket filter. */
 #define CONFIRM_COPIES 3
+/* The NAT check after the Redirect: the server's other address is asked this often, this
+ * many times. */
+#define NAT_RETRY_MS 300
+#define NAT_TRIES 4
+/* With port prediction under way, the relay waits at least this long (a pass of probes takes
+ * about 0.8 s; four passes 2 s): the direct path it finds is worth the wait. */
+#define PREDICT_RELAY_MS 4000
 
 /* After connect(), datagrams that arrived before it are still queued: the punch from the
  * peer, a second server's Redirect, late probe acks. Drop those that are protocol messages,
@@ -46,14 +55,138 @@ static void drain_protocol(int fd, bool relayed) {
     }
 }
 
+/* Port prediction (predict.h) on the connector's side: easy, the probes go from fd to ports
+ * of the peer's address; hard, from RNDZ_PREDICT_SOCKETS sockets of their own. */
+typedef struct spray {
+    rndz__predict pr;
+    struct sockaddr_storage peer; /* the address the server saw for the peer */
+    int fds[RNDZ_PREDICT_SOCKETS]; /* hard: -1 until opened */
+    int winner;                    /* hard: the socket that verified, -1 */
+} spray;
+
+static void spray_close(spray *sp, int keep) {
+    if (!sp || sp->pr.role != RNDZ_PREDICT_HARD) return;
+    for (int i = 0; i < RNDZ_PREDICT_SOCKETS; i++)
+        if (sp->fds[i] >= 0 && i != keep) close(sp->fds[i]);
+}
+
+/* Send what the prediction asks for at `now`; returns when it wants to run next. */
+static uint64_t spray_tick(spray *sp, const rndz__client *c, int fd, uint64_t nonce, uint64_t now) {
+    rndz__predict_send out[64];
+    uint64_t next;
+    size_t n = rndz__predict_tick(&sp->pr, now, out, RNDZ_ARRAY_LEN(out), &next);
+    for (size_t i = 0; i < n; i++) {
+        if (sp->pr.role == RNDZ_PREDICT_EASY) {
+            struct sockaddr_storage to = sp->peer;
+            rndz__addr_set_port(&to, out[i].port);
+            rndz__probe_send(fd, RNDZ_PROBE, RNDZ_PREDICT_SEQ | (uint32_t)i, nonce, &to);
+            continue;
+        }
+        uint32_t k = out[i].index;
+        if (out[i].open) sp->fds[k] = rndz__client_fresh(c, SOCK_DGRAM);
+        if (sp->fds[k] >= 0)
+            rndz__probe_send(sp->fds[k], RNDZ_PROBE, RNDZ_PREDICT_SEQ | k, nonce, &sp->peer);
+    }
+    return next;
+}
+
+/* A datagram on the hard side's socket k: a probe gets an ack, an ack verifies. */
+static void spray_read(spray *sp, int k, uint64_t nonce, rndz__punch *p, uint64_t now) {
+    uint8_t buf[RNDZ_PROBE_LEN + 1];
+    struct sockaddr_storage from;
+    socklen_t fl = sizeof from;
+    ssize_t r = recvfrom(sp->fds[k], buf, sizeof buf, MSG_DONTWAIT, (struct sockaddr *)&from, &fl);
+    int type;
+    uint32_t seq;
+    uint64_t got;
+    if (r < 0 || !rndz__probe_decode(buf, (size_t)r, &type, &seq, &got) || got != nonce) return;
+    if (type == RNDZ_PROBE) rndz__probe_send(sp->fds[k], RNDZ_PROBE_ACK, seq, nonce, &from);
+    if (type != RNDZ_PROBE_ACK || p->state != RNDZ_PUNCH_RUNNING) return;
+    rndz__punch_add(p, &from, false);
+    for (size_t i = 0; i < p->ncand; i++)
+        if (rndz__addr_equal((struct sockaddr *)&p->cand[i], (struct sockaddr *)&from))
+            p->winner = (int)i;
+    p->rtt_ms = now > sp->pr.start ? (uint32_t)(now - sp->pr.start) : 1;
+    p->state = RNDZ_PUNCH_VERIFIED;
+    sp->winner = k;
+}
+
+/* The NAT check after the Redirect and what follows from it (nat.h, predict.h). */
+typedef struct natq {
+    int state;                    /* 0 nothing to ask, 1 to ask the other address, 2 done */
+    struct sockaddr_storage seen; /* what the server that answered saw */
+    struct sockaddr_storage alt;  /* its other address */
+    uint64_t next;
+    int tries;
+    int their_nat;
+    struct sockaddr_storage peer, server;
+    const char *target;
+    size_t tlen;
+    rndz__ext *mine;
+    bool spraying;
+    spray sp;
+} natq;
+
+/* Our mapping is known: one side destination-dependent and the other not: predict ports;
+ * both: the relay at once. Either way the listener learns ours through the server (an Isync
+ * of the same session, forwarded as a Fsync). Returns the new relay time. */
+static uint64_t natq_decide(natq *q, const rndz__client *c, int fd, int mine, rndz__rpeer *rp,
+                            uint64_t relay_at, uint64_t now, uint64_t deadline) {
+    q->state = 2;
+    q->mine->nat = (uint32_t)mine;
+    RNDZ_LOG(RNDZ_LOG_DEBUG, "udp connect: our NAT maps %s, the peer's %s",
+             rndz_nat_mapping_name(mine), rndz_nat_mapping_name(q->their_nat));
+    bool me_hard = mine == RNDZ_NAT_ENDPOINT_DEPENDENT;
+    bool they_hard = q->their_nat == RNDZ_NAT_ENDPOINT_DEPENDENT;
+    bool me_easy = mine == RNDZ_NAT_ENDPOINT_INDEPENDENT;
+    bool they_easy = q->their_nat == RNDZ_NAT_ENDPOINT_INDEPENDENT;
+    if (!(me_hard && they_hard) && !(me_hard && they_easy) && !(they_hard && me_easy))
+        return relay_at;
+    int rc = rndz__client_send(fd, c, RNDZ_REQ_ISYNC, q->target, q->tlen, &q->server, q->mine);
+    if (rc) RNDZ_LOG(RNDZ_LOG_DEBUG, "udp connect: Isync with our NAT: %s", rndz_strerror(rc));
+    if (me_hard && they_hard) return rp->role ? now : relay_at;
+    rndz__predict_init(&q->sp.pr, me_hard ? RNDZ_PREDICT_HARD : RNDZ_PREDICT_EASY, now,
+                       (uint32_t)(deadline > now ? deadline - now : 0),
+                       rndz__addr_port(&q->peer), rndz__random());
+    q->sp.peer = q->peer;
+    q->sp.winner = -1;
+    for (int k = 0; k < RNDZ_PREDICT_SOCKETS; k++) q->sp.fds[k] = -1;
+    q->spraying = true;
+    RNDZ_LOG(RNDZ_LOG_INFO, "udp connect: %s behind a destination-dependent NAT: predicting ports",
+             me_hard ? "we are" : "the peer is");
+    uint64_t later = now + (c->relay_after_ms > PREDICT_RELAY_MS ? c->relay_after_ms
+                                                                 : PREDICT_RELAY_MS);
+    /* a relay planned for later waits for the prediction (not one asked for at once) */
+    return rp->role && relay_at != UINT64_MAX && relay_at > now && relay_at < later ? later
+                                                                                     : relay_at;
+}
+
+/* Ask the server's other address what it sees (a Ping that does not register). */
+static void natq_ask(natq *q, const rndz__client *c, int fd, uint64_t now) {
+    rndz__ext e;
+    memset(&e, 0, sizeof e);
+    e.query = RNDZ__Q_OBSERVED | RNDZ__Q_NOREG;
+    uint8_t buf[RNDZ_MAX_MSG];
+    int n = rndz__client_request(c, RNDZ_REQ_PING, NULL, 0, &e, false, NULL, buf, sizeof buf);
+    if (n > 0)
+        sendto(fd, buf, (size_t)n, MSG_DONTWAIT, (const struct sockaddr *)&q->alt,
+               rndz__addr_len((const struct sockaddr *)&q->alt));
+    q->next = now + NAT_RETRY_MS;
+    q->tries++;
+}
+
 /* The connect session after the Redirect, with a listener that probes: probe its candidates,
  * answer its probes, until one path answers; with a relay offered (rp->fd < 0 until then),
- * join it at relay_at, and from then on the relay is the path (relay_peer.h). Returns the fd
- * that carries the peer (fd, or the relay's socket) or an error; fills info. */
+ * join it at relay_at, and from then on the relay is the path (relay_peer.h); with one side
+ * behind a destination-dependent NAT, `sp` predicts ports. Returns the fd that carries the
+ * peer (fd, a prediction socket, or the relay's socket) or an error; fills info. */
 static int probe_peer(int fd, const rndz__client *c, rndz__punch *p, uint64_t start,
-                      rndz_peer_info *info, rndz__rpeer *rp, uint64_t relay_at) {
+                      rndz_peer_info *info, rndz__rpeer *rp, uint64_t relay_at, natq *q) {
     uint8_t buf[RNDZ_MAX_MSG + 1];
     bool relaying = false;
+    spray *sp = NULL;
+    bool hard = false;
+    static __thread struct pollfd pf[2 + RNDZ_PREDICT_SOCKETS];
     for (;;) {
         uint64_t now = rndz__now_ms(), next = UINT64_MAX;
         if (!relaying && rp->role && now >= relay_at) {
@@ -64,8 +197,20 @@ static int probe_peer(int fd, const rndz__client *c, rndz__punch *p, uint64_t st
                 rp->role = 0; /* no relay after all: go on direct */
             } else {
                 relaying = true;
-                RNDZ_LOG(RNDZ_LOG_INFO, "udp connect: no direct path yet; joining the relay");
+                RNDZ_LOG(RNDZ_LOG_INFO, "udp connect: %s; joining the relay",
+                         now - start < 50 ? "a direct path is impossible" : "no direct path yet");
             }
+        }
+        if (q->state == 1 && now >= q->next) {
+            if (q->tries >= NAT_TRIES) {
+                relay_at = natq_decide(q, c, fd, RNDZ_NAT_UNKNOWN, rp, relay_at, now, p->deadline);
+            } else {
+                natq_ask(q, c, fd, now);
+            }
+        }
+        if (q->spraying && !sp) {
+            sp = &q->sp;
+            hard = sp->pr.role == RNDZ_PREDICT_HARD;
         }
         if (relaying) {
             if (rp->done) break;
@@ -83,33 +228,72 @@ static int probe_peer(int fd, const rndz__client *c, rndz__punch *p, uint64_t st
             if (p->state == RNDZ_PUNCH_FAILED) return RNDZ_E_PEERFAIL;
             if (p->state == RNDZ_PUNCH_VERIFIED) break;
             next = pnext;
+            if (sp) {
+                uint64_t snext = spray_tick(sp, c, fd, p->nonce, now);
+                if (snext < next) next = snext;
+            }
             if (rp->role && relay_at < next) next = relay_at;
+            if (q->state == 1 && q->next < next) next = q->next;
         }
-        struct pollfd pfd[2] = {{.fd = fd, .events = POLLIN}, {.fd = rp->fd, .events = POLLIN}};
-        int pr = poll(pfd, relaying ? 2 : 1,
-                      next == UINT64_MAX ? 0 : (int)(next > now ? next - now : 0));
+        nfds_t nf = 0;
+        pf[nf++] = (struct pollfd){.fd = fd, .events = POLLIN};
+        pf[nf++] = (struct pollfd){.fd = relaying ? rp->fd : -1, .events = POLLIN};
+        if (hard && !relaying)
+            for (int k = 0; k < RNDZ_PREDICT_SOCKETS; k++)
+                pf[nf++] = (struct pollfd){.fd = sp->fds[k], .events = POLLIN};
+        int pr = poll(pf, nf, next == UINT64_MAX ? 0 : (int)(next > now ? next - now : 0));
         if (pr < 0 && errno != EINTR) return -errno;
         if (pr <= 0) continue;
-        if (relaying && (pfd[1].revents & (POLLIN | POLLERR))) {
+        if (relaying && (pf[1].revents & (POLLIN | POLLERR))) {
             int rc = rndz__rpeer_readable(rp, rndz__now_ms());
             if (rc) return rc;
         }
-        if (!(pfd[0].revents & POLLIN)) continue;
+        for (nfds_t k = 2; k < nf && p->state == RNDZ_PUNCH_RUNNING; k++)
+            if (pf[k].revents & POLLIN) spray_read(sp, (int)(k - 2), p->nonce, p, rndz__now_ms());
+        if (!(pf[0].revents & POLLIN)) continue;
         struct sockaddr_storage from;
         socklen_t fl = sizeof from;
         ssize_t r = recvfrom(fd, buf, sizeof buf, MSG_DONTWAIT, (struct sockaddr *)&from, &fl);
         int type;
         uint32_t seq;
         uint64_t nonce;
+        if (r > 0 && q->state == 1 &&
+            rndz__addr_equal((struct sockaddr *)&from, (struct sockaddr *)&q->alt)) {
+            /* the other address's answer: what it saw for this port */
+            rndz_msg m;
+            rndz__ext e;
+            struct sockaddr_storage seen;
+            if (rndz_msg_decode(buf, (size_t)r, 1, &m) == 0 && m.cmd == RNDZ_RSP_PONG &&
+                rndz__ext_decode(buf, (size_t)r, &e) == 0 && e.observed[0] &&
+                rndz_addr_parse(e.observed, &seen, NULL) == 0) {
+                rndz__addr_unmap(&seen);
+                int mapping = rndz__addr_equal((struct sockaddr *)&seen, (struct sockaddr *)&q->seen)
+                                  ? RNDZ_NAT_ENDPOINT_INDEPENDENT : RNDZ_NAT_ENDPOINT_DEPENDENT;
+                relay_at = natq_decide(q, c, fd, mapping, rp, relay_at, rndz__now_ms(), p->deadline);
+            }
+            continue;
+        }
         if (r < 0 || !rndz__probe_decode(buf, (size_t)r, &type, &seq, &nonce) || nonce != p->nonce)
             continue; /* late server answers and the like */
         if (type == RNDZ_PROBE) rndz__probe_send(fd, RNDZ_PROBE_ACK, seq, nonce, &from);
-        else if (type == RNDZ_PROBE_ACK && !relaying) rndz__punch_on_ack(p, &from, seq, rndz__now_ms());
+        else if (type == RNDZ_PROBE_ACK && !relaying && (seq & RNDZ_PREDICT_SEQ) && sp) {
+            /* a predicted port answered: that is the peer's mapping toward us */
+            rndz__punch_add(p, &from, false);
+            for (size_t i = 0; i < p->ncand; i++)
+                if (rndz__addr_equal((struct sockaddr *)&p->cand[i], (struct sockaddr *)&from))
+                    p->winner = (int)i;
+            uint64_t t = rndz__now_ms();
+            p->rtt_ms = t > sp->pr.start ? (uint32_t)(t - sp->pr.start) : 1;
+            p->state = RNDZ_PUNCH_VERIFIED;
+        } else if (type == RNDZ_PROBE_ACK && !relaying) {
+            rndz__punch_on_ack(p, &from, seq, rndz__now_ms());
+        }
     }
     uint64_t now = rndz__now_ms();
     info->verified = 1;
     info->elapsed_ms = (uint32_t)(now - start);
     if (relaying) {
+        spray_close(sp, -1);
         info->addr = rp->addr;
         info->rtt_ms = rp->rtt_ms;
         info->relayed = 1;
@@ -117,16 +301,22 @@ static int probe_peer(int fd, const rndz__client *c, rndz__punch *p, uint64_t st
     }
     rndz__rpeer_close(rp);
     const struct sockaddr_storage *w = &p->cand[p->winner];
+    /* the socket that carries it: fd, or on the hard side the prediction's winner */
+    int out = hard && sp->winner >= 0 ? sp->fds[sp->winner] : fd;
+    spray_close(sp, hard ? sp->winner : -1);
     /* Tell the listener its ack arrived (its proof of the path), then keep probes from the
      * application and pin the socket to the winner. */
-    for (int k = 0; k < CONFIRM_COPIES; k++) rndz__probe_send(fd, RNDZ_PROBE_CONFIRM, 0, p->nonce, w);
-    rndz__probe_filter_drop(fd);
-    if (connect(fd, (const struct sockaddr *)w, rndz__addr_len((const struct sockaddr *)w)) < 0)
+    for (int k = 0; k < CONFIRM_COPIES; k++) rndz__probe_send(out, RNDZ_PROBE_CONFIRM, 0, p->nonce, w);
+    rndz__probe_filter_drop(out);
+    if (connect(out, (const struct sockaddr *)w, rndz__addr_len((const struct sockaddr *)w)) < 0)
         return -errno;
     info->addr = *w;
     info->rtt_ms = p->rtt_ms;
     info->advertised = p->winner != 0; /* candidate 0 is the address the server saw */
-    return fd;
+    /* prediction ran: whichever socket verified, a path through a destination-dependent NAT
+     * exists only thanks to it (the plain punch cannot cross one) */
+    info->predicted = sp != NULL;
+    return out;
 }
 
 int rndz_udp_connect_info(const rndz_client_options *o, const char *target,
@@ -150,7 +340,8 @@ int rndz_udp_connect_info(const rndz_client_options *o, const char *target,
     mine.relay = c.relay == RNDZ_RELAY_NEVER ? 0 : c.relay == RNDZ_RELAY_ONLY ? 2 : 1;
     bool not_found[RNDZ_MAX_SERVERS] = {0};
     size_t n_not_found = 0;
-    uint64_t start = rndz__now_ms(), deadline = start + c.timeout_ms, next_round = start;
+    uint64_t start = rndz__now_ms(), deadline = start + c.timeout_ms;
+    uint64_t next_round = start;
     uint32_t round = FIRST_ROUND_MS < c.round_ms ? FIRST_ROUND_MS : c.round_ms;
     uint8_t buf[RNDZ_MAX_MSG + 1];
     for (;;) {
@@ -225,7 +416,36 @@ int rndz_udp_connect_info(const rndz_client_options *o, const char *target,
             } else {
                 rp.role = 0;
             }
-            int got = probe_peer(fd, &c, &p, start, &info, &rp, relay_at);
+            /* Our NAT (nat.h), told after the Redirect: the server that answered says what
+             * it saw (field 24) and names its other addresses (25); one of those, asked from
+             * this port, sees the same address or another. */
+            static __thread natq nq;
+            memset(&nq, 0, sizeof nq);
+            nq.their_nat = (int)theirs.nat;
+            nq.peer = peer;
+            nq.server = from;
+            nq.target = target;
+            nq.tlen = tlen;
+            nq.mine = &mine;
+            if (theirs.observed[0] && rndz_addr_parse(theirs.observed, &nq.seen, NULL) == 0) {
+                rndz__addr_unmap(&nq.seen);
+                for (size_t k = 0; k < theirs.nalt && !nq.state; k++) {
+                    struct sockaddr_storage a;
+                    if (rndz_addr_parse(theirs.alt[k], &a, NULL)) continue;
+                    struct sockaddr_storage f = from;
+                    rndz__addr_unmap(&f);
+                    rndz__addr_unmap(&a);
+                    if (rndz__addr_equal((struct sockaddr *)&a, (struct sockaddr *)&f)) continue;
+                    if (c.local.ss_family == AF_INET6) rndz__addr_map(&a);
+                    else if (a.ss_family != AF_INET) continue;
+                    nq.alt = a;
+                    nq.state = 1; /* ask it */
+                }
+            }
+            spray *spp = NULL;
+            int got = probe_peer(fd, &c, &p, start, &info, &rp, relay_at, &nq);
+            spp = nq.spraying ? &nq.sp : NULL;
+            if (got < 0) spray_close(spp, -1);
             if (got < 0) {
                 rndz__rpeer_close(&rp);
                 rc = got;
@@ -251,8 +471,8 @@ int rndz_udp_connect_info(const rndz_client_options *o, const char *target,
         rndz__copy_id(info.id, target, tlen);
         char text[RNDZ_ADDRSTRLEN];
         rndz_addr_format((struct sockaddr *)&info.addr, text, sizeof text);
-        RNDZ_LOG(RNDZ_LOG_INFO, "udp connect: %s at %s%s, %s, rtt %u ms, after %u ms", target,
-                 info.relayed ? "relay " : "", text,
+        RNDZ_LOG(RNDZ_LOG_INFO, "udp connect: %s at %s%s%s, %s, rtt %u ms, after %u ms", target,
+                 info.relayed ? "relay " : "", info.predicted ? "(predicted) " : "", text,
                  info.verified ? "verified" : "unverified (v1 peer)", info.rtt_ms,
                  info.elapsed_ms);
         if (info_out) *info_out = info;

@@ -19,6 +19,8 @@
 #include "client.h"
 #include "ifaddr.h"
 #include "listener.h"
+#include "nat.h"
+#include "predict.h"
 #include "punch.h"
 #include "relay_peer.h"
 #include "srvlink.h"
@@ -40,6 +42,12 @@
 #define PEER_QUEUE 64
 /* Datagrams read from one socket per readiness event at most. */
 #define READ_BATCH 64
+/* The NAT check of our port after registering (nat.h): each ask resent this often, this many
+ * times. */
+#define NAT_RETRY_MS 300
+#define NAT_TRIES 4
+/* With port prediction under way the relay waits at least this long (as the connector). */
+#define PREDICT_RELAY_MS 4000
 
 typedef struct srv_sock {
     int fd;
@@ -48,6 +56,22 @@ typedef struct srv_sock {
     size_t idx;
     rndz__srvlink link;
 } srv_sock;
+
+struct session;
+/* Port prediction of one session (predict.h): easy, probes from the probe socket; hard,
+ * RNDZ_PREDICT_SOCKETS sockets of its own, each in the loop. */
+typedef struct lspray_ref {
+    struct session *se;
+    int k;
+} lspray_ref;
+
+typedef struct lspray {
+    rndz__predict pr;
+    struct sockaddr_storage peer;
+    int fds[RNDZ_PREDICT_SOCKETS];
+    rndz__io io[RNDZ_PREDICT_SOCKETS];
+    lspray_ref ref[RNDZ_PREDICT_SOCKETS];
+} lspray;
 
 typedef struct session {
     bool used;
@@ -62,6 +86,8 @@ typedef struct session {
     uint64_t relay_at;
     rndz__io rio;
     struct rndz_udp_listener *l;
+    lspray *sp; /* NULL: no prediction */
+    bool decided; /* both NATs were known and acted on */
 } session;
 
 struct rndz_udp_listener {
@@ -74,7 +100,25 @@ struct rndz_udp_listener {
     session sessions[MAX_SESSIONS];
     rndz__lsn base;
     atomic_bool per_peer; /* rndz_udp_listener_accept was called */
+    /* the NAT check of our port (nat.h): 0 to do, 1 server 0 asked, 2 its other address
+     * asked, 3 done */
+    int nat_state, nat_tries;
+    int nat; /* RNDZ_NAT_* */
+    uint64_t nat_next;
+    struct sockaddr_storage nat_seen;
+    int nat_fd; /* on our port, connected to the server's other address */
+    rndz__io nat_io;
 };
+
+static void spray_free(rndz_udp_listener *l, lspray *sp, int keep) {
+    if (!sp) return;
+    for (int k = 0; k < RNDZ_PREDICT_SOCKETS; k++) {
+        if (sp->fds[k] < 0 || k == keep) continue;
+        rndz__loop_del(&l->base.loop, &sp->io[k]);
+        close(sp->fds[k]);
+    }
+    free(sp);
+}
 
 /* A socket of its own for a peer reached directly: on the shared port, connected to it, so
  * the kernel hands it that peer's datagrams (a connected socket beats the group); probes
@@ -101,6 +145,8 @@ static int direct_socket(rndz_udp_listener *l, const struct sockaddr_storage *ad
 static void session_free(rndz_udp_listener *l, session *se) {
     if (se->rp.fd >= 0) rndz__loop_del(&l->base.loop, &se->rio);
     rndz__rpeer_close(&se->rp);
+    spray_free(l, se->sp, -1);
+    se->sp = NULL;
     se->used = false;
 }
 
@@ -135,6 +181,43 @@ static void add_cands(const rndz__client *c, rndz__punch *p, const rndz__ext *e)
         if (rndz__client_peer_addr(c, e->cands[i], strlen(e->cands[i]), &a) == 0)
             rndz__punch_add(p, &a, rndz__addr_is_private(&a));
     }
+}
+
+/* Start port prediction for a session toward `peer` (the address the server saw). */
+static void spray_start(rndz_udp_listener *l, session *se, bool hard,
+                        const struct sockaddr_storage *peer, uint64_t now) {
+    lspray *sp = calloc(1, sizeof *sp);
+    if (!sp) return;
+    for (int k = 0; k < RNDZ_PREDICT_SOCKETS; k++) sp->fds[k] = -1;
+    sp->peer = *peer;
+    rndz__predict_init(&sp->pr, hard ? RNDZ_PREDICT_HARD : RNDZ_PREDICT_EASY, now,
+                       l->c.timeout_ms, rndz__addr_port(peer), rndz__random());
+    se->sp = sp;
+}
+
+/* Both NATs known (nat.h): both destination-dependent: only the relay helps, at once; one:
+ * port prediction (the hard side needs sockets of its own to hand out). */
+static void session_decide(rndz_udp_listener *l, session *se, const rndz__ext *ext,
+                           const struct sockaddr_storage *peer, uint64_t now) {
+    if (!ext->nat || !l->nat) return; /* not yet */
+    se->decided = true;
+    bool me_hard = l->nat == RNDZ_NAT_ENDPOINT_DEPENDENT;
+    bool they_hard = ext->nat == RNDZ_NAT_ENDPOINT_DEPENDENT;
+    if (me_hard && they_hard) {
+        if (se->rp.role && se->rp.fd < 0) se->relay_at = now;
+        return;
+    }
+    if (!(me_hard && ext->nat == RNDZ_NAT_ENDPOINT_INDEPENDENT && atomic_load(&l->per_peer)) &&
+        !(they_hard && l->nat == RNDZ_NAT_ENDPOINT_INDEPENDENT))
+        return;
+    spray_start(l, se, me_hard, peer, now);
+    uint64_t later = now + (l->c.relay_after_ms > PREDICT_RELAY_MS ? l->c.relay_after_ms
+                                                                   : PREDICT_RELAY_MS);
+    if (se->sp && se->rp.role && se->rp.fd < 0 && se->relay_at > now && se->relay_at < later &&
+        ext->relay != 2 && l->c.relay != RNDZ_RELAY_ONLY)
+        se->relay_at = later;
+    RNDZ_LOG(RNDZ_LOG_INFO, "udp listener: %s behind a destination-dependent NAT: predicting "
+             "ports", me_hard ? "we are" : "the peer is");
 }
 
 static void on_fsync(rndz_udp_listener *l, srv_sock *s, const rndz_msg *m, const uint8_t *raw,
@@ -175,11 +258,17 @@ static void on_fsync(rndz_udp_listener *l, srv_sock *s, const rndz_msg *m, const
                                    ? now : now + l->c.relay_after_ms;
             else
                 se->rp.role = 0;
+            session_decide(l, se, &ext, &peer, now);
+        } else if (!se->decided && ext.nat) {
+            session_decide(l, se, &ext, &peer, now); /* the connector's NAT came later */
         }
         rndz__ext mine = l->my_cands;
         mine.has_nonce = true;
         mine.nonce = ext.nonce;
         if (se->rp.role) mine.relay = l->c.relay == RNDZ_RELAY_ONLY ? 2 : 1;
+        /* our NAT, unless we are the hard side with no sockets to hand out */
+        if (l->nat != RNDZ_NAT_ENDPOINT_DEPENDENT || atomic_load(&l->per_peer))
+            mine.nat = (uint32_t)l->nat;
         int rc = rndz__client_send(s->fd, &l->c, RNDZ_REQ_RSYNC, m->peer_id, m->peer_id_len, NULL,
                               &mine);
         if (rc) RNDZ_LOG(RNDZ_LOG_DEBUG, "udp listener: Rsync to server: %s", rndz_strerror(rc));
@@ -197,6 +286,104 @@ static void on_fsync(rndz_udp_listener *l, srv_sock *s, const rndz_msg *m, const
     rndz_peer_info info = {.addr = peer, .lan = rndz__addr_is_private(&peer)};
     rndz__copy_id(info.id, m->peer_id, m->peer_id_len);
     push_peer(l, &info, -1);
+}
+
+/* --- the NAT check of our port (nat.h), once registered: server 0 says what it sees and
+ * names its other addresses; one of those, asked from our port too, sees the same address
+ * (endpoint-independent) or another (endpoint-dependent) */
+
+static void nat_done(rndz_udp_listener *l, int nat) {
+    if (l->nat_fd >= 0) {
+        rndz__loop_del(&l->base.loop, &l->nat_io);
+        close(l->nat_fd);
+        l->nat_fd = -1;
+    }
+    l->nat = nat;
+    l->nat_state = 3;
+    RNDZ_LOG(RNDZ_LOG_INFO, "udp listener: our NAT maps %s", rndz_nat_mapping_name(nat));
+}
+
+/* Ask the server's other address (state 2) from our port. */
+static void nat_ask(rndz_udp_listener *l, uint64_t now) {
+    rndz__ext q;
+    memset(&q, 0, sizeof q);
+    q.query = RNDZ__Q_OBSERVED | RNDZ__Q_NOREG;
+    rndz__client_send(l->nat_fd, &l->c, RNDZ_REQ_PING, NULL, 0, NULL, &q);
+    l->nat_next = now + NAT_RETRY_MS;
+    l->nat_tries++;
+}
+
+static void nat_readable(void *ctx, uint32_t events);
+
+/* A Pong with what the server saw: from server 0 (state 1) or its other address (2). */
+static void nat_pong(rndz_udp_listener *l, const uint8_t *buf, size_t n) {
+    rndz__ext e;
+    struct sockaddr_storage seen;
+    if (rndz__ext_decode(buf, n, &e) || !e.observed[0] ||
+        rndz_addr_parse(e.observed, &seen, NULL))
+        return;
+    rndz__addr_unmap(&seen);
+    if (l->nat_state == 2) {
+        nat_done(l, rndz__addr_equal((struct sockaddr *)&seen, (struct sockaddr *)&l->nat_seen)
+                        ? RNDZ_NAT_ENDPOINT_INDEPENDENT : RNDZ_NAT_ENDPOINT_DEPENDENT);
+        return;
+    }
+    l->nat_seen = seen;
+    for (size_t i = 0; i < e.nalt; i++) {
+        struct sockaddr_storage alt;
+        if (rndz_addr_parse(e.alt[i], &alt, NULL)) continue;
+        rndz__addr_unmap(&alt);
+        struct sockaddr_storage srv = l->c.servers[0];
+        rndz__addr_unmap(&srv);
+        if (rndz__addr_equal((struct sockaddr *)&alt, (struct sockaddr *)&srv)) continue;
+        if (l->c.local.ss_family == AF_INET6) rndz__addr_map(&alt);
+        else if (alt.ss_family != AF_INET) continue;
+        int fd = rndz__client_bind(&l->c, SOCK_DGRAM);
+        if (fd < 0) break;
+        l->nat_io = (rndz__io){fd, nat_readable, l};
+        if (connect(fd, (struct sockaddr *)&alt, rndz__addr_len((struct sockaddr *)&alt)) < 0 ||
+            rndz__loop_add(&l->base.loop, &l->nat_io, EPOLLIN)) {
+            close(fd);
+            break;
+        }
+        l->nat_fd = fd;
+        l->nat_state = 2;
+        l->nat_tries = 0;
+        nat_ask(l, rndz__now_ms());
+        return;
+    }
+    nat_done(l, RNDZ_NAT_UNKNOWN); /* a server on one address cannot tell */
+}
+
+static void nat_readable(void *ctx, uint32_t events) {
+    rndz_udp_listener *l = ctx;
+    (void)events;
+    uint8_t buf[RNDZ_MAX_MSG + 1];
+    for (int i = 0; i < 8 && l->nat_fd >= 0; i++) {
+        ssize_t n = recv(l->nat_fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EAGAIN) return;
+            continue;
+        }
+        rndz_msg m;
+        if (rndz_msg_decode(buf, (size_t)n, 1, &m) == 0 && m.cmd == RNDZ_RSP_PONG)
+            nat_pong(l, buf, (size_t)n);
+    }
+}
+
+/* Run the check's second step: resend, give up. (The first rides on the pings to server 0,
+ * which carry the question while it is open: a v1 server answers them as any ping, without
+ * what it saw, and after NAT_TRIES such Pongs we stop asking.) */
+static uint64_t nat_tick(rndz_udp_listener *l, uint64_t now) {
+    if (l->nat_state != 2) return UINT64_MAX;
+    if (now >= l->nat_next) {
+        if (l->nat_tries >= NAT_TRIES) {
+            nat_done(l, RNDZ_NAT_UNKNOWN);
+            return UINT64_MAX;
+        }
+        nat_ask(l, now);
+    }
+    return l->nat_next;
 }
 
 static void srv_readable(void *ctx, uint32_t events) {
@@ -219,17 +406,29 @@ static void srv_readable(void *ctx, uint32_t events) {
                 RNDZ_LOG(RNDZ_LOG_INFO, "udp listener: registered with %s",
                          l->c.server_text[s->idx]);
             rndz__lsn_set_registered(&l->base);
+            if (l->nat_state == 1 && s->idx == 0) {
+                rndz__ext e;
+                if (rndz__ext_decode(buf, (size_t)n, &e) == 0 && e.observed[0])
+                    nat_pong(l, buf, (size_t)n);
+                else if (++l->nat_tries >= NAT_TRIES)
+                    nat_done(l, RNDZ_NAT_UNKNOWN); /* a v1 server: it cannot tell */
+            }
         } else if (m.cmd == RNDZ_RSP_FSYNC) {
             on_fsync(l, s, &m, buf, (size_t)n);
         }
     }
 }
 
-/* Hand the session's peer out: direct (the winner) or relayed (the relay's socket). */
-static void session_report(rndz_udp_listener *l, session *se, uint64_t now, bool relayed) {
+/* Hand the session's peer out: direct (the winner; on `own`, a prediction socket already
+ * connected to it, or -1) or relayed (the relay's socket). */
+static void session_report(rndz_udp_listener *l, session *se, uint64_t now, bool relayed,
+                           int own) {
     rndz_peer_info info = {.rtt_ms = se->p.rtt_ms, .verified = 1,
                            .elapsed_ms = (uint32_t)(now - se->started)};
-    int fd = -1;
+    int fd = own;
+    info.predicted = se->sp && !relayed; /* (see udp_connect.c) */
+    spray_free(l, se->sp, -2); /* (own, if any, was taken out of the spray already) */
+    se->sp = NULL;
     if (relayed) {
         info.addr = se->rp.addr;
         info.rtt_ms = 0; /* not measured on this side */
@@ -262,10 +461,86 @@ static void session_report(rndz_udp_listener *l, session *se, uint64_t now, bool
 static void session_verified(rndz_udp_listener *l, session *se, uint64_t now) {
     if (se->handed) return;
     if (!atomic_load(&l->per_peer) || se->confirmed) {
-        session_report(l, se, now, false);
+        session_report(l, se, now, false, -1);
         return;
     }
     se->ended = now;
+}
+
+/* A prediction socket of the hard side is readable: probes get acks; the connector's confirm
+ * names this socket's path (it is handed out, connected to the connector). */
+static void spray_readable(void *ctx, uint32_t events) {
+    lspray_ref *ref = ctx;
+    session *se = ref->se;
+    rndz_udp_listener *l = se->l;
+    (void)events;
+    if (!se->used || !se->sp) return;
+    int k = ref->k, fd = se->sp->fds[k];
+    for (int i = 0; i < READ_BATCH && fd >= 0; i++) {
+        uint8_t b[RNDZ_PROBE_LEN + 1];
+        struct sockaddr_storage from;
+        socklen_t fl = sizeof from;
+        ssize_t n = recvfrom(fd, b, sizeof b, MSG_DONTWAIT, (struct sockaddr *)&from, &fl);
+        if (n < 0) return;
+        int type;
+        uint32_t seq;
+        uint64_t nonce;
+        if (!rndz__probe_decode(b, (size_t)n, &type, &seq, &nonce) || nonce != se->p.nonce) continue;
+        if (type == RNDZ_PROBE) rndz__probe_send(fd, RNDZ_PROBE_ACK, seq, nonce, &from);
+        if (type != RNDZ_PROBE_CONFIRM || se->handed) continue;
+        /* the connector chose this socket's path */
+        rndz__punch_add(&se->p, &from, false);
+        for (size_t c = 0; c < se->p.ncand; c++)
+            if (rndz__addr_equal((struct sockaddr *)&se->p.cand[c], (struct sockaddr *)&from))
+                se->p.winner = (int)c;
+        uint64_t now = rndz__now_ms();
+        se->p.rtt_ms = now > se->sp->pr.start ? (uint32_t)(now - se->sp->pr.start) : 1;
+        se->p.state = RNDZ_PUNCH_VERIFIED;
+        se->confirmed = true;
+        rndz__loop_del(&l->base.loop, &se->sp->io[k]);
+        se->sp->fds[k] = -1;
+        rndz__probe_filter_drop(fd);
+        if (connect(fd, (struct sockaddr *)&from, rndz__addr_len((struct sockaddr *)&from)) < 0) {
+            close(fd);
+            fd = -1;
+        } else {
+            rndz__sock_set_nonblock(fd, false);
+        }
+        session_report(l, se, now, false, fd);
+        return;
+    }
+}
+
+/* Send what the session's prediction asks for; returns when it next wants to run. */
+static uint64_t spray_tick(rndz_udp_listener *l, session *se, uint64_t now) {
+    lspray *sp = se->sp;
+    rndz__predict_send out[64];
+    uint64_t next;
+    size_t n = rndz__predict_tick(&sp->pr, now, out, RNDZ_ARRAY_LEN(out), &next);
+    for (size_t i = 0; i < n; i++) {
+        if (sp->pr.role == RNDZ_PREDICT_EASY) {
+            struct sockaddr_storage to = sp->peer;
+            rndz__addr_set_port(&to, out[i].port);
+            rndz__probe_send(l->probe_fd, RNDZ_PROBE, RNDZ_PREDICT_SEQ | (uint32_t)i,
+                             se->p.nonce, &to);
+            continue;
+        }
+        uint32_t k = out[i].index;
+        if (out[i].open) {
+            int fd = rndz__client_fresh(&l->c, SOCK_DGRAM);
+            if (fd < 0) continue;
+            sp->ref[k] = (lspray_ref){se, (int)k};
+            sp->io[k] = (rndz__io){fd, spray_readable, &sp->ref[k]};
+            if (rndz__loop_add(&l->base.loop, &sp->io[k], EPOLLIN)) {
+                close(fd);
+                continue;
+            }
+            sp->fds[k] = fd;
+        }
+        if (sp->fds[k] >= 0)
+            rndz__probe_send(sp->fds[k], RNDZ_PROBE, RNDZ_PREDICT_SEQ | k, se->p.nonce, &sp->peer);
+    }
+    return next;
 }
 
 /* The relay's socket of a session is readable. */
@@ -279,7 +554,7 @@ static void relay_readable(void *ctx, uint32_t events) {
         RNDZ_LOG(RNDZ_LOG_DEBUG, "udp listener: relay: %s", rndz_strerror(rc));
         return;
     }
-    if (se->rp.done && !se->handed) session_report(l, se, now, true);
+    if (se->rp.done && !se->handed) session_report(l, se, now, true, -1);
 }
 
 /* The listener's probe socket: probes get acks (only for sessions a server announced: we
@@ -326,6 +601,17 @@ static void probe_readable(void *ctx, uint32_t events) {
             continue;
         }
         if (se->p.state == RNDZ_PUNCH_VERIFIED) continue;
+        if ((seq & RNDZ_PREDICT_SEQ) && se->sp) {
+            /* a predicted port of the peer answered: its mapping toward us */
+            rndz__punch_add(&se->p, &from, false);
+            for (size_t c = 0; c < se->p.ncand; c++)
+                if (rndz__addr_equal((struct sockaddr *)&se->p.cand[c], (struct sockaddr *)&from))
+                    se->p.winner = (int)c;
+            se->p.rtt_ms = now > se->sp->pr.start ? (uint32_t)(now - se->sp->pr.start) : 1;
+            se->p.state = RNDZ_PUNCH_VERIFIED;
+            session_verified(l, se, now);
+            continue;
+        }
         rndz__punch_on_ack(&se->p, &from, seq, now);
         if (se->p.state == RNDZ_PUNCH_VERIFIED) session_verified(l, se, now);
     }
@@ -346,6 +632,10 @@ static uint64_t sessions_tick(rndz_udp_listener *l, uint64_t now) {
                 rndz__rpeer_close(&se->rp);
                 se->rp.role = 0;
             }
+        }
+        if (se->sp && !se->handed) {
+            uint64_t sw = spray_tick(l, se, now);
+            if (sw < next) next = sw;
         }
         if (se->rp.fd >= 0) {
             uint64_t rw = rndz__rpeer_tick(&se->rp, now);
@@ -392,6 +682,8 @@ static uint64_t sessions_tick(rndz_udp_listener *l, uint64_t now) {
 static uint64_t listener_tick(void *ctx, uint64_t now) {
     rndz_udp_listener *l = ctx;
     uint64_t next = sessions_tick(l, now);
+    uint64_t nw = nat_tick(l, now);
+    if (nw < next) next = nw;
     for (size_t i = 0; i < l->c.n_servers; i++) {
         srv_sock *s = &l->srv[i];
         unsigned act = rndz__link_tick(&s->link, now);
@@ -399,7 +691,12 @@ static uint64_t listener_tick(void *ctx, uint64_t now) {
             RNDZ_LOG(RNDZ_LOG_WARN, "udp listener: server %s stopped answering; registering "
                      "again", l->c.server_text[i]);
         if (act & RNDZ_LINK_PING) {
-            int rc = rndz__client_send(s->fd, &l->c, RNDZ_REQ_PING, NULL, 0, NULL, NULL);
+            /* while our NAT check is open, server 0's pings ask what it sees (nat.h) */
+            rndz__ext q;
+            memset(&q, 0, sizeof q);
+            q.query = RNDZ__Q_OBSERVED;
+            bool ask = i == 0 && l->nat_state == 1;
+            int rc = rndz__client_send(s->fd, &l->c, RNDZ_REQ_PING, NULL, 0, NULL, ask ? &q : NULL);
             if (rc) RNDZ_LOG(RNDZ_LOG_DEBUG, "udp listener: ping %s: %s", l->c.server_text[i],
                              rndz_strerror(rc));
         }
@@ -410,7 +707,11 @@ static uint64_t listener_tick(void *ctx, uint64_t now) {
 }
 
 static void listener_close(rndz_udp_listener *l) {
-    for (size_t i = 0; i < MAX_SESSIONS; i++) rndz__rpeer_close(&l->sessions[i].rp);
+    for (size_t i = 0; i < MAX_SESSIONS; i++) {
+        rndz__rpeer_close(&l->sessions[i].rp);
+        if (l->sessions[i].sp) spray_free(l, l->sessions[i].sp, -1);
+    }
+    if (l->nat_fd >= 0) close(l->nat_fd);
     for (size_t i = 0; i < RNDZ_MAX_SERVERS; i++)
         if (l->srv[i].fd >= 0) close(l->srv[i].fd);
     if (l->peer_fd >= 0) close(l->peer_fd);
@@ -446,7 +747,8 @@ int rndz_udp_listener_create(const rndz_client_options *o, rndz_udp_listener **o
     *out = NULL;
     rndz_udp_listener *l = calloc(1, sizeof *l);
     if (!l) return -ENOMEM;
-    l->peer_fd = l->probe_fd = -1;
+    l->peer_fd = l->probe_fd = l->nat_fd = -1;
+    l->nat_state = 1; /* the first pings ask */
     for (size_t i = 0; i < MAX_SESSIONS; i++) l->sessions[i].rp.fd = -1;
     for (size_t i = 0; i < RNDZ_MAX_SERVERS; i++) l->srv[i].fd = -1;
     int rc = rndz__lsn_init(&l->base, PEER_QUEUE, true);

@@ -334,6 +334,8 @@ public struct PathInfo: Sendable, Hashable {
     /// The path goes through the rendezvous server's relay: the address is the relay's. The
     /// socket carries the peer's bytes unchanged all the same.
     public var relayed = false
+    /// A direct path through a destination-dependent NAT, found by port prediction.
+    public var predicted = false
 
     public init() {}
 
@@ -344,6 +346,7 @@ public struct PathInfo: Sendable, Hashable {
         lan = info.lan != 0
         advertised = info.advertised != 0
         relayed = info.relayed != 0
+        predicted = info.predicted != 0
     }
 }
 

@@ -699,14 +699,15 @@ func milliseconds(_ d: Duration) -> Int64 {
     d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000
 }
 
-/// The connector's "path to ID: [relay ]ADDR (which candidate, verified or not), rtt,
-/// connected in" line on stdout: "relay" and the relay's address for a relayed path.
+/// The connector's "path to ID: [relay |predicted ]ADDR (which candidate, verified or not),
+/// rtt, connected in" line on stdout: "relay" and the relay's address for a relayed path,
+/// "predicted" for a direct one that port prediction found.
 func printPath(to peer: String, at addr: SocketAddress, _ p: PathInfo, proof: String) {
     let rtt = p.rtt.map { "\(milliseconds($0)) ms" } ?? "not measured"
     let via = p.relayed ? "the rendezvous server forwards it"
         : p.advertised ? (p.lan ? "its LAN address" : "an address it advertised")
         : "the address the server saw"
-    printOut("path to \(peer): \(p.relayed ? "relay " : "")\(addr) (\(via), "
+    printOut("path to \(peer): \(p.relayed ? "relay " : p.predicted ? "predicted " : "")\(addr) (\(via), "
         + "\(p.verified ? proof : "unverified: v1 peer or server")), rtt \(rtt), "
         + "connected in \(milliseconds(p.elapsed)) ms")
 }

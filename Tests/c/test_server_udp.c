@@ -742,7 +742,9 @@ static bool answer_ping(int s, const uint8_t *buf, size_t n, const struct sockad
                         void *user) {
     listener_pings *lp = user;
     const tl_vector *ping = tl_vector_get("udp.ping"), *pong = tl_vector_get("udp.pong");
-    if (tl_addr_port(from) != lp->port || n != ping->len || memcmp(buf, ping->bytes, n) != 0)
+    /* the v1 bytes, or them followed by extension fields (the first pings ask what the server
+     * sees, nat.h: field 23, which v1 skips) */
+    if (tl_addr_port(from) != lp->port || !tl_v1_with_ext(buf, n, ping->bytes, ping->len))
         return false;
     if (lp->count) (*lp->count)++;
     tl_sendto_sa(s, pong->bytes, pong->len, from);
@@ -780,12 +782,13 @@ static void test_v1_server_our_clients(void) {
     CHECK(lport > 0);
     CHECK_EQ_INT(tl_port(lfd), lport); /* the peer socket shares the port */
 
-    /* the first ping: exactly the captured bytes; not answered yet -> not registered */
+    /* the first ping: the captured bytes (with the NAT check's question, a field v1 skips);
+     * not answered yet -> not registered */
     uint8_t buf[2048];
     struct sockaddr_storage from;
     long n = tl_recv_wait(s, buf, sizeof buf, &from, tl_ms(1000));
     const tl_vector *ping = tl_vector_get("udp.ping"), *pong = tl_vector_get("udp.pong");
-    CHECK_EQ_MEM(buf, n > 0 ? (size_t)n : 0, ping->bytes, ping->len);
+    CHECK(tl_v1_with_ext(buf, n > 0 ? (size_t)n : 0, ping->bytes, ping->len));
     CHECK_EQ_INT(tl_addr_port(&from), lport);
     CHECK_RC(rndz_udp_listener_wait_registered(l, 50), RNDZ_E_TIMEDOUT);
     tl_sendto_sa(s, pong->bytes, pong->len, &from);
@@ -1012,9 +1015,9 @@ static void test_listener_two_servers(void) {
     uint8_t buf[512];
     struct sockaddr_storage f1, f2;
     long n = tl_recv_wait(s1, buf, sizeof buf, &f1, tl_ms(1000));
-    CHECK_EQ_MEM(buf, n > 0 ? (size_t)n : 0, ping->bytes, ping->len);
+    CHECK(tl_v1_with_ext(buf, n > 0 ? (size_t)n : 0, ping->bytes, ping->len));
     n = tl_recv_wait(s2, buf, sizeof buf, &f2, tl_ms(1000));
-    CHECK_EQ_MEM(buf, n > 0 ? (size_t)n : 0, ping->bytes, ping->len);
+    CHECK_EQ_MEM(buf, n > 0 ? (size_t)n : 0, ping->bytes, ping->len); /* only server 0 is asked */
     CHECK_EQ_INT(tl_addr_port(&f1), lport); /* both from the shared port */
     CHECK_EQ_INT(tl_addr_port(&f2), lport);
     tl_sendto_sa(s2, pong->bytes, pong->len, &f2); /* only server 2 answers */

@@ -34,6 +34,8 @@ CFG = {
     "xfail_repeats": env_int("RNDZ_NATLAB_XFAIL_REPEATS", 1),
     # The relay matrix (every pair of NAT kinds, relay on): 20 per cell is the bar.
     "relay_repeats": env_int("RNDZ_NATLAB_RELAY_REPEATS", 5),
+    # Port prediction (dd-a, dd-b, UDP): the bar is 9 in 10.
+    "predict_repeats": env_int("RNDZ_NATLAB_PREDICT_REPEATS", 10),
     "loss": env_int("RNDZ_NATLAB_LOSS", 10),
     "loss_min": env_int("RNDZ_NATLAB_LOSS_MIN", 0),
     # The delay scenario: D ms one way on each router's WAN link (peer RTT 4D, server RTT 2D).

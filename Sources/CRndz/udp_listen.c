@@ -210,6 +210,15 @@ static void session_decide(rndz_udp_listener *l, session *se, const rndz__ext *e
     if (!(me_hard && ext->nat == RNDZ_NAT_ENDPOINT_INDEPENDENT && atomic_load(&l->per_peer)) &&
         !(they_hard && l->nat == RNDZ_NAT_ENDPOINT_INDEPENDENT))
         return;
+    /* one prediction at a time: what a forged request can make us send stays bounded
+     * (SECURITY.md, "Port prediction") */
+    for (size_t i = 0; i < MAX_SESSIONS; i++)
+        if (l->sessions[i].used && l->sessions[i].sp && !l->sessions[i].handed &&
+            now < l->sessions[i].sp->pr.deadline) {
+            RNDZ_LOG(RNDZ_LOG_INFO, "udp listener: a port prediction is under way; peer %s "
+                     "gets none", se->peer_id);
+            return;
+        }
     spray_start(l, se, me_hard, peer, now);
     uint64_t later = now + (l->c.relay_after_ms > PREDICT_RELAY_MS ? l->c.relay_after_ms
                                                                    : PREDICT_RELAY_MS);
@@ -632,6 +641,10 @@ static uint64_t sessions_tick(rndz_udp_listener *l, uint64_t now) {
                 rndz__rpeer_close(&se->rp);
                 se->rp.role = 0;
             }
+        }
+        if (se->sp && now >= se->sp->pr.deadline) {
+            spray_free(l, se->sp, -1); /* over: its sockets go at once */
+            se->sp = NULL;
         }
         if (se->sp && !se->handed) {
             uint64_t sw = spray_tick(l, se, now);

@@ -320,8 +320,8 @@ typedef struct rndz_server_options {
     uint32_t relay_max_sessions; /* sessions at once (UDP and TCP each). Default 1024 */
     uint32_t relay_rate;         /* bytes per second per session, each way summed. Default
                                     1048576 (1 MiB/s) */
-    uint32_t relay_total_rate;   /* bytes per second through the relay in all. Default
-                                    67108864 (64 MiB/s) */
+    uint32_t relay_total_rate;   /* bytes per second through the relay in all, for each
+                                    transport (UDP, TCP). Default 67108864 (64 MiB/s) */
     uint32_t relay_idle_ms;      /* a session with no traffic this long ends. Default 60000 */
 } rndz_server_options;
 
@@ -452,6 +452,13 @@ typedef struct rndz_client_options {
                                        known to be impossible). Both sides must allow it; a
                                        v1 peer or server never relays. */
     uint32_t relay_after_ms;        /* default 2000 */
+    int port_mapping;               /* UDP listener: 1: ask the IPv4 default gateway for a
+                                       mapping of the shared port (PCP, then NAT-PMP; pmp.h),
+                                       renew it, delete it on close, and advertise it to
+                                       connectors as a candidate: a peer then reaches us
+                                       through a NAT that maps per destination. Silence or
+                                       refusal costs nothing (it runs in the background) and
+                                       is not asked again for 10 minutes. 0 (default): off */
 } rndz_client_options;
 
 #define RNDZ_RELAY_AUTO 0

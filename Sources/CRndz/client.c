@@ -60,6 +60,7 @@ int rndz__client_init(rndz__client *c, const rndz_client_options *o) {
     c->timeout_ms = d.timeout_ms;
     if (o->relay < RNDZ_RELAY_AUTO || o->relay > RNDZ_RELAY_ONLY) return -EINVAL;
     c->relay = o->relay;
+    c->port_mapping = o->port_mapping != 0;
     c->relay_after_ms = d.relay_after_ms;
     /* The kernel refuses caps outside 1..120 s; say so now rather than at the first connect. */
     if (o->tcp_rto_max_ms && (o->tcp_rto_max_ms < 1000 || o->tcp_rto_max_ms > 120000))
@@ -125,10 +126,11 @@ int rndz__client_bind(rndz__client *c, int socktype) {
         n = n > 127 ? 127 : n; /* the kernel's MAX_TCP_SYNCNT */
         setsockopt(fd, IPPROTO_TCP, TCP_SYNCNT, &n, sizeof n);
     }
-    /* The first socket fixes the port; the following ones share it. */
+    /* The first socket fixes the port; the following ones share it (and leave c alone: other
+     * threads bind through it too, rndz_udp_listener_accept's). */
     struct sockaddr_storage b;
     socklen_t bl = sizeof b;
-    if (getsockname(fd, (struct sockaddr *)&b, &bl) == 0)
+    if (rndz__addr_port(&c->local) == 0 && getsockname(fd, (struct sockaddr *)&b, &bl) == 0)
         rndz__addr_set_port(&c->local, rndz__addr_port(&b));
     return fd;
 }

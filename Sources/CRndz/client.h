@@ -20,6 +20,7 @@ typedef struct rndz__client {
     uint32_t keepalive_ms, round_ms, timeout_ms;
     uint32_t tcp_rto_max_ms; /* for connections handed over; 0: the kernel's default */
     int relay;               /* RNDZ_RELAY_* */
+    bool port_mapping;
     uint32_t relay_after_ms;
     bool signing; /* a credential was given: requests to servers carry an Auth field */
     uint8_t credential[RNDZ_CREDENTIAL_LEN];

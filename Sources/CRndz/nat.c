@@ -189,8 +189,7 @@ int rndz__nat_classify(const uint16_t *p, size_t n, const uint16_t *firsts_publi
     return RNDZ_NAT_PORT_RANDOM;
 }
 
-/* The IPv4 default gateway from /proc/net/route; false if none. */
-static bool default_gateway(struct sockaddr_storage *gw) {
+bool rndz__nat_gateway(struct sockaddr_storage *gw) {
     FILE *f = fopen("/proc/net/route", "r");
     if (!f) return false;
     char line[256];
@@ -223,7 +222,7 @@ int rndz__nat_pmp_reply(const uint8_t *b, size_t n) {
 /* Ask the default gateway in both protocols; which answered. */
 static int port_mapping(void) {
     struct sockaddr_storage gw;
-    if (!default_gateway(&gw)) return -1;
+    if (!rndz__nat_gateway(&gw)) return -1;
     int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0) return -1;
     int found = 0;

@@ -18,4 +18,7 @@ RNDZ_INTERNAL int rndz__nat_classify(const uint16_t *p, size_t n, const uint16_t
 /* A reply from the gateway: 1 NAT-PMP, 2 PCP, 0 neither (bounded: any bytes). */
 RNDZ_INTERNAL int rndz__nat_pmp_reply(const uint8_t *b, size_t n);
 
+/* The IPv4 default gateway (from /proc/net/route) at the port-mapping port; false if none. */
+RNDZ_INTERNAL bool rndz__nat_gateway(struct sockaddr_storage *gw);
+
 #endif

@@ -26,6 +26,22 @@ void rndz__punch_add(rndz__punch *p, const struct sockaddr_storage *a, bool lan)
     p->ncand++;
 }
 
+int rndz__punch_adopt(rndz__punch *p, const struct sockaddr_storage *a) {
+    for (size_t i = 0; i < p->ncand; i++)
+        if (rndz__addr_equal((const struct sockaddr *)&p->cand[i], (const struct sockaddr *)a))
+            return (int)i;
+    if (p->ncand < RNDZ_ARRAY_LEN(p->cand)) {
+        rndz__punch_add(p, a, false);
+        return (int)p->ncand - 1;
+    }
+    /* full: a mapping that answered beats the last candidate advertised (slot 0, the
+     * address the server saw, stays) */
+    size_t last = p->ncand - 1;
+    p->cand[last] = *a;
+    p->lan[last] = false;
+    return (int)last;
+}
+
 static bool any_lan(const rndz__punch *p) {
     for (size_t i = 0; i < p->ncand; i++)
         if (p->lan[i]) return true;

@@ -53,6 +53,9 @@ RNDZ_INTERNAL void rndz__punch_init(rndz__punch *p, uint64_t nonce, uint64_t now
                                     uint32_t timeout_ms);
 /* Add a candidate (ignored when already present or full). `lan`: a private address. */
 RNDZ_INTERNAL void rndz__punch_add(rndz__punch *p, const struct sockaddr_storage *a, bool lan);
+/* A path that answered outside the plan (a confirm, a predicted port): its candidate index,
+ * adding it (when full, in place of the last one advertised). */
+RNDZ_INTERNAL int rndz__punch_adopt(rndz__punch *p, const struct sockaddr_storage *a);
 /* Do what is due at `now`: fills up to `max` sends, returns how many; *next gets the next
  * wake-up time (UINT64_MAX when done). */
 RNDZ_INTERNAL size_t rndz__punch_tick(rndz__punch *p, uint64_t now, rndz__punch_send *out,

@@ -113,7 +113,9 @@ static bool bucket_take(rndz__bytes_bucket *b, uint32_t rate, size_t len, uint64
     /* burst: a quarter second of the rate, at least one large datagram */
     uint64_t cap = ((uint64_t)rate / 4 > 65536 ? (uint64_t)rate / 4 : 65536) * 1000;
     if (now > b->at) {
-        uint64_t add = (now - b->at) * (uint64_t)rate; /* ms * B/s = milli-bytes */
+        uint64_t span = now - b->at;
+        /* ms * B/s = milli-bytes; a long idle span fills the bucket whatever (no overflow) */
+        uint64_t add = span > cap / (rate ? rate : 1) ? cap : span * (uint64_t)rate;
         b->level_mb = b->level_mb + add > cap || add > cap ? cap : b->level_mb + add;
         b->at = now;
     }
@@ -306,6 +308,31 @@ static void join(rndz__relay *r, const struct sockaddr_storage *from,
     o->ctl_len = rndz__relay_encode(o->ctl, RNDZ_RELAY_STATE,
                                     other->bound ? RNDZ_RELAY_READY : RNDZ_RELAY_WAITING,
                                     nonce, NULL);
+}
+
+/* Charge len bytes whatever the level (TCP: they were read already); the wait until the
+ * bucket is out of debt, ms. */
+static uint64_t bucket_charge(rndz__bytes_bucket *b, uint32_t rate, size_t len, uint64_t now) {
+    if (rate == UINT32_MAX) return 0;
+    uint64_t cost = (uint64_t)len * 1000;
+    bucket_take(b, rate, 0, now); /* refill to now */
+    if (b->level_mb >= cost) {
+        b->level_mb -= cost;
+        return 0;
+    }
+    uint64_t debt = cost - b->level_mb;
+    b->level_mb = 0;
+    uint64_t wait = (debt + rate - 1) / rate; /* milli-bytes / (bytes/s) = ms */
+    b->at = now + wait;                       /* the refill starts once the debt is paid */
+    return wait;
+}
+
+uint64_t rndz__relay_charge(rndz__relay *r, uint32_t i, size_t len, uint64_t now) {
+    rndz__relay_sess *se = &r->sess[i];
+    uint64_t a = bucket_charge(&se->bucket, r->lim.rate, len, now);
+    uint64_t b = bucket_charge(&r->total, r->lim.total_rate, len, now);
+    se->last = now;
+    return a > b ? a : b;
 }
 
 bool rndz__relay_spend(rndz__relay *r, uint32_t i, size_t len, uint64_t now, int *stat) {

@@ -138,7 +138,10 @@ typedef struct rndz__relay_out {
 RNDZ_INTERNAL void rndz__relay_input(rndz__relay *r, const struct sockaddr_storage *from,
                                      const rndz__relay_via *via, void *conn, const uint8_t *buf,
                                      size_t len, uint64_t now, rndz__relay_out *out);
-/* Spend len bytes of session `sess` (a TCP chunk): false if over a rate (count *stat). */
+/* Charge len bytes already read (a TCP chunk) to session `sess` and the total: the ms to
+ * wait before reading again (0: none), so the rates hold on average. */
+RNDZ_INTERNAL uint64_t rndz__relay_charge(rndz__relay *r, uint32_t sess, size_t len, uint64_t now);
+/* Spend len bytes of session `sess` (a datagram): false if over a rate (count *stat). */
 RNDZ_INTERNAL bool rndz__relay_spend(rndz__relay *r, uint32_t sess, size_t len, uint64_t now,
                                      int *stat);
 /* End a session (TCP: the side `self` closed); *other_conn gets the other side's connection

@@ -102,7 +102,10 @@ static void on_ctl(rndz__rpeer *r, int type, int arg, uint64_t nonce, uint64_t n
                nonce == r->nonce) {
         r->state = RNDZ_RELAY_READY; /* the relay forwarded it: both are in, even if our
                                       * "ready" was lost */
-        if (r->socktype == SOCK_DGRAM) send_ctl(r, RNDZ_RELAY_USE_ACK);
+        /* the socket is the application's right after: no later "use" gets an answer, so
+         * the ack goes three times (as the connector's confirm of a direct path) */
+        if (r->socktype == SOCK_DGRAM)
+            for (int k = 0; k < 3; k++) send_ctl(r, RNDZ_RELAY_USE_ACK);
         r->done = true;
     } else if (type == RNDZ_RELAY_USE_ACK && r->role == RNDZ_RELAY_ROLE_CONNECTOR &&
                nonce == r->nonce && r->state == RNDZ_RELAY_READY && !r->done) {

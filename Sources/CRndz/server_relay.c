@@ -47,6 +47,8 @@ typedef struct tconn {
 
 typedef struct relay_srv {
     rndz_server *s;
+    uint32_t nconns, max_conns; /* TCP connections open, and at most */
+    uint64_t accept_paused_until; /* out of descriptors: accepts wait */
     int ufd, tfd;
     rndz__io uio, tio;
     rndz__relay udp, tcp;
@@ -288,6 +290,10 @@ static void tconn_io(void *ctx, uint32_t events) {
     uint64_t now = rndz__now_ms();
     if (events & EPOLLOUT && c->other && c->other->len) pump(c->other);
     if (c->dead) return;
+    if (events & EPOLLERR) { /* reset: epoll reports it whatever we ask, so end it now */
+        tconn_kill(c, "connection reset");
+        return;
+    }
     if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
         if (!c->joined) {
             ssize_t n = recv(c->fd, c->join + c->have, sizeof c->join - c->have, MSG_DONTWAIT);
@@ -311,19 +317,23 @@ static void tconn_io(void *ctx, uint32_t events) {
                 STAT(r, relay_tx, 1);
                 c->off = 0;
                 c->len = (size_t)n;
-                int stat;
-                if (!rndz__relay_spend(&r->tcp, c->sess, (size_t)n, now, &stat)) {
-                    /* over a rate: these bytes go, the next wait (about the time they cost) */
-                    RNDZ_STAT_IDX_ADD(r->s, stat, 1);
-                    uint32_t rate = r->s->o.relay_rate < r->s->o.relay_total_rate
-                                        ? r->s->o.relay_rate : r->s->o.relay_total_rate;
-                    c->paused_until = now + 1 + (uint64_t)n * 1000 / (rate ? rate : 1);
+                /* over a rate: these bytes go, and the reads wait until they are paid for */
+                uint64_t wait = rndz__relay_charge(&r->tcp, c->sess, (size_t)n, now);
+                if (wait) {
+                    STAT(r, relay_limited, 1);
+                    c->paused_until = now + wait;
                 }
             }
             pump(c);
             if (c->dead) return;
         } else if (!c->ready && (events & (EPOLLHUP | EPOLLERR))) {
             tconn_kill(c, "closed while waiting for the other side");
+            return;
+        } else if (events & EPOLLHUP) {
+            /* both directions down (our shutdown and its FIN) with nothing left to read:
+             * reported whatever we ask, so it must end here */
+            if (c->other && c->len) pump(c);
+            tconn_kill(c, "hung up");
             return;
         }
     }
@@ -338,7 +348,19 @@ static void tcp_acceptable(void *ctx, uint32_t events) {
         struct sockaddr_storage from;
         socklen_t fl = sizeof from;
         int fd = accept4(r->tfd, (struct sockaddr *)&from, &fl, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) return;
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                /* the queue stays readable: stop listening a moment, or this spins */
+                rndz__loop_mod(r->s->w[0]->loop, &r->tio, 0);
+                r->accept_paused_until = rndz__now_ms() + 100;
+            }
+            return;
+        }
+        if (r->nconns >= r->max_conns) { /* joined or not, that is all we hold */
+            STAT(r, relay_refused, 1);
+            close(fd);
+            continue;
+        }
         tconn *c = calloc(1, sizeof *c);
         if (!c) {
             close(fd);
@@ -359,6 +381,7 @@ static void tcp_acceptable(void *ctx, uint32_t events) {
         }
         c->next = r->conns;
         r->conns = c;
+        r->nconns++;
     }
 }
 
@@ -380,6 +403,14 @@ uint64_t rndz__server_relay_tick(rndz_server *s, uint64_t now) {
         r->next_sweep = now + SWEEP_MS;
     }
     uint64_t next = r->next_sweep;
+    if (r->accept_paused_until) {
+        if (now >= r->accept_paused_until) {
+            r->accept_paused_until = 0;
+            rndz__loop_mod(s->w[0]->loop, &r->tio, EPOLLIN);
+        } else if (r->accept_paused_until < next) {
+            next = r->accept_paused_until;
+        }
+    }
     /* connections: joins that take too long, paused reads to resume; the dead are freed */
     for (tconn **p = &r->conns; *p;) {
         tconn *c = *p;
@@ -396,6 +427,7 @@ uint64_t rndz__server_relay_tick(rndz_server *s, uint64_t now) {
             *p = c->next;
             free(c->buf);
             free(c);
+            r->nconns--;
         } else {
             p = &c->next;
         }
@@ -415,6 +447,9 @@ int rndz__server_relay_open(rndz_server *s, const rndz__sockopts *base) {
     if (!r) return -ENOMEM;
     r->s = s;
     r->ufd = r->tfd = -1;
+    /* two per session, and as many again joining */
+    r->max_conns = s->o.relay_max_sessions > UINT32_MAX / 4 ? UINT32_MAX
+                                                             : 4 * s->o.relay_max_sessions;
     s->relay = r;
     rndz__relay_key_init(&s->relay_key);
     rndz__relay_limits lim;

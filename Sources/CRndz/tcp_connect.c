@@ -129,7 +129,10 @@ static int connect_any(rndz__client *c, const struct sockaddr_storage *to, size_
         for (size_t i = 0; i < n; i++) {
             if (fds[i] < 0 && now >= retry_at[i]) {
                 int fd = rndz__client_bind(c, SOCK_STREAM);
-                if (fd < 0) return fd;
+                if (fd < 0) {
+                    result = fd;
+                    goto out; /* closes what is open */
+                }
                 (*attempts)++;
                 if (connect(fd, (const struct sockaddr *)&to[i],
                             rndz__addr_len((const struct sockaddr *)&to[i])) < 0 &&
@@ -163,21 +166,6 @@ static int connect_any(rndz__client *c, const struct sockaddr_storage *to, size_
             result = -errno;
             break;
         }
-        if (pr > 0 && rp->fd >= 0 && pf[n].revents) {
-            int rc = relay_connected ? rndz__rpeer_readable(rp, rndz__now_ms())
-                                     : rndz__rpeer_connected(rp);
-            relay_connected = true;
-            if (rc) {
-                RNDZ_LOG(RNDZ_LOG_DEBUG, "tcp connect: relay: %s", rndz_strerror(rc));
-                rndz__rpeer_close(rp);
-                rp->role = 0;
-            } else if (rp->done) { /* both joined, "use" sent: the relay it is */
-                for (size_t k = 0; k < n; k++)
-                    if (fds[k] >= 0) close(fds[k]);
-                *winner = n;
-                return rndz__rpeer_take(rp, c);
-            }
-        }
         for (size_t i = 0; i < n && pr > 0; i++) {
             if (fds[i] < 0 || !pf[i].revents) continue;
             int err = 0;
@@ -198,7 +186,25 @@ static int connect_any(rndz__client *c, const struct sockaddr_storage *to, size_
             fds[i] = -1;
             retry_at[i] = rndz__now_ms() + PEER_RETRY_MS;
         }
+        /* the relay after the direct attempts: a direct connection that completed in the
+         * same round wins before "use" goes to the listener */
+        if (pr > 0 && rp->fd >= 0 && pf[n].revents) {
+            int rc = relay_connected ? rndz__rpeer_readable(rp, rndz__now_ms())
+                                     : rndz__rpeer_connected(rp);
+            relay_connected = true;
+            if (rc) {
+                RNDZ_LOG(RNDZ_LOG_DEBUG, "tcp connect: relay: %s", rndz_strerror(rc));
+                rndz__rpeer_close(rp);
+                rp->role = 0;
+            } else if (rp->done) { /* both joined, "use" sent: the relay it is */
+                for (size_t k = 0; k < n; k++)
+                    if (fds[k] >= 0) close(fds[k]);
+                *winner = n;
+                return rndz__rpeer_take(rp, c);
+            }
+        }
     }
+out:
     for (size_t i = 0; i < n; i++)
         if (fds[i] >= 0) close(fds[i]);
     rndz__rpeer_close(rp);

@@ -66,8 +66,10 @@ typedef struct spray {
 
 static void spray_close(spray *sp, int keep) {
     if (!sp || sp->pr.role != RNDZ_PREDICT_HARD) return;
-    for (int i = 0; i < RNDZ_PREDICT_SOCKETS; i++)
+    for (int i = 0; i < RNDZ_PREDICT_SOCKETS; i++) {
         if (sp->fds[i] >= 0 && i != keep) close(sp->fds[i]);
+        sp->fds[i] = -1;
+    }
 }
 
 /* Send what the prediction asks for at `now`; returns when it wants to run next. */
@@ -102,10 +104,7 @@ static void spray_read(spray *sp, int k, uint64_t nonce, rndz__punch *p, uint64_
     if (r < 0 || !rndz__probe_decode(buf, (size_t)r, &type, &seq, &got) || got != nonce) return;
     if (type == RNDZ_PROBE) rndz__probe_send(sp->fds[k], RNDZ_PROBE_ACK, seq, nonce, &from);
     if (type != RNDZ_PROBE_ACK || p->state != RNDZ_PUNCH_RUNNING) return;
-    rndz__punch_add(p, &from, false);
-    for (size_t i = 0; i < p->ncand; i++)
-        if (rndz__addr_equal((struct sockaddr *)&p->cand[i], (struct sockaddr *)&from))
-            p->winner = (int)i;
+    p->winner = rndz__punch_adopt(p, &from);
     p->rtt_ms = now > sp->pr.start ? (uint32_t)(now - sp->pr.start) : 1;
     p->state = RNDZ_PUNCH_VERIFIED;
     sp->winner = k;
@@ -278,10 +277,7 @@ static int probe_peer(int fd, const rndz__client *c, rndz__punch *p, uint64_t st
         if (type == RNDZ_PROBE) rndz__probe_send(fd, RNDZ_PROBE_ACK, seq, nonce, &from);
         else if (type == RNDZ_PROBE_ACK && !relaying && (seq & RNDZ_PREDICT_SEQ) && sp) {
             /* a predicted port answered: that is the peer's mapping toward us */
-            rndz__punch_add(p, &from, false);
-            for (size_t i = 0; i < p->ncand; i++)
-                if (rndz__addr_equal((struct sockaddr *)&p->cand[i], (struct sockaddr *)&from))
-                    p->winner = (int)i;
+            p->winner = rndz__punch_adopt(p, &from);
             uint64_t t = rndz__now_ms();
             p->rtt_ms = t > sp->pr.start ? (uint32_t)(t - sp->pr.start) : 1;
             p->state = RNDZ_PUNCH_VERIFIED;

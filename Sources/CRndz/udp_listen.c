@@ -20,12 +20,14 @@
 #include "ifaddr.h"
 #include "listener.h"
 #include "nat.h"
+#include "pmp.h"
 #include "predict.h"
 #include "punch.h"
 #include "relay_peer.h"
 #include "srvlink.h"
 
 #include <poll.h>
+#include <stdio.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,6 +68,8 @@ typedef struct lspray_ref {
 } lspray_ref;
 
 typedef struct lspray {
+    struct session *owner; /* NULL: free. One per listener, never freed: an event of an epoll
+                            * batch may name a socket of it after the session let it go */
     rndz__predict pr;
     struct sockaddr_storage peer;
     int fds[RNDZ_PREDICT_SOCKETS];
@@ -108,16 +112,25 @@ struct rndz_udp_listener {
     struct sockaddr_storage nat_seen;
     int nat_fd; /* on our port, connected to the server's other address */
     rndz__io nat_io;
+    /* the port mapping at the gateway (pmp.h), with port_mapping */
+    int pmp_fd; /* connected to the gateway's port-mapping port */
+    rndz__io pmp_io;
+    rndz__pmp pmp;
+    size_t ncands_own; /* my_cands without the mapped one */
+    lspray spray; /* the one port prediction at a time (session.sp points to it) */
 };
 
+/* End a prediction: its sockets close (all but `keep`), the storage stays for the next. */
 static void spray_free(rndz_udp_listener *l, lspray *sp, int keep) {
     if (!sp) return;
     for (int k = 0; k < RNDZ_PREDICT_SOCKETS; k++) {
-        if (sp->fds[k] < 0 || k == keep) continue;
-        rndz__loop_del(&l->base.loop, &sp->io[k]);
-        close(sp->fds[k]);
+        if (sp->fds[k] >= 0 && k != keep) {
+            rndz__loop_del(&l->base.loop, &sp->io[k]);
+            close(sp->fds[k]);
+        }
+        sp->fds[k] = -1;
     }
-    free(sp);
+    sp->owner = NULL;
 }
 
 /* A socket of its own for a peer reached directly: on the shared port, connected to it, so
@@ -186,8 +199,9 @@ static void add_cands(const rndz__client *c, rndz__punch *p, const rndz__ext *e)
 /* Start port prediction for a session toward `peer` (the address the server saw). */
 static void spray_start(rndz_udp_listener *l, session *se, bool hard,
                         const struct sockaddr_storage *peer, uint64_t now) {
-    lspray *sp = calloc(1, sizeof *sp);
-    if (!sp) return;
+    lspray *sp = &l->spray;
+    if (sp->owner) return; /* one at a time */
+    sp->owner = se;
     for (int k = 0; k < RNDZ_PREDICT_SOCKETS; k++) sp->fds[k] = -1;
     sp->peer = *peer;
     rndz__predict_init(&sp->pr, hard ? RNDZ_PREDICT_HARD : RNDZ_PREDICT_EASY, now,
@@ -212,13 +226,11 @@ static void session_decide(rndz_udp_listener *l, session *se, const rndz__ext *e
         return;
     /* one prediction at a time: what a forged request can make us send stays bounded
      * (SECURITY.md, "Port prediction") */
-    for (size_t i = 0; i < MAX_SESSIONS; i++)
-        if (l->sessions[i].used && l->sessions[i].sp && !l->sessions[i].handed &&
-            now < l->sessions[i].sp->pr.deadline) {
-            RNDZ_LOG(RNDZ_LOG_INFO, "udp listener: a port prediction is under way; peer %s "
-                     "gets none", se->peer_id);
-            return;
-        }
+    if (l->spray.owner) {
+        RNDZ_LOG(RNDZ_LOG_INFO, "udp listener: a port prediction is under way; peer %s gets "
+                 "none", se->peer_id);
+        return;
+    }
     spray_start(l, se, me_hard, peer, now);
     uint64_t later = now + (l->c.relay_after_ms > PREDICT_RELAY_MS ? l->c.relay_after_ms
                                                                    : PREDICT_RELAY_MS);
@@ -380,6 +392,79 @@ static void nat_readable(void *ctx, uint32_t events) {
     }
 }
 
+/* --- the port mapping (pmp.h) */
+
+/* The mapped address joins (or leaves) the candidates we advertise. */
+static void pmp_candidates(rndz_udp_listener *l) {
+    l->pmp.changed = false;
+    l->my_cands.ncands = l->ncands_own;
+    if (l->pmp.state != RNDZ_PMP_MAPPED || l->my_cands.ncands >= RNDZ_MAX_CANDS) return;
+    char *t = l->my_cands.cands[l->my_cands.ncands];
+    snprintf(t, RNDZ_ADDRSTRLEN, "%u.%u.%u.%u:%u", l->pmp.ext_ip[0], l->pmp.ext_ip[1],
+             l->pmp.ext_ip[2], l->pmp.ext_ip[3], l->pmp.ext_port);
+    l->my_cands.ncands++;
+    RNDZ_LOG(RNDZ_LOG_INFO, "udp listener: the gateway maps %s to our port (%s)", t,
+             l->pmp.pcp ? "PCP" : "NAT-PMP");
+}
+
+static void pmp_readable(void *ctx, uint32_t events) {
+    rndz_udp_listener *l = ctx;
+    (void)events;
+    uint8_t b[1100];
+    for (int i = 0; i < 8; i++) {
+        ssize_t n = recv(l->pmp_fd, b, sizeof b, MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EAGAIN) return;
+            continue; /* ECONNREFUSED: nobody listens there; the tries run out */
+        }
+        rndz__pmp_input(&l->pmp, b, (size_t)n, rndz__now_ms());
+    }
+    if (l->pmp.changed) pmp_candidates(l);
+}
+
+static uint64_t pmp_tick(rndz_udp_listener *l, uint64_t now) {
+    if (l->pmp_fd < 0) return UINT64_MAX;
+    uint8_t b[60];
+    uint64_t wake;
+    size_t n = rndz__pmp_next(&l->pmp, now, b, &wake);
+    if (n) send(l->pmp_fd, b, n, MSG_DONTWAIT);
+    if (l->pmp.changed) pmp_candidates(l);
+    return wake;
+}
+
+/* A socket toward the IPv4 default gateway's port-mapping port; the mapping is asked by the
+ * first tick. Nothing (no gateway, IPv6 only): no mapping. */
+static void pmp_setup(rndz_udp_listener *l) {
+    struct sockaddr_storage gw;
+    if (!l->c.port_mapping || !rndz__nat_gateway(&gw)) return;
+    if (l->c.local.ss_family == AF_INET6) rndz__addr_map(&gw);
+    int fd = rndz__client_fresh(&l->c, SOCK_DGRAM);
+    if (fd < 0) return;
+    struct sockaddr_storage me;
+    socklen_t ml = sizeof me;
+    l->pmp_io = (rndz__io){fd, pmp_readable, l};
+    if (connect(fd, (struct sockaddr *)&gw, rndz__addr_len((struct sockaddr *)&gw)) < 0 ||
+        getsockname(fd, (struct sockaddr *)&me, &ml) < 0 ||
+        rndz__loop_add(&l->base.loop, &l->pmp_io, EPOLLIN)) {
+        close(fd);
+        return;
+    }
+    rndz__addr_unmap(&me);
+    if (me.ss_family != AF_INET) {
+        rndz__loop_del(&l->base.loop, &l->pmp_io);
+        close(fd);
+        return;
+    }
+    uint8_t nonce[12];
+    for (int i = 0; i < 12; i += 4) {
+        uint32_t r = rndz__random();
+        memcpy(nonce + i, &r, 4);
+    }
+    rndz__pmp_init(&l->pmp, (const uint8_t *)&((struct sockaddr_in *)&me)->sin_addr,
+                   rndz__addr_port(&l->c.local), nonce);
+    l->pmp_fd = fd;
+}
+
 /* Run the check's second step: resend, give up. (The first rides on the pings to server 0,
  * which carry the question while it is open: a v1 server answers them as any ping, without
  * what it saw, and after NAT_TRIES such Pongs we stop asking.) */
@@ -483,8 +568,9 @@ static void spray_readable(void *ctx, uint32_t events) {
     session *se = ref->se;
     rndz_udp_listener *l = se->l;
     (void)events;
-    if (!se->used || !se->sp) return;
+    if (!se->used || se->sp != &l->spray || l->spray.owner != se) return; /* a stale event */
     int k = ref->k, fd = se->sp->fds[k];
+    if (fd < 0) return;
     for (int i = 0; i < READ_BATCH && fd >= 0; i++) {
         uint8_t b[RNDZ_PROBE_LEN + 1];
         struct sockaddr_storage from;
@@ -498,10 +584,7 @@ static void spray_readable(void *ctx, uint32_t events) {
         if (type == RNDZ_PROBE) rndz__probe_send(fd, RNDZ_PROBE_ACK, seq, nonce, &from);
         if (type != RNDZ_PROBE_CONFIRM || se->handed) continue;
         /* the connector chose this socket's path */
-        rndz__punch_add(&se->p, &from, false);
-        for (size_t c = 0; c < se->p.ncand; c++)
-            if (rndz__addr_equal((struct sockaddr *)&se->p.cand[c], (struct sockaddr *)&from))
-                se->p.winner = (int)c;
+        se->p.winner = rndz__punch_adopt(&se->p, &from);
         uint64_t now = rndz__now_ms();
         se->p.rtt_ms = now > se->sp->pr.start ? (uint32_t)(now - se->sp->pr.start) : 1;
         se->p.state = RNDZ_PUNCH_VERIFIED;
@@ -596,10 +679,7 @@ static void probe_readable(void *ctx, uint32_t events) {
              * (which may differ from the address our own probes verified: another source
              * address toward another of our candidates). */
             if (se->handed) continue;
-            rndz__punch_add(&se->p, &from, rndz__addr_is_private(&from));
-            for (size_t k = 0; k < se->p.ncand; k++)
-                if (rndz__addr_equal((struct sockaddr *)&se->p.cand[k], (struct sockaddr *)&from))
-                    se->p.winner = (int)k;
+            se->p.winner = rndz__punch_adopt(&se->p, &from);
             if (se->p.state != RNDZ_PUNCH_VERIFIED) {
                 uint64_t since = se->last_ack_sent ? now - se->last_ack_sent : 0;
                 se->p.rtt_ms = since ? (uint32_t)since : 1;
@@ -612,10 +692,7 @@ static void probe_readable(void *ctx, uint32_t events) {
         if (se->p.state == RNDZ_PUNCH_VERIFIED) continue;
         if ((seq & RNDZ_PREDICT_SEQ) && se->sp) {
             /* a predicted port of the peer answered: its mapping toward us */
-            rndz__punch_add(&se->p, &from, false);
-            for (size_t c = 0; c < se->p.ncand; c++)
-                if (rndz__addr_equal((struct sockaddr *)&se->p.cand[c], (struct sockaddr *)&from))
-                    se->p.winner = (int)c;
+            se->p.winner = rndz__punch_adopt(&se->p, &from);
             se->p.rtt_ms = now > se->sp->pr.start ? (uint32_t)(now - se->sp->pr.start) : 1;
             se->p.state = RNDZ_PUNCH_VERIFIED;
             session_verified(l, se, now);
@@ -697,6 +774,8 @@ static uint64_t listener_tick(void *ctx, uint64_t now) {
     uint64_t next = sessions_tick(l, now);
     uint64_t nw = nat_tick(l, now);
     if (nw < next) next = nw;
+    nw = pmp_tick(l, now);
+    if (nw < next) next = nw;
     for (size_t i = 0; i < l->c.n_servers; i++) {
         srv_sock *s = &l->srv[i];
         unsigned act = rndz__link_tick(&s->link, now);
@@ -720,11 +799,11 @@ static uint64_t listener_tick(void *ctx, uint64_t now) {
 }
 
 static void listener_close(rndz_udp_listener *l) {
-    for (size_t i = 0; i < MAX_SESSIONS; i++) {
-        rndz__rpeer_close(&l->sessions[i].rp);
-        if (l->sessions[i].sp) spray_free(l, l->sessions[i].sp, -1);
-    }
+    for (size_t i = 0; i < MAX_SESSIONS; i++) rndz__rpeer_close(&l->sessions[i].rp);
+    for (int k = 0; k < RNDZ_PREDICT_SOCKETS; k++)
+        if (l->spray.fds[k] >= 0) close(l->spray.fds[k]);
     if (l->nat_fd >= 0) close(l->nat_fd);
+    if (l->pmp_fd >= 0) close(l->pmp_fd);
     for (size_t i = 0; i < RNDZ_MAX_SERVERS; i++)
         if (l->srv[i].fd >= 0) close(l->srv[i].fd);
     if (l->peer_fd >= 0) close(l->peer_fd);
@@ -752,6 +831,7 @@ static int setup_probes(rndz_udp_listener *l) {
     l->probe_io = (rndz__io){fd, probe_readable, l};
     if ((rc = rndz__loop_add(&l->base.loop, &l->probe_io, EPOLLIN))) return rc;
     rndz__local_cands(&l->c.local, l->c.local.ss_family == AF_INET6, &l->my_cands);
+    l->ncands_own = l->my_cands.ncands;
     return 0;
 }
 
@@ -760,7 +840,8 @@ int rndz_udp_listener_create(const rndz_client_options *o, rndz_udp_listener **o
     *out = NULL;
     rndz_udp_listener *l = calloc(1, sizeof *l);
     if (!l) return -ENOMEM;
-    l->peer_fd = l->probe_fd = l->nat_fd = -1;
+    l->peer_fd = l->probe_fd = l->nat_fd = l->pmp_fd = -1;
+    for (int k = 0; k < RNDZ_PREDICT_SOCKETS; k++) l->spray.fds[k] = -1;
     l->nat_state = 1; /* the first pings ask */
     for (size_t i = 0; i < MAX_SESSIONS; i++) l->sessions[i].rp.fd = -1;
     for (size_t i = 0; i < RNDZ_MAX_SERVERS; i++) l->srv[i].fd = -1;
@@ -788,6 +869,7 @@ int rndz_udp_listener_create(const rndz_client_options *o, rndz_udp_listener **o
     }
     /* The peer socket is the caller's: hand it over blocking, like any fresh socket. */
     rndz__sock_set_nonblock(l->peer_fd, false);
+    pmp_setup(l);
     if ((rc = rndz__lsn_start(&l->base, listener_tick, l))) goto fail;
     *out = l;
     return 0;
@@ -843,5 +925,8 @@ void rndz_udp_listener_destroy(rndz_udp_listener *l) {
     for (size_t i = 0; i < l->c.n_servers; i++)
         if (l->srv[i].fd >= 0)
             rndz__client_send(l->srv[i].fd, &l->c, RNDZ_REQ_BYE, NULL, 0, NULL, NULL);
+    uint8_t del[60];
+    size_t n = l->pmp_fd >= 0 ? rndz__pmp_delete(&l->pmp, del) : 0;
+    if (n) send(l->pmp_fd, del, n, MSG_DONTWAIT); /* the mapping goes with us */
     listener_close(l);
 }

@@ -262,6 +262,10 @@ public struct ClientOptions: Sendable {
     /// With ``RelayMode/auto``: join the relay when no direct path verified this long after
     /// the peer was found. Default 2 s.
     public var relayAfter: Duration
+    /// UDP listener: ask the IPv4 default gateway for a mapping of the shared port (PCP, then
+    /// NAT-PMP), keep it, and advertise it to connectors (`rndz.h`, `port_mapping`). Off by
+    /// default.
+    public var portMapping = false
 
     /// When a connect uses the rendezvous server's relay (a server with
     /// ``ServerOptions/relayAddress``; both peers must allow it, and a v1 peer or server
@@ -312,6 +316,7 @@ public struct ClientOptions: Sendable {
         case .only: RNDZ_RELAY_ONLY
         }
         o.relay_after_ms = cMilliseconds(relayAfter)
+        o.port_mapping = portMapping ? 1 : 0
         if let box {
             o.sock_config = SocketConfigBox.trampoline
             o.sock_config_user = box.user

@@ -366,7 +366,7 @@ let clientCommand = Command(
     name: "client",
     summary: "register and answer peers, or --remote-peer: say hello to a peer",
     usage:
-        "rndz-cli client --id ID --server-addr ADDR [--server-addr ADDR ...] [--remote-peer ID] [--tcp] [--local-addr ADDR] [--timeout MS] [--tcp-rto-max MS] [--credential-file FILE] [--no-relay | --relay-only]",
+        "rndz-cli client --id ID --server-addr ADDR [--server-addr ADDR ...] [--remote-peer ID] [--tcp] [--local-addr ADDR] [--timeout MS] [--tcp-rto-max MS] [--credential-file FILE] [--no-relay | --relay-only] [--port-mapping]",
     details: """
         Without --remote-peer (listener): registers as ID with every server, prints
         "registered as ID on ADDR" on stdout, and answers peers until SIGINT or
@@ -393,6 +393,7 @@ let clientCommand = Command(
         Flag("credential-file", value: "FILE", "sign requests with ID's credential (hex, from 'rndz-cli credential')"),
         Flag("no-relay", "never use the server's relay (direct paths only)"),
         Flag("relay-only", "use the server's relay at once (a direct path is known to be impossible)"),
+        Flag("port-mapping", "listener: ask the gateway for a mapping of our port (PCP, NAT-PMP) and advertise it"),
     ],
     run: runClient)
 
@@ -451,6 +452,7 @@ let clientCommand = Command(
         return ExitCode.usage
     }
     if f.has("no-relay") { opts.relay = .never }
+    opts.portMapping = f.has("port-mapping")
     if f.has("relay-only") { opts.relay = .only }
     let tcp = f.has("tcp")
     if let peer = f.last("remote-peer") {

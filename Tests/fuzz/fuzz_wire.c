@@ -19,12 +19,16 @@
  *     nonce from the input), still decodes to the same fields, verifies under the secret's
  *     key, and no single-byte change of the signed message (position and value from the input)
  *     verifies while meaning anything else;
- *   - probes: a 24-byte probe re-encodes to the same bytes.
+ *   - probes: a 24-byte probe re-encodes to the same bytes;
+ *   - port mapping (pmp.h): the input as a gateway's reply in every state that waits for one
+ *     moves the client only to a state it knows; a mapping it takes has a lifetime and a
+ *     port, and the request it then makes (a renewal, the delete) stays within 60 bytes.
  */
 #include <rndz.h>
 
 #include "auth.h"
 #include "ext.h"
+#include "pmp.h"
 #include "probe.h"
 #include "fuzz.h"
 
@@ -203,7 +207,26 @@ static void check_probe(const uint8_t *data, size_t size) {
     FUZZ_CHECK(size == RNDZ_PROBE_LEN && memcmp(again, data, size) == 0, "probe re-encodes differently");
 }
 
+static void check_pmp(const uint8_t *data, size_t size) {
+    static const uint8_t ours[4] = {10, 0, 0, 2}, nonce[12] = {7};
+    for (int st = RNDZ_PMP_PCP; st <= RNDZ_PMP_NATPMP_MAP; st++) {
+        rndz__pmp m;
+        rndz__pmp_init(&m, ours, 45001, nonce);
+        m.state = st;
+        rndz__pmp_input(&m, data, size, 1000);
+        FUZZ_CHECK(m.state >= RNDZ_PMP_IDLE && m.state <= RNDZ_PMP_NONE, "state %d", m.state);
+        if (m.state == RNDZ_PMP_MAPPED)
+            FUZZ_CHECK(m.lifetime && m.ext_port && m.renew_at > 1000, "a mapping without life");
+        uint8_t out[60];
+        uint64_t wake;
+        size_t n = rndz__pmp_next(&m, m.renew_at, out, &wake);
+        FUZZ_CHECK(n <= 60, "request of %zu bytes", n);
+        FUZZ_CHECK(rndz__pmp_delete(&m, out) <= 60, "delete");
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    check_pmp(data, size);
     rndz_msg m;
     for (int kind = 0; kind < 2; kind++) {
         check_kind(data, size, kind);

@@ -122,7 +122,8 @@ class Tools:
                     "--server", server]
         if impl == "cli":
             return [self.cli, "client", "--id", pid, "--server-addr", server] + \
-                local_flags(sc) + tcp_flags(transport)
+                local_flags(sc) + tcp_flags(transport) + \
+                list(sc.listener_flags if sc is not None else ())
         return [self.cpair, "listen", "--id", pid, "--server", server] + tcp_flags(transport)
 
     def connector_argv(self, impl, transport, cid, server, target, sc=None):

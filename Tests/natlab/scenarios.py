@@ -84,7 +84,8 @@ class Scenario:
                  server_host="srv", listener="b", connector="a", transports=("udp", "tcp"),
                  impls=("cli", "capi"), expect="pass", repeats="clean", concurrent=False,
                  v1=None, local=None, record_path=False, expects=None, liberal=(), delay=0,
-                 rst=(), via=(1, 1), relay=False, want_path=None, refuse=False):
+                 rst=(), via=(1, 1), relay=False, want_path=None, refuse=False, upnp=(),
+                 listener_flags=()):
         self.__dict__.update(locals())
         del self.__dict__["self"]
         self.rows = []
@@ -214,6 +215,13 @@ def all_scenarios():
                  "with random ports: mapping endpoint-dependent, allocation random", "natcheck",
                  nat=("random", "eim"), listen=(f"{SRV4}:{PORT}", f"{SRV4B}:{PORT}"),
                  expects={"mapping": "endpoint-dependent", "allocation": "random"}),
+        # Both sides behind destination-dependent NATs (random ports), no relay; b's router
+        # runs the real miniupnpd (NAT-PMP, PCP): b's listener maps its port there
+        # (--port-mapping) and advertises the mapping, which a's probes reach directly.
+        Scenario("pmp", "destination-dependent NATs on both sides, b's router runs miniupnpd "
+                 "(NAT-PMP/PCP) and b's listener maps its port: direct through the mapping",
+                 "pair", nat=("random", "random"), impls=("cli",), transports=("udp",),
+                 upnp=("r2",), want_path="mapped", listener_flags=("--port-mapping",)),
         Scenario("same-nat", "a<->a2 behind the same NAT: no hairpinning on Linux, the LAN "
                  "candidates connect them", "pair", listener="a2"),
         Scenario("v1-listener", "a raw v1 listener in b (the captured bytes) and our connector "
@@ -416,7 +424,7 @@ def run_pair(sc, run, tools):
     server`, i.e. rndz_server from librndz.so), listener and connectors; one lab per
     scenario."""
     lab = Lab(run, sc.name, nat=sc.nat, loss=sc.loss, liberal=sc.liberal, delay=sc.delay,
-              rst=sc.rst)
+              rst=sc.rst, upnp=sc.upnp)
     runnable = []
     for row in sc.rows:
         if row.transport == "tcp" and not CFG["tcp"]:
@@ -670,6 +678,9 @@ def path_problem(sc, row, out):
     row.predicted = getattr(row, "predicted", 0) + predicted
     if sc.want_path == "predicted" and not predicted:
         return "connected, but not by port prediction (the path line says no 'predicted')"
+    if sc.want_path == "mapped" and not re.search(r"^path to \S+: (mapped |)\S+ \(an address it "
+                                                   r"advertised", out, re.M):
+        return "connected, but not through the mapped address the listener advertised"
     if sc.want_path == "direct" and relayed:
         return "went through the relay, but a direct path exists (cone NATs)"
     if sc.want_path == "relay" and not relayed:

@@ -26,6 +26,12 @@ SRV4B, SRV6B = "203.0.113.2", "2001:db8::2"
 PORT = 7000                      # rendezvous server, UDP and TCP
 RELAY_PORT = 7001                # its relay (relay rows), UDP and TCP
 ECHO_PORTS = (7100, 7101)        # probe.py echo on the server host: NAT mapping checks
+# A router running miniupnpd (the port-mapping rows) maps on an address of its own on the
+# WAN: miniupnpd refuses TEST-NET and other reserved external addresses ("port forwarding is
+# impossible"). It exists only on that router's WAN link inside the lab's namespaces; r1 and
+# the server reach it on-link.
+UPNP_EXT = "198.20.0.12"
+UPNP_NET = "198.20.0.0/24"
 WAN4 = {"r1": "203.0.113.11", "r2": "203.0.113.12"}
 WAN6 = {"r1": "2001:db8::11", "r2": "2001:db8::12"}
 LAN = {  # router -> (lan ipv4 gw, lan ipv6 gw, ipv6 prefix)
@@ -133,7 +139,8 @@ class Lab:
     rXd <-> rXb per router, rXb in br0, and delay.py relays frames rX <-> rXd D ms late.
     """
 
-    def __init__(self, run, tag, nat=("eim", "eim"), loss=0, liberal=(), delay=0, rst=()):
+    def __init__(self, run, tag, nat=("eim", "eim"), loss=0, liberal=(), delay=0, rst=(),
+                 upnp=()):
         self.run = run
         self.tag = tag
         self.pfx = f"{run.prefix}{tag}-"
@@ -145,6 +152,7 @@ class Lab:
         self.rtt = {}                 # delay: RTTs measured by ping, ms (see measure_rtt)
         self.liberal = set(liberal)   # routers with nf_conntrack_tcp_be_liberal=1
         self.rst = set(rst)           # routers that answer unsolicited TCP with a RST
+        self.upnp = set(upnp)         # routers running miniupnpd (NAT-PMP and PCP)
         self.procs = []
         self.namespaces = []
 
@@ -235,6 +243,8 @@ class Lab:
             self.ip(h, "-6", "route", "add", "default", "via", LAN[r][1])
         for r in ROUTERS:
             self.x(r, ["nft", "-f", "-"], input=self.router_rules(r))
+        for r in self.upnp:
+            self.start_upnp(r)
         self.check_source_choice()
         if self.loss:
             self.x("inet", ["nft", "-f", "-"], input=self.loss_rules())
@@ -246,6 +256,45 @@ class Lab:
              + ")")
         if self.delay:
             self.measure_rtt()
+
+    def start_upnp(self, r):
+        """miniupnpd on router r (NAT-PMP and PCP on its LAN side), mapping on UPNP_EXT: its
+        own nftables table with the chains it fills, hooked before the lab's rules; the
+        lab's forward chain lets DNAT'd flows in (only miniupnpd makes them)."""
+        self.ip(r, "addr", "add", f"{UPNP_EXT}/24", "dev", "wan")
+        for n in ("srv", OTHER[r]):
+            dev = "eth0" if n == "srv" else "wan"
+            self.ip(n, "route", "add", UPNP_NET, "dev", dev)
+        self.x(r, ["nft", "-f", "-"], input="""
+table inet miniupnpd {
+    chain forward { type filter hook forward priority -10; policy accept; jump miniupnpd; }
+    chain miniupnpd { }
+    chain prerouting { type nat hook prerouting priority -100; policy accept; jump prerouting_miniupnpd; }
+    chain prerouting_miniupnpd { }
+    chain postrouting { type nat hook postrouting priority 90; policy accept; jump postrouting_miniupnpd; }
+    chain postrouting_miniupnpd { }
+}
+""")
+        conf = self.logfile(f"miniupnpd-{r}.conf")
+        with open(conf, "w") as f:
+            f.write(f"""ext_ifname=wan
+ext_ip={UPNP_EXT}
+listening_ip=lan
+enable_natpmp=yes
+enable_upnp=no
+secure_mode=yes
+upnp_table_name=miniupnpd
+upnp_nat_table_name=miniupnpd
+upnp_forward_chain=miniupnpd
+upnp_nat_chain=prerouting_miniupnpd
+upnp_nat_postrouting_chain=postrouting_miniupnpd
+allow 1024-65535 {LAN[r][0].rsplit('.', 1)[0]}.0/24 1024-65535
+deny 0-65535 0.0.0.0/0 0-65535
+""")
+        p = self.spawn(r, ["miniupnpd", "-d", "-f", conf, "-P", self.logfile(f"miniupnpd-{r}.pid")],
+                       f"miniupnpd-{r}")
+        if not wait_until(lambda: self.listening(r, "udp", 5351), 5, alive=p):
+            raise LabError(f"miniupnpd on {r} does not listen on UDP 5351: {tail(p.natlab_err)}")
 
     def check_source_choice(self):
         """The kernel answers from the server host's first address, never its second: else a
@@ -370,6 +419,7 @@ table inet rz {{
         ct state invalid counter name fwd_invalid drop
         ct state established,related accept
         iifname "lan" oifname "wan" accept
+        {"ct status dnat accept" if r in self.upnp else ""}
         counter name fwd_drop
     }}
 }}

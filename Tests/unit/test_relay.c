@@ -230,6 +230,10 @@ static void test_limits(void) {
         }
     }
     CHECK(sent >= 95000 && sent <= 105000);
+    /* TCP: bytes already read are charged into debt, and the wait pays it back at the rate */
+    uint64_t wait = rndz__relay_charge(&r, 0, 200000, 2000);
+    CHECK(wait >= 1300 && wait <= 2100); /* ~150-200 kB of debt at 100 kB/s (and the total) */
+    CHECK_EQ_INT((long)rndz__relay_charge(&r, 0, 0, 2000 + wait), 0);
     rndz__relay_free(&r);
 }
 

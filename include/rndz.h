@@ -482,6 +482,8 @@ typedef struct rndz_peer_info {
                             relay's address; the socket carries the peer's bytes unchanged */
     int predicted;       /* 1: a direct path through a destination-dependent NAT, found by
                             port prediction (one side's NAT maps per destination) */
+    int mapped;          /* 1: the path goes to a port mapping the listener holds at its
+                            gateway (client option port_mapping) */
 } rndz_peer_info;
 
 /* UDP listener: registers our id with every server and keeps the registration alive from a

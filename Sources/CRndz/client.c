@@ -130,7 +130,8 @@ int rndz__client_bind(rndz__client *c, int socktype) {
      * threads bind through it too, rndz_udp_listener_accept's). */
     struct sockaddr_storage b;
     socklen_t bl = sizeof b;
-    if (rndz__addr_port(&c->local) == 0 && getsockname(fd, (struct sockaddr *)&b, &bl) == 0)
+    if (getsockname(fd, (struct sockaddr *)&b, &bl) == 0 &&
+        rndz__addr_port(&b) != rndz__addr_port(&c->local))
         rndz__addr_set_port(&c->local, rndz__addr_port(&b));
     return fd;
 }

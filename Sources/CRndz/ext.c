@@ -6,7 +6,8 @@
 
 bool rndz__ext_present(const rndz__ext *e) {
     return e->ncands > 0 || e->has_nonce || e->rtt_ms || e->relay || e->relay_addr[0] ||
-           e->has_token || e->query || e->observed[0] || e->nalt || e->nat;
+           e->has_token || e->query || e->observed[0] || e->nalt || e->nat || e->mapped[0] ||
+           e->pad;
 }
 
 int rndz__ext_decode(const uint8_t *buf, size_t len, rndz__ext *out) {
@@ -38,6 +39,9 @@ int rndz__ext_decode(const uint8_t *buf, size_t len, rndz__ext *out) {
             memcpy(out->alt[out->nalt], f.data, f.len);
             out->alt[out->nalt][f.len] = 0;
             out->nalt++;
+        } else if (f.num == 27 && f.wt == RNDZ_PB_LEN && f.len > 0 && f.len < RNDZ_ADDRSTRLEN) {
+            memcpy(out->mapped, f.data, f.len);
+            out->mapped[f.len] = 0;
         } else if (f.num == 26 && f.wt == RNDZ_PB_VARINT) {
             out->nat = (uint32_t)(f.u64 & 0xffff);
         } else if (f.num == 17 && f.wt == RNDZ_PB_LEN && out->ncands < RNDZ_MAX_CANDS &&
@@ -73,6 +77,9 @@ int rndz__ext_append(const rndz__ext *e, uint8_t *buf, size_t n, size_t cap) {
     if (obl) need += 3 + obl;
     for (size_t i = 0; i < e->nalt; i++) need += 3 + strlen(e->alt[i]);
     if (e->nat) need += 2 + 3;
+    size_t mpl = strlen(e->mapped);
+    if (mpl) need += 3 + mpl;
+    if (e->pad) need += 4 + e->pad;
     if (n + need > RNDZ_MAX_MSG) return RNDZ_E_TOOBIG;
     if (n + need > cap) return RNDZ_E_NOSPACE;
     for (size_t i = 0; i < e->ncands; i++) {
@@ -124,6 +131,15 @@ int rndz__ext_append(const rndz__ext *e, uint8_t *buf, size_t n, size_t cap) {
     }
     if (obl) n = put_str(buf, n, 24, e->observed, obl);
     for (size_t i = 0; i < e->nalt; i++) n = put_str(buf, n, 25, e->alt[i], strlen(e->alt[i]));
+    if (mpl) n = put_str(buf, n, 27, e->mapped, mpl);
+    if (e->pad) {
+        buf[n++] = (28 << 3 | 2) | 0x80;
+        buf[n++] = 1;
+        if (e->pad > 127) buf[n++] = (uint8_t)((e->pad & 0x7f) | 0x80), buf[n++] = (uint8_t)(e->pad >> 7);
+        else buf[n++] = (uint8_t)e->pad;
+        memset(buf + n, 0, e->pad);
+        n += e->pad;
+    }
     if (e->nat) {
         buf[n++] = (26 << 3 | 0) | 0x80;
         buf[n++] = 1;

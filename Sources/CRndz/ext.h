@@ -18,7 +18,11 @@
  *     24: observed string         Pong: the source address the server saw
  *     25: alt    repeated string  Pong: the server's own specific listen addresses
  *     26: nat    uint32           Isync, Rsync (copied into Fsync, Redirect): the sender's NAT
- *                                 as its NAT check found it (nat.h: RNDZ__NAT_WIRE)
+ *                                 as its NAT check found it (RNDZ_NAT_*)
+ *     27: mapped string           Rsync (copied into Redirect): which of the candidates is a
+ *                                 port mapping at the listener's gateway (pmp.h)
+ *     28: pad    bytes            Ping with a query: zeros, so the Pong (with 24 and 25) is
+ *                                 no larger than the Ping: a spoofed query amplifies nothing
  *   The server fills 21 and 22 itself (never copied from a request) when it has a relay and
  *   the request asked for one (20); a Redirect gets them only when both peers asked.
  *   A connector puts its candidates and session in Isync; a server that knows these fields
@@ -35,6 +39,9 @@
 #define RNDZ_MAX_CANDS 8
 #define RNDZ_MAX_ALT 4
 enum { RNDZ__Q_OBSERVED = 1, RNDZ__Q_OTHER = 2, RNDZ__Q_NOREG = 4 };
+/* A NAT check's Ping pads itself this much: room for the address seen and two others in the
+ * Pong (IPv6 ones included), which the server trims to the request's size. */
+#define RNDZ__Q_PAD 160
 
 typedef struct rndz__ext {
     size_t ncands;
@@ -51,6 +58,9 @@ typedef struct rndz__ext {
     size_t nalt;
     char alt[RNDZ_MAX_ALT][RNDZ_ADDRSTRLEN];
     uint32_t nat;    /* 0: absent (unknown) */
+    char mapped[RNDZ_ADDRSTRLEN]; /* "": absent */
+    uint16_t pad;    /* 28 (< 512): bytes of zeros that make a NAT check's Ping as large as the Pong
+                      * it asks for (the server answers no larger than the request) */
 } rndz__ext;
 
 /* Find the extension fields of an encoded Request or Response (0; *out empty if none). Only

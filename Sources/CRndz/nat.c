@@ -65,6 +65,7 @@ static void send_ask(check *k, ask *a, uint64_t now) {
     rndz__ext e;
     memset(&e, 0, sizeof e);
     e.query = a->query;
+    e.pad = RNDZ__Q_PAD;
     uint8_t buf[RNDZ_MAX_MSG];
     int n = rndz__client_request(&k->c, RNDZ_REQ_PING, NULL, 0, &e, false, NULL, buf, sizeof buf);
     const struct sockaddr_storage *to = &k->dest[a->dest];
@@ -352,8 +353,8 @@ int rndz_nat_check(const rndz_client_options *o, unsigned flags, rndz_nat_report
                                                   (struct sockaddr *)pub))
                 out->mapping = RNDZ_NAT_ENDPOINT_DEPENDENT;
     }
-    uint16_t local0 = rndz__addr_port(&k->local[0]);
-    if (out->mapping == RNDZ_NAT_ENDPOINT_INDEPENDENT && rndz__addr_port(pub) == local0)
+    uint16_t local0 = ntohs(rndz__addr_port(&k->local[0])); /* ports in host order below */
+    if (out->mapping == RNDZ_NAT_ENDPOINT_INDEPENDENT && ntohs(rndz__addr_port(pub)) == local0)
         out->allocation = RNDZ_NAT_PORT_PRESERVING;
 
     /* 3. allocation: three more ports, each to two destinations, in order */
@@ -376,14 +377,14 @@ int rndz_nat_check(const rndz_client_options *o, unsigned flags, rndz_nat_report
         size_t np = 0, nf = 0;
         for (size_t i = 0; i < na; i++)
             if (asks[i].done && (asks[i].dest == d0 || asks[i].dest == d1))
-                ports[np++] = rndz__addr_port(&asks[i].seen);
-        fp[nf] = rndz__addr_port(pub), fl[nf++] = local0;
+                ports[np++] = ntohs(rndz__addr_port(&asks[i].seen));
+        fp[nf] = ntohs(rndz__addr_port(pub)), fl[nf++] = local0;
         for (size_t i = 0; i < nm; i++) {
             if (!more[i].done) continue;
-            ports[np++] = rndz__addr_port(&more[i].seen);
+            ports[np++] = ntohs(rndz__addr_port(&more[i].seen));
             if (more[i].dest == d0)
-                fp[nf] = rndz__addr_port(&more[i].seen),
-                fl[nf++] = rndz__addr_port(&k->local[more[i].sock]);
+                fp[nf] = ntohs(rndz__addr_port(&more[i].seen)),
+                fl[nf++] = ntohs(rndz__addr_port(&k->local[more[i].sock]));
         }
         out->allocation = rndz__nat_classify(ports, np, fp, fl, nf, &out->port_step);
     }

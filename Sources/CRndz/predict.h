@@ -63,7 +63,8 @@ typedef struct rndz__predict_send {
     bool open;
 } rndz__predict_send;
 
-/* seen_port: easy side: the port the server saw for the hard side (0: unknown). */
+/* seen_port: easy side: the port the server saw for the hard side (0: unknown). Ports here
+ * are in host order. */
 RNDZ_INTERNAL void rndz__predict_init(rndz__predict *p, int role, uint64_t now,
                                       uint32_t timeout_ms, uint16_t seen_port, uint32_t seed);
 /* What is due at `now` (up to max); *next: when to run again (UINT64_MAX: done). */

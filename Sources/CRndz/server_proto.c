@@ -117,6 +117,8 @@ void rndz__proto_serve(rndz__proto *p, const rndz__dir *dir, const uint8_t *buf,
     a->ext.observed[0] = 0;
     a->ext.nalt = 0;
     a->ext.nat = 0;
+    a->ext.mapped[0] = 0;
+    a->ext.pad = 0;
     a->from_other = false;
     int malformed = src->stream ? RNDZ__ST_tcp_malformed : RNDZ__ST_udp_malformed;
     rndz_msg req;
@@ -149,6 +151,11 @@ void rndz__proto_serve(rndz__proto *p, const rndz__dir *dir, const uint8_t *buf,
             if (n < 0) a->ext.observed[0] = 0;
             a->ext.nalt = p->nalt;
             memcpy(a->ext.alt, p->alt, sizeof a->ext.alt);
+            /* never larger than the request (a spoofed one reflects, it must not amplify):
+             * without the padding it should have, fewer addresses, or none */
+            uint8_t tmp[RNDZ_MAX_MSG];
+            while (a->ext.nalt && rndz__proto_encode(a, tmp, sizeof tmp) > (int)len) a->ext.nalt--;
+            if (rndz__proto_encode(a, tmp, sizeof tmp) > (int)len) a->ext.observed[0] = 0;
         }
         a->from_other = (q.query & RNDZ__Q_OTHER) && !src->stream;
         return;

@@ -80,7 +80,7 @@ static uint64_t spray_tick(spray *sp, const rndz__client *c, int fd, uint64_t no
     for (size_t i = 0; i < n; i++) {
         if (sp->pr.role == RNDZ_PREDICT_EASY) {
             struct sockaddr_storage to = sp->peer;
-            rndz__addr_set_port(&to, out[i].port);
+            rndz__addr_set_port(&to, htons(out[i].port)); /* predict.h: host order */
             rndz__probe_send(fd, RNDZ_PROBE, RNDZ_PREDICT_SEQ | (uint32_t)i, nonce, &to);
             continue;
         }
@@ -118,6 +118,7 @@ typedef struct natq {
     uint64_t next;
     int tries;
     int their_nat;
+    char mapped[RNDZ_ADDRSTRLEN]; /* the listener's candidate that is a gateway mapping */
     struct sockaddr_storage peer, server;
     const char *target;
     size_t tlen;
@@ -146,7 +147,7 @@ static uint64_t natq_decide(natq *q, const rndz__client *c, int fd, int mine, rn
     if (me_hard && they_hard) return rp->role ? now : relay_at;
     rndz__predict_init(&q->sp.pr, me_hard ? RNDZ_PREDICT_HARD : RNDZ_PREDICT_EASY, now,
                        (uint32_t)(deadline > now ? deadline - now : 0),
-                       rndz__addr_port(&q->peer), rndz__random());
+                       ntohs(rndz__addr_port(&q->peer)), rndz__random());
     q->sp.peer = q->peer;
     q->sp.winner = -1;
     for (int k = 0; k < RNDZ_PREDICT_SOCKETS; k++) q->sp.fds[k] = -1;
@@ -165,6 +166,7 @@ static void natq_ask(natq *q, const rndz__client *c, int fd, uint64_t now) {
     rndz__ext e;
     memset(&e, 0, sizeof e);
     e.query = RNDZ__Q_OBSERVED | RNDZ__Q_NOREG;
+    e.pad = RNDZ__Q_PAD;
     uint8_t buf[RNDZ_MAX_MSG];
     int n = rndz__client_request(c, RNDZ_REQ_PING, NULL, 0, &e, false, NULL, buf, sizeof buf);
     if (n > 0)
@@ -309,6 +311,9 @@ static int probe_peer(int fd, const rndz__client *c, rndz__punch *p, uint64_t st
     info->addr = *w;
     info->rtt_ms = p->rtt_ms;
     info->advertised = p->winner != 0; /* candidate 0 is the address the server saw */
+    struct sockaddr_storage m;
+    info->mapped = q->mapped[0] && rndz_addr_parse(q->mapped, &m, NULL) == 0 &&
+                   rndz__addr_equal((const struct sockaddr *)&m, (const struct sockaddr *)w);
     /* prediction ran: whichever socket verified, a path through a destination-dependent NAT
      * exists only thanks to it (the plain punch cannot cross one) */
     info->predicted = sp != NULL;
@@ -418,6 +423,7 @@ int rndz_udp_connect_info(const rndz_client_options *o, const char *target,
             static __thread natq nq;
             memset(&nq, 0, sizeof nq);
             nq.their_nat = (int)theirs.nat;
+            memcpy(nq.mapped, theirs.mapped, sizeof nq.mapped);
             nq.peer = peer;
             nq.server = from;
             nq.target = target;

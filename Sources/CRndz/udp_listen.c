@@ -205,7 +205,7 @@ static void spray_start(rndz_udp_listener *l, session *se, bool hard,
     for (int k = 0; k < RNDZ_PREDICT_SOCKETS; k++) sp->fds[k] = -1;
     sp->peer = *peer;
     rndz__predict_init(&sp->pr, hard ? RNDZ_PREDICT_HARD : RNDZ_PREDICT_EASY, now,
-                       l->c.timeout_ms, rndz__addr_port(peer), rndz__random());
+                       l->c.timeout_ms, ntohs(rndz__addr_port(peer)), rndz__random());
     se->sp = sp;
 }
 
@@ -329,6 +329,7 @@ static void nat_ask(rndz_udp_listener *l, uint64_t now) {
     rndz__ext q;
     memset(&q, 0, sizeof q);
     q.query = RNDZ__Q_OBSERVED | RNDZ__Q_NOREG;
+    q.pad = RNDZ__Q_PAD;
     rndz__client_send(l->nat_fd, &l->c, RNDZ_REQ_PING, NULL, 0, NULL, &q);
     l->nat_next = now + NAT_RETRY_MS;
     l->nat_tries++;
@@ -398,11 +399,13 @@ static void nat_readable(void *ctx, uint32_t events) {
 static void pmp_candidates(rndz_udp_listener *l) {
     l->pmp.changed = false;
     l->my_cands.ncands = l->ncands_own;
+    l->my_cands.mapped[0] = 0;
     if (l->pmp.state != RNDZ_PMP_MAPPED || l->my_cands.ncands >= RNDZ_MAX_CANDS) return;
     char *t = l->my_cands.cands[l->my_cands.ncands];
     snprintf(t, RNDZ_ADDRSTRLEN, "%u.%u.%u.%u:%u", l->pmp.ext_ip[0], l->pmp.ext_ip[1],
              l->pmp.ext_ip[2], l->pmp.ext_ip[3], l->pmp.ext_port);
     l->my_cands.ncands++;
+    memcpy(l->my_cands.mapped, t, RNDZ_ADDRSTRLEN); /* connectors can tell which it is */
     RNDZ_LOG(RNDZ_LOG_INFO, "udp listener: the gateway maps %s to our port (%s)", t,
              l->pmp.pcp ? "PCP" : "NAT-PMP");
 }
@@ -460,8 +463,11 @@ static void pmp_setup(rndz_udp_listener *l) {
         uint32_t r = rndz__random();
         memcpy(nonce + i, &r, 4);
     }
+    struct sockaddr_storage shared;
+    socklen_t sl = sizeof shared;
+    if (getsockname(l->peer_fd, (struct sockaddr *)&shared, &sl) < 0) shared = l->c.local;
     rndz__pmp_init(&l->pmp, (const uint8_t *)&((struct sockaddr_in *)&me)->sin_addr,
-                   rndz__addr_port(&l->c.local), nonce);
+                   ntohs(rndz__addr_port(&shared)), nonce); /* pmp.h: host order */
     l->pmp_fd = fd;
 }
 
@@ -612,7 +618,7 @@ static uint64_t spray_tick(rndz_udp_listener *l, session *se, uint64_t now) {
     for (size_t i = 0; i < n; i++) {
         if (sp->pr.role == RNDZ_PREDICT_EASY) {
             struct sockaddr_storage to = sp->peer;
-            rndz__addr_set_port(&to, out[i].port);
+            rndz__addr_set_port(&to, htons(out[i].port)); /* predict.h: host order */
             rndz__probe_send(l->probe_fd, RNDZ_PROBE, RNDZ_PREDICT_SEQ | (uint32_t)i,
                              se->p.nonce, &to);
             continue;
@@ -787,6 +793,7 @@ static uint64_t listener_tick(void *ctx, uint64_t now) {
             rndz__ext q;
             memset(&q, 0, sizeof q);
             q.query = RNDZ__Q_OBSERVED;
+            q.pad = RNDZ__Q_PAD;
             bool ask = i == 0 && l->nat_state == 1;
             int rc = rndz__client_send(s->fd, &l->c, RNDZ_REQ_PING, NULL, 0, NULL, ask ? &q : NULL);
             if (rc) RNDZ_LOG(RNDZ_LOG_DEBUG, "udp listener: ping %s: %s", l->c.server_text[i],

@@ -336,6 +336,8 @@ public struct PathInfo: Sendable, Hashable {
     public var relayed = false
     /// A direct path through a destination-dependent NAT, found by port prediction.
     public var predicted = false
+    /// A direct path to a port mapping the listener holds at its gateway (PCP, NAT-PMP).
+    public var mapped = false
 
     public init() {}
 
@@ -347,6 +349,7 @@ public struct PathInfo: Sendable, Hashable {
         advertised = info.advertised != 0
         relayed = info.relayed != 0
         predicted = info.predicted != 0
+        mapped = info.mapped != 0
     }
 }
 

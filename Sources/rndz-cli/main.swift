@@ -380,7 +380,10 @@ let clientCommand = Command(
         With a server that relays (server --relay-addr), a peer that no direct path
         reaches within 2 s is reached through the relay; the connector's "path to"
         line then says "relay" and the relay's address. --no-relay: direct only;
-        --relay-only: through the relay at once.
+        --relay-only: through the relay at once. A path found by port prediction
+        (one side behind a NAT that maps per destination, with a server on two
+        addresses) says "predicted", one through the listener's --port-mapping
+        "mapped".
         """,
     flags: [
         Flag("id", value: "ID", "our id (required)"),
@@ -709,7 +712,7 @@ func printPath(to peer: String, at addr: SocketAddress, _ p: PathInfo, proof: St
     let via = p.relayed ? "the rendezvous server forwards it"
         : p.advertised ? (p.lan ? "its LAN address" : "an address it advertised")
         : "the address the server saw"
-    printOut("path to \(peer): \(p.relayed ? "relay " : p.predicted ? "predicted " : "")\(addr) (\(via), "
+    printOut("path to \(peer): \(p.relayed ? "relay " : p.predicted ? "predicted " : p.mapped ? "mapped " : "")\(addr) (\(via), "
         + "\(p.verified ? proof : "unverified: v1 peer or server")), rtt \(rtt), "
         + "connected in \(milliseconds(p.elapsed)) ms")
 }

@@ -3,6 +3,7 @@
 """
 import json
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -443,6 +444,11 @@ def run_pair(sc, run, tools):
             return
     if not runnable:
         return
+    if sc.upnp and not shutil.which("miniupnpd"):
+        for row in runnable:
+            row.error = ("needs miniupnpd on this host (the lab runs it in a router's namespace): "
+                         "apt-get install -y miniupnpd-nftables (.ci/run does)")
+        return
     try:
         lab.up()
         problems, seen = lab.check_mapping()
@@ -678,9 +684,9 @@ def path_problem(sc, row, out):
     row.predicted = getattr(row, "predicted", 0) + predicted
     if sc.want_path == "predicted" and not predicted:
         return "connected, but not by port prediction (the path line says no 'predicted')"
-    if sc.want_path == "mapped" and not re.search(r"^path to \S+: (mapped |)\S+ \(an address it "
+    if sc.want_path == "mapped" and not re.search(r"^path to \S+: mapped \S+ \(an address it "
                                                    r"advertised", out, re.M):
-        return "connected, but not through the mapped address the listener advertised"
+        return "connected, but not through the port mapping (no 'mapped' on the path line)"
     if sc.want_path == "direct" and relayed:
         return "went through the relay, but a direct path exists (cone NATs)"
     if sc.want_path == "relay" and not relayed:

@@ -399,6 +399,11 @@ RNDZ_API int rndz_server_start(rndz_server *s);
  * rndz_server_start() is joined by rndz_server_destroy(). */
 RNDZ_API int rndz_server_stop(rndz_server *s);
 RNDZ_API int rndz_server_stats_get(rndz_server *s, rndz_server_stats *out);
+/* The statistics in the Prometheus text format (version 0.0.4): for each, "# HELP", "# TYPE"
+ * and its value, named rndz_NAME (counters rndz_NAME_total), e.g. rndz_udp_peers (UDP ids
+ * registered now) and rndz_relay_bytes_total. Writes at most cap bytes (NUL included);
+ * returns the length it needs without the NUL (like snprintf), or a negative error. */
+RNDZ_API int rndz_server_metrics(rndz_server *s, char *buf, size_t cap);
 /* One worker's UDP counters (udp_rx, udp_tx, udp_malformed, udp_expired, udp_refused, and the
  * UDP share of auth_failed, auth_replayed, sync_limited, fsync_limited, id_refused). */
 RNDZ_API int rndz_server_worker_stats(rndz_server *s, unsigned worker, rndz_server_stats *out);

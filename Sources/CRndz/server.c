@@ -364,6 +364,28 @@ int rndz_server_stats_get(rndz_server *s, rndz_server_stats *out) {
     return 0;
 }
 
+int rndz_server_metrics(rndz_server *s, char *buf, size_t cap) {
+    rndz_server_stats st;
+    int rc = rndz_server_stats_get(s, &st);
+    if (rc) return rc;
+    if (!buf && cap) return -EINVAL;
+    size_t n = 0;
+#define RNDZ__METRIC(name, kind, help)                                                       \
+    do {                                                                                      \
+        bool counter = strcmp(#kind, "COUNTER") == 0;                                         \
+        const char *sfx = counter ? "_total" : "";                                            \
+        int w = snprintf(n < cap ? buf + n : NULL, n < cap ? cap - n : 0,                     \
+                         "# HELP rndz_%s%s %s\n# TYPE rndz_%s%s %s\nrndz_%s%s %llu\n", #name,   \
+                         sfx, help, #name, sfx, counter ? "counter" : "gauge", #name, sfx,    \
+                         (unsigned long long)st.name);                                        \
+        if (w < 0) return -EINVAL;                                                            \
+        n += (size_t)w;                                                                       \
+    } while (0);
+    RNDZ_SERVER_STATS(RNDZ__METRIC)
+#undef RNDZ__METRIC
+    return n > INT32_MAX ? -E2BIG : (int)n;
+}
+
 int rndz_server_worker_stats(rndz_server *s, unsigned worker, rndz_server_stats *out) {
     if (!s || !out || worker >= s->nworkers) return -EINVAL;
     memset(out, 0, sizeof *out);

@@ -136,6 +136,7 @@ static uint64_t natq_decide(natq *q, const rndz__client *c, int fd, int mine, rn
     q->mine->nat = (uint32_t)mine;
     RNDZ_LOG(RNDZ_LOG_DEBUG, "udp connect: our NAT maps %s, the peer's %s",
              rndz_nat_mapping_name(mine), rndz_nat_mapping_name(q->their_nat));
+    if (q->mapped[0]) return relay_at; /* the listener's gateway mapping takes any of us */
     bool me_hard = mine == RNDZ_NAT_ENDPOINT_DEPENDENT;
     bool they_hard = q->their_nat == RNDZ_NAT_ENDPOINT_DEPENDENT;
     bool me_easy = mine == RNDZ_NAT_ENDPOINT_INDEPENDENT;

@@ -215,14 +215,17 @@ static void session_decide(rndz_udp_listener *l, session *se, const rndz__ext *e
                            const struct sockaddr_storage *peer, uint64_t now) {
     if (!ext->nat || !l->nat) return; /* not yet */
     se->decided = true;
-    bool me_hard = l->nat == RNDZ_NAT_ENDPOINT_DEPENDENT;
+    /* a mapping at our gateway makes us reachable from anywhere: not the hard side */
+    bool me_hard = l->nat == RNDZ_NAT_ENDPOINT_DEPENDENT && l->pmp.state != RNDZ_PMP_MAPPED;
     bool they_hard = ext->nat == RNDZ_NAT_ENDPOINT_DEPENDENT;
     if (me_hard && they_hard) {
         if (se->rp.role && se->rp.fd < 0) se->relay_at = now;
         return;
     }
+    /* (with a mapping, the connector reaches it whatever its NAT: no prediction either) */
     if (!(me_hard && ext->nat == RNDZ_NAT_ENDPOINT_INDEPENDENT && atomic_load(&l->per_peer)) &&
-        !(they_hard && l->nat == RNDZ_NAT_ENDPOINT_INDEPENDENT))
+        !(they_hard && l->nat == RNDZ_NAT_ENDPOINT_INDEPENDENT &&
+          l->pmp.state != RNDZ_PMP_MAPPED))
         return;
     /* one prediction at a time: what a forged request can make us send stays bounded
      * (SECURITY.md, "Port prediction") */
@@ -287,8 +290,11 @@ static void on_fsync(rndz_udp_listener *l, srv_sock *s, const rndz_msg *m, const
         mine.has_nonce = true;
         mine.nonce = ext.nonce;
         if (se->rp.role) mine.relay = l->c.relay == RNDZ_RELAY_ONLY ? 2 : 1;
-        /* our NAT, unless we are the hard side with no sockets to hand out */
-        if (l->nat != RNDZ_NAT_ENDPOINT_DEPENDENT || atomic_load(&l->per_peer))
+        /* our NAT (with a mapping at the gateway we count as easy), unless we are the hard
+         * side with no sockets to hand out */
+        if (l->pmp.state == RNDZ_PMP_MAPPED)
+            mine.nat = RNDZ_NAT_ENDPOINT_INDEPENDENT;
+        else if (l->nat != RNDZ_NAT_ENDPOINT_DEPENDENT || atomic_load(&l->per_peer))
             mine.nat = (uint32_t)l->nat;
         int rc = rndz__client_send(s->fd, &l->c, RNDZ_REQ_RSYNC, m->peer_id, m->peer_id_len, NULL,
                               &mine);

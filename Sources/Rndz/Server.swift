@@ -157,6 +157,21 @@ public final class RndzServer: @unchecked Sendable {
             relayExpired: s.relay_expired)
     }
 
+    /// The counters in the Prometheus text format (`rndz_server_metrics`): HELP and TYPE
+    /// lines, names `rndz_`-prefixed (counters end in `_total`), e.g. `rndz_udp_peers`.
+    public var metricsText: String {
+        var cap = 8192
+        while true {
+            var buf = [CChar](repeating: 0, count: cap)
+            let n = Int(rndz_server_metrics(handle, &buf, cap))
+            precondition(n >= 0, "rndz_server_metrics failed: \(n)")
+            if n < cap {
+                return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            }
+            cap = n + 1
+        }
+    }
+
     /// The relay's address (``ServerOptions/relayAddress`` with the port bound), or nil
     /// without a relay.
     public var relayAddress: SocketAddress? {

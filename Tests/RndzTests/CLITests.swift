@@ -159,6 +159,39 @@ struct CLITests {
         #expect(server.wait() == 0)
     }
 
+    /// --metrics-addr: GET /metrics answers the counters in the Prometheus text format while
+    /// a listener registers (rndz_udp_peers counts it); another path gets 404.
+    @Test func metricsEndpoint() throws {
+        let server = try Child(["server", "--listen-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
+        let line = try #require(server.readLine(), "server said: \(server.stderrText)")
+        let addr = String(line.dropFirst("listening on ".count))
+        let mline = try #require(server.readLine(), "server said: \(server.stderrText)")
+        #expect(mline.hasPrefix("metrics on http://127.0.0.1:") && mline.hasSuffix("/metrics"))
+        let maddr = try SocketAddress(parsing: String(mline.dropFirst("metrics on http://".count).dropLast("/metrics".count)))
+        func get(_ path: String) throws -> String {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            #expect(maddr.withSockAddr { connect(fd, $0, $1) } == 0)
+            let c = RawTCPConnection(fd: fd, peer: maddr)
+            c.send(Array("GET \(path) HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+            var out = [UInt8]()
+            while let chunk = c.read(1, timeout: .seconds(3)) { out += chunk }
+            return String(decoding: out, as: UTF8.self)
+        }
+        let before = try get("/metrics")
+        #expect(before.hasPrefix("HTTP/1.1 200 OK"))
+        #expect(before.contains("# TYPE rndz_udp_peers gauge\nrndz_udp_peers 0\n"), "\(before)")
+        #expect(before.contains("# HELP rndz_udp_rx_total "))
+        #expect(before.contains("# TYPE rndz_relay_bytes_total counter"))
+        let listener = try Child(["client", "--id", uniqueID("m"), "--server-addr", addr])
+        _ = try #require(listener.readLine(), "listener said: \(listener.stderrText)")
+        #expect(eventually { (try? get("/metrics"))?.contains("rndz_udp_peers 1\n") == true })
+        #expect(try get("/other").hasPrefix("HTTP/1.1 404"))
+        listener.signal(SIGINT)
+        #expect(listener.wait() == 0)
+        server.signal(SIGTERM)
+        #expect(server.wait() == 0)
+    }
+
     /// `--listen-addr` three times: one line per address, one port, one table of ids (a
     /// listener registered through 127.0.0.2 is found through 127.0.0.1), each address
     /// answering from itself; `--ipv6-only` with IPv4 addresses too applies to the IPv6 one.

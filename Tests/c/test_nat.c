@@ -47,6 +47,15 @@ static void test_loopback(void) {
     }
     rndz_server_stats st = tl_server_stats(&v);
     CHECK_EQ_INT(st.udp_peers, 0); /* a check registers nobody */
+    /* ... as the Prometheus text says too; a short buffer gets the length it needs */
+    char text[16384];
+    int need = rndz_server_metrics(v.s, text, sizeof text);
+    CHECK(need > 0 && (size_t)need < sizeof text);
+    CHECK(strstr(text, "# TYPE rndz_udp_peers gauge\nrndz_udp_peers 0\n") != NULL);
+    CHECK(strstr(text, "# TYPE rndz_udp_rx_total counter\n") != NULL);
+    char small[10];
+    CHECK_EQ_INT(rndz_server_metrics(v.s, small, sizeof small), need);
+    CHECK_EQ_INT((int)strlen(small), (int)sizeof small - 1);
     tl_server_stop(&v);
 }
 

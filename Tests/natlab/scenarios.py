@@ -220,9 +220,11 @@ def all_scenarios():
         # runs the real miniupnpd (NAT-PMP, PCP): b's listener maps its port there
         # (--port-mapping) and advertises the mapping, which a's probes reach directly.
         Scenario("pmp", "destination-dependent NATs on both sides, b's router runs miniupnpd "
-                 "(NAT-PMP/PCP) and b's listener maps its port: direct through the mapping",
+                 "(NAT-PMP/PCP) and b's listener maps its port; the relay is on but not "
+                 "needed: direct through the mapping",
                  "pair", nat=("random", "random"), impls=("cli",), transports=("udp",),
-                 upnp=("r2",), want_path="mapped", listener_flags=("--port-mapping",)),
+                 upnp=("r2",), want_path="mapped", listener_flags=("--port-mapping",),
+                 relay=True),
         Scenario("same-nat", "a<->a2 behind the same NAT: no hairpinning on Linux, the LAN "
                  "candidates connect them", "pair", listener="a2"),
         Scenario("v1-listener", "a raw v1 listener in b (the captured bytes) and our connector "

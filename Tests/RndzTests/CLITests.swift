@@ -192,6 +192,36 @@ struct CLITests {
         #expect(server.wait() == 0)
     }
 
+    /// pipe: each side's stdin reaches the other's stdout byte for byte, both ways at once
+    /// (200 KB and 300 KB of random bytes), and both exit 0 once both directions ended.
+    @Test func pipeBothWays() throws {
+        let server = try Child(["server", "--listen-addr", "127.0.0.1:0"])
+        let line = try #require(server.readLine(), "server said: \(server.stderrText)")
+        let addr = String(line.dropFirst("listening on ".count))
+        func file(_ n: Int) throws -> (String, [UInt8]) {
+            let path = "/tmp/rndz-pipe-\(getpid())-\(n)"
+            let bytes = (0..<n).map { _ in UInt8.random(in: 0...255) }
+            let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+            #expect(bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } == n)
+            close(fd)
+            return (path, bytes)
+        }
+        let (pa, a) = try file(200_000), (pb, b) = try file(300_000)
+        defer { unlink(pa); unlink(pb) }
+        let id = uniqueID("pl")
+        let listener = try Child(["pipe", "--id", id, "--server-addr", addr], stdin: pa)
+        #expect(eventually(timeout: .seconds(5)) { listener.stderrTextNow.contains("waiting for a peer") })
+        let connector = try Child(["pipe", "--id", uniqueID("pc"), "--server-addr", addr,
+                                   "--remote-peer", id], stdin: pb)
+        Child.waitAll([connector, listener])
+        #expect(connector.status == 0, "connector said: \(connector.stderrText)")
+        #expect(listener.status == 0, "listener said: \(listener.stderrText)")
+        #expect(listener.stdout == b)
+        #expect(connector.stdout == a)
+        server.signal(SIGTERM)
+        #expect(server.wait() == 0)
+    }
+
     /// `--listen-addr` three times: one line per address, one port, one table of ids (a
     /// listener registered through 127.0.0.2 is found through 127.0.0.1), each address
     /// answering from itself; `--ipv6-only` with IPv4 addresses too applies to the IPv6 one.

@@ -231,8 +231,10 @@ final class Child {
     private(set) var stderr: [UInt8] = []
     private var outConsumed = 0
     private(set) var status: Int32?
+    /// waitpid's status once reaped by waitAll (wait() then only collects the pipes).
+    private var reaped: Int32?
 
-    init(_ args: [String], env: [String] = []) throws {
+    init(_ args: [String], env: [String] = [], stdin: String = "/dev/null") throws {
         var outPipe: [Int32] = [-1, -1]
         var errPipe: [Int32] = [-1, -1]
         // pipe2 is not visible from Swift's Glibc module; the CLI suite is serialized, so no
@@ -242,7 +244,7 @@ final class Child {
         var fa = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&fa)
         defer { posix_spawn_file_actions_destroy(&fa) }
-        posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&fa, 0, stdin, O_RDONLY, 0)
         posix_spawn_file_actions_adddup2(&fa, outPipe[1], 1)
         posix_spawn_file_actions_adddup2(&fa, errPipe[1], 2)
         let argv: [UnsafeMutablePointer<CChar>?] = ([cliPath] + args).map { strdup($0) } + [nil]
@@ -277,11 +279,16 @@ final class Child {
 
     var stdoutText: String { String(decoding: stdout, as: UTF8.self) }
     var stderrText: String { String(decoding: stderr, as: UTF8.self) }
+    /// What stderr holds so far (reading what is there first).
+    var stderrTextNow: String {
+        pump(ms: 10)
+        return stderrText
+    }
 
     /// Reads whatever is available on both pipes, waiting at most `ms`. Returns false once
     /// both are at end of file.
     @discardableResult
-    private func pump(ms: Int32) -> Bool {
+    fileprivate func pump(ms: Int32) -> Bool {
         var fds: [pollfd] = []
         if outFD >= 0 { fds.append(pollfd(fd: outFD, events: Int16(POLLIN), revents: 0)) }
         if errFD >= 0 { fds.append(pollfd(fd: errFD, events: Int16(POLLIN), revents: 0)) }
@@ -322,8 +329,8 @@ final class Child {
     func wait(timeout: Duration = .seconds(20)) -> Int32 {
         if let status { return status }
         let deadline = ContinuousClock.now + timeout
-        var st: Int32 = 0
-        var exited = false
+        var st: Int32 = reaped ?? 0
+        var exited = reaped != nil
         while !exited {
             pump(ms: 20)
             let r = waitpid(pid, &st, WNOHANG)
@@ -339,6 +346,26 @@ final class Child {
         let s = (st & 0x7f) == 0 ? (st >> 8) & 0xff : 128 + (st & 0x7f)
         status = s
         return s
+    }
+
+    /// Waits for several children at once, reading all their pipes meanwhile (one that fills
+    /// its stdout pipe would otherwise stall the others), each within `timeout`.
+    static func waitAll(_ children: [Child], timeout: Duration = .seconds(20)) {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            var running = false
+            for c in children where c.status == nil && c.reaped == nil {
+                c.pump(ms: 5)
+                var st: Int32 = 0
+                if waitpid(c.pid, &st, WNOHANG) == c.pid {
+                    c.reaped = st
+                } else {
+                    running = true
+                }
+            }
+            if !running { break }
+        }
+        for c in children { c.wait(timeout: .seconds(1)) }
     }
 
     /// Runs a command to completion.

@@ -2,6 +2,7 @@
 (a transport and a peer implementation each, with their attempts and verdict), and how they run.
 """
 import json
+import os
 import re
 import shutil
 import statistics
@@ -94,6 +95,8 @@ class Scenario:
             self.rows = [Row(name, t, "raw", "pass", what) for t in ("udp", "tcp")]
         elif kind == "natcheck":
             self.rows = [Row(name, "udp", f, "pass", what) for f in ("json", "text")]
+        elif kind == "pipe":
+            self.rows = [Row(name, "tcp", "cli", "pass", what)]
         else:
             for t in transports:
                 for i in impls:
@@ -225,6 +228,9 @@ def all_scenarios():
                  "pair", nat=("random", "random"), impls=("cli",), transports=("udp",),
                  upnp=("r2",), want_path="mapped", listener_flags=("--port-mapping",),
                  relay=True),
+        # rndz-cli pipe through two NATs: 1 MB from a's stdin to b's stdout, hashes equal.
+        Scenario("pipe", "rndz-cli pipe through two endpoint-independent NATs: 1 MB of random "
+                 "bytes from a's stdin arrives at b's stdout, SHA-256 equal", "pipe"),
         Scenario("same-nat", "a<->a2 behind the same NAT: no hairpinning on Linux, the LAN "
                  "candidates connect them", "pair", listener="a2"),
         Scenario("v1-listener", "a raw v1 listener in b (the captured bytes) and our connector "
@@ -417,6 +423,59 @@ def run_natcheck(sc, run, tools):
                         want["allocation"] = f"port allocation: {sc.expects['allocation']}"
                     wrong = [f"no {v!r} line" for k, v in want.items() if v not in out]
                 row.add(not wrong, secs, f"attempt {i + 1}: " + "; ".join(wrong))
+        lab.stop([server])
+    finally:
+        lab.down()
+
+
+def run_pipe(sc, run, tools):
+    """rndz-cli pipe: b waits (stdin empty), a sends 1 MB of random bytes; b's stdout must
+    hash the same; both exit 0."""
+    import hashlib
+    row = sc.rows[0]
+    if tools.problem("cli", "tcp"):
+        row.error = tools.problem("cli", "tcp")
+        return
+    lab = Lab(run, sc.name, nat=sc.nat)
+    try:
+        lab.up()
+        server = lab.spawn("srv", tools.server_argv("cli", sc.listens(), sc), "pipe.server",
+                           env=child_env())
+        if not wait_until(lambda: lab.listening("srv", "tcp", PORT), 5, alive=server):
+            row.error = f"rndz-cli server does not listen: {tail(server.natlab_err)}"
+            return
+        srv = sc.server_address(1)
+        for i in range(sc.n_repeats()):
+            data = os.urandom(1 << 20)
+            src = lab.logfile(f"pipe{i + 1}.in")
+            src.write_bytes(data)
+            bid = f"b-pipe{i + 1}"
+            b = lab.spawn("b", [tools.cli, "pipe", "--id", bid, "--server-addr", srv],
+                          f"pipe{i + 1}.b", env=child_env())
+            if not wait_until(lambda: "waiting for a peer" in Path(b.natlab_err).read_text(
+                    errors="replace"), 10, alive=b):
+                row.add(False, None, f"attempt {i + 1}: b not registered: {tail(b.natlab_err)}")
+                lab.stop([b])
+                continue
+            t0 = time.monotonic()
+            a = lab.spawn("a", ["sh", "-c", f'exec "$0" pipe --id a-pipe{i + 1} --server-addr '
+                                f'{srv} --remote-peer {bid} < "$1"', tools.cli, str(src)],
+                          f"pipe{i + 1}.a", env=child_env())
+            try:
+                ra, rb = a.wait(timeout=CFG["timeout"]), b.wait(timeout=CFG["timeout"])
+            except subprocess.TimeoutExpired:
+                lab.stop([a, b])
+                row.add(False, None, f"attempt {i + 1}: no end in {CFG['timeout']} s")
+                continue
+            secs = time.monotonic() - t0
+            got = Path(b.natlab_out).read_bytes()
+            same = hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+            note = "" if same else (f"attempt {i + 1}: b's stdout has {len(got)} bytes, "
+                                    f"SHA-256 differs from what a sent")
+            if ra or rb:
+                note = (f"attempt {i + 1}: exit a {ra}, b {rb}: {tail(a.natlab_err, 1)} | "
+                        f"{tail(b.natlab_err, 1)}")
+            row.add(same and not ra and not rb, secs, note)
         lab.stop([server])
     finally:
         lab.down()
@@ -739,6 +798,8 @@ def run_scenario(sc, run, tools):
             run_filter(sc, run)
         elif sc.kind == "natcheck":
             run_natcheck(sc, run, tools)
+        elif sc.kind == "pipe":
+            run_pipe(sc, run, tools)
         else:
             run_pair(sc, run, tools)
     except Stopped:

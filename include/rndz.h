@@ -601,8 +601,9 @@ RNDZ_API void rndz_tcp_listener_destroy(rndz_tcp_listener *l);
  * RNDZ_E_PEERFAIL (the peer's address was given but no connection could be made),
  * RNDZ_E_BADID, RNDZ_E_NOSERVER, RNDZ_E_BADADDR, RNDZ_E_RESOLVE, negative errno. Servers are
  * asked in turn, each with an equal share of the time left; a server that refuses the
- * connection counts as not answering (RNDZ_E_TIMEDOUT if no other knew the target). Blocks;
- * not cancellable. */
+ * connection counts as not answering (RNDZ_E_TIMEDOUT if no other knew the target), and
+ * when every server refused, -ECONNREFUSED (nothing listens on that TCP port). Blocks; not
+ * cancellable. */
 RNDZ_API int rndz_tcp_connect(const rndz_client_options *o, const char *target,
                               struct sockaddr_storage *peer, socklen_t *peer_len);
 /* rndz_tcp_connect, telling what it found: the address that carried the connection (the one

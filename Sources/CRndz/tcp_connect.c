@@ -239,7 +239,7 @@ int rndz_tcp_connect_info(const rndz_client_options *o, const char *target,
     rndz__local_cands(&c.local, c.local.ss_family == AF_INET6, &mine);
     int srv_fd = -1, found = 0;
     size_t found_at = 0;
-    size_t not_found = 0;
+    size_t not_found = 0, refused = 0;
     rc = RNDZ_E_TIMEDOUT;
     for (size_t i = 0; i < c.n_servers && !found; i++) {
         if (srv_fd >= 0) close(srv_fd);
@@ -252,6 +252,7 @@ int rndz_tcp_connect_info(const rndz_client_options *o, const char *target,
         if (r == 1) found = 1, found_at = i;
         else if (r == 0) not_found++;
         else {
+            if (r == -ECONNREFUSED) refused++;
             RNDZ_LOG(RNDZ_LOG_DEBUG, "tcp connect: server %s: %s", c.server_text[i],
                      rndz_strerror(r));
             rc = r;
@@ -260,6 +261,9 @@ int rndz_tcp_connect_info(const rndz_client_options *o, const char *target,
     if (!found) {
         if (srv_fd >= 0) close(srv_fd);
         if (not_found == c.n_servers) return RNDZ_E_NOTFOUND;
+        /* every server refused the connection: say so (nothing listens on that TCP port),
+         * rather than that nobody answered */
+        if (refused == c.n_servers) return -ECONNREFUSED;
         return rc == RNDZ_E_TIMEDOUT || rc == -ECONNREFUSED ? RNDZ_E_TIMEDOUT : rc;
     }
     /* The address the server saw, then the listener's own (LAN, IPv6) when it sent them. */

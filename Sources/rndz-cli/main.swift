@@ -507,15 +507,22 @@ let clientCommand = Command(
 
 @Sendable func runClient(_ f: ParsedFlags, _ v: Verbosity) -> Int32 {
     guard let id = f.last("id") else {
-        v.error("client needs --id ID")
-        printErr(commandUsage(clientCommand))
+        v.error("client needs --id ID (see 'rndz-cli client --help')")
         return ExitCode.usage
     }
     let servers = f.all("server-addr")
     guard !servers.isEmpty else {
-        v.error("client needs at least one --server-addr ADDR")
-        printErr(commandUsage(clientCommand))
+        v.error("client needs at least one --server-addr ADDR (see 'rndz-cli client --help')")
         return ExitCode.usage
+    }
+    /* a name that does not resolve is the server's problem, not the peer's: say which */
+    for s in servers {
+        do {
+            _ = try SocketAddress.resolve(s)
+        } catch {
+            v.error("cannot resolve the rendezvous server --server-addr '\(s)': \(error)")
+            return ExitCode.failure
+        }
     }
     var opts = ClientOptions(id: id, servers: servers)
     if let path = f.last("credential-file") {
@@ -798,6 +805,9 @@ func answerTCPPeer(_ stream: TCPStream, _ v: Verbosity) async {
 func connectFailure(_ error: RndzError, peer: String, over transport: String) -> String {
     switch error {
     case .notFound: "peer '\(peer)' not found: no rendezvous server knows it"
+    case .connectionRefused:
+        "the rendezvous server(s) refused the connection: connection refused (no server on that "
+            + "TCP port?)"
     case .timedOut: "no answer about peer '\(peer)' from the rendezvous server(s) in time"
     case .peerFailed: "peer '\(peer)' was found but could not be reached over \(transport)"
     default: "cannot connect to peer '\(peer)': \(error)"
@@ -894,8 +904,7 @@ let credentialCommand = Command(
 
 @Sendable func runCredential(_ f: ParsedFlags, _ v: Verbosity) -> Int32 {
     guard let path = f.last("secret-file"), let id = f.last("id") else {
-        v.error("credential needs --secret-file FILE and --id ID")
-        printErr(commandUsage(credentialCommand))
+        v.error("credential needs --secret-file FILE and --id ID (see 'rndz-cli credential --help')")
         return ExitCode.usage
     }
     let secret: [UInt8]
@@ -979,8 +988,7 @@ let natCheckCommand = Command(
 @Sendable func runNATCheck(_ f: ParsedFlags, _ v: Verbosity) -> Int32 {
     let servers = f.all("server-addr")
     guard !servers.isEmpty else {
-        v.error("nat-check needs at least one --server-addr ADDR")
-        printErr(commandUsage(natCheckCommand))
+        v.error("nat-check needs at least one --server-addr ADDR (see 'rndz-cli nat-check --help')")
         return ExitCode.usage
     }
     var opts = ClientOptions(id: "rndz-nat-check", servers: servers)
@@ -1121,7 +1129,7 @@ let pipeCommand = Command(
 
 @Sendable func runPipe(_ f: ParsedFlags, _ v: Verbosity) -> Int32 {
     guard let id = f.last("id"), !f.all("server-addr").isEmpty else {
-        v.error("pipe needs --id ID and --server-addr ADDR")
+        v.error("pipe needs --id ID and --server-addr ADDR (see 'rndz-cli pipe --help')")
         return ExitCode.usage
     }
     var opts = ClientOptions(id: id, servers: f.all("server-addr"))
@@ -1246,8 +1254,7 @@ func main(_ argv: [String]) -> Int32 {
         global = try parseFlags(
             &args, globalFlags + [Flag("version", short: "V", "")], stopAtPositional: true)
     } catch {
-        v0.error(error.message)
-        printErr(mainUsage())
+        v0.error(error.message + " (see 'rndz-cli --help')")
         return ExitCode.usage
     }
     if global.has("help") {
@@ -1277,16 +1284,14 @@ func main(_ argv: [String]) -> Int32 {
         break
     }
     guard let command = commands.first(where: { $0.name == name }) else {
-        v0.error("unknown command '\(name)'")
-        printErr(mainUsage())
+        v0.error("unknown command '\(name)' (see 'rndz-cli --help')")
         return ExitCode.usage
     }
     let flags: ParsedFlags
     do {
         flags = try parseFlags(&args, command.flags + globalFlags, stopAtPositional: false)
     } catch {
-        v0.error(error.message)
-        printErr(commandUsage(command))
+        v0.error(error.message + " (see 'rndz-cli \(command.name) --help')")
         return ExitCode.usage
     }
     if flags.has("help") {

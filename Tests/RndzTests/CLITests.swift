@@ -59,6 +59,30 @@ struct CLITests {
         #expect(c.status == 2, "\(args): \(c.stderrText)")
         #expect(c.stderrText.contains(message), "\(args): \(c.stderrText)")
         #expect(c.stdoutText.isEmpty)
+        // one line and a pointer to --help, not the whole help (none given at all: the usage)
+        if !args.isEmpty {
+            #expect(c.stderrText.split(separator: "\n").count == 1, "\(args): \(c.stderrText)")
+            let syntax = ["unknown", "needs a value", "unexpected", "needs --id", "needs at least"]
+            if syntax.contains(where: { message.contains($0) }) {
+                #expect(c.stderrText.contains("--help"), "\(args): \(c.stderrText)")
+            }
+        }
+    }
+
+    /// A server that refuses the TCP connection is named as such, and a server name that does
+    /// not resolve is named (not the peer).
+    @Test func serverErrorsAreNamed() throws {
+        let closed = try RawTCPServer(listening: false)  // bound, not listening: refuses
+        let refused = try Child.run(["client", "--id", "x", "--tcp", "--server-addr",
+                                     "\(closed.address)", "--remote-peer", "y", "--timeout", "2000"])
+        #expect(refused.status == 1)
+        #expect(refused.stderrText.contains("connection refused"), "\(refused.stderrText)")
+        #expect(!refused.stderrText.contains("in time"))
+        let unknown = try Child.run(["client", "--id", "x", "--server-addr", "nosuchhost.invalid:8888",
+                                     "--remote-peer", "y", "--timeout", "2000"])
+        #expect(unknown.status == 1)
+        #expect(unknown.stderrText.contains("--server-addr 'nosuchhost.invalid:8888'"), "\(unknown.stderrText)")
+        #expect(!unknown.stderrText.contains("peer 'y'"))
     }
 
     /// Server, listener and connector, each a process, pairing on loopback.

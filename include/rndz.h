@@ -615,6 +615,26 @@ RNDZ_API int rndz_tcp_connect_info(const rndz_client_options *o, const char *tar
                                    rndz_peer_info *info);
 
 /* ---------------------------------------------------------------------------------------- */
+/* Bridge: pairs of stream sockets joined end to end                                        */
+
+/* One event thread that carries bytes between pairs of connected stream sockets (TCP, UNIX),
+ * both ways, with splice(2) through a pipe per direction (the bytes never enter user space;
+ * each direction holds at most 64 KiB in flight): a forwarded connection costs no thread.
+ * A half-close passes through (when one side ends, the other side's write direction is shut
+ * down once everything before it arrived); the pair ends, closing both sockets, when both
+ * directions ended, on any error, or after idle_ms without a byte either way (0: never).
+ * rndz-cli's expose and forward carry each connection with it. */
+typedef struct rndz_bridge rndz_bridge;
+RNDZ_API int rndz_bridge_create(rndz_bridge **out);
+/* Join a and c (the bridge owns both from now on, also on error: they are closed). 0 or a
+ * negative error. Any thread. */
+RNDZ_API int rndz_bridge_add(rndz_bridge *b, int a, int c, uint32_t idle_ms);
+/* Pairs still carrying (not yet ended). */
+RNDZ_API size_t rndz_bridge_count(rndz_bridge *b);
+/* Stop the thread, close every pair, free. Accepts NULL. */
+RNDZ_API void rndz_bridge_destroy(rndz_bridge *b);
+
+/* ---------------------------------------------------------------------------------------- */
 /* NAT check                                                                                */
 
 /* How the NAT in front of us maps one local port (RFC 4787): the same public address for every

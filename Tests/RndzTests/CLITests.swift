@@ -1,4 +1,6 @@
+import Dispatch
 import Rndz
+import Synchronization
 import Testing
 
 #if canImport(Glibc)
@@ -242,6 +244,84 @@ struct CLITests {
         #expect(listener.status == 0, "listener said: \(listener.stderrText)")
         #expect(listener.stdout == b)
         #expect(connector.stdout == a)
+        server.signal(SIGTERM)
+        #expect(server.wait() == 0)
+    }
+
+    /// expose and forward: a local echo service behind `expose`, reached through `forward`;
+    /// 8 connections at once each send 1 MiB and get it back byte for byte (the half-close
+    /// passes through: the echo ends its side when ours ended).
+    @Test func exposeForward() throws {
+        let echo = try RawTCPServer()
+        let lfd = echo.fd
+        DispatchQueue.global().async {
+            while true {
+                var p = pollfd(fd: lfd, events: Int16(POLLIN), revents: 0)
+                guard poll(&p, 1, 30_000) == 1 else { return }
+                let cfd = accept(lfd, nil, nil)
+                if cfd < 0 { return }
+                DispatchQueue.global().async {
+                    var buf = [UInt8](repeating: 0, count: 65536)
+                    outer: while true {
+                        let n = buf.withUnsafeMutableBytes { recv(cfd, $0.baseAddress, $0.count, 0) }
+                        if n <= 0 { break }
+                        var off = 0
+                        while off < n {
+                            let w = buf.withUnsafeBytes { send(cfd, $0.baseAddress! + off, n - off, Int32(MSG_NOSIGNAL)) }
+                            if w <= 0 { break outer }
+                            off += w
+                        }
+                    }
+                    shutdown(cfd, Int32(SHUT_WR))
+                    close(cfd)
+                }
+            }
+        }
+        defer { withExtendedLifetime(echo) {} }
+        let server = try Child(["server", "--listen-addr", "127.0.0.1:0"])
+        let line = try #require(server.readLine(), "server said: \(server.stderrText)")
+        let addr = String(line.dropFirst("listening on ".count))
+        let id = uniqueID("svc")
+        let expose = try Child(["expose", "--id", id, "--server-addr", addr, "--to", "\(echo.address)"])
+        #expect(expose.readLine()?.hasPrefix("exposing \(echo.address) as \(id)") == true, "\(expose.stderrText)")
+        let forward = try Child(["forward", "--remote-peer", id, "--server-addr", addr, "--listen", "127.0.0.1:0"])
+        let fline = try #require(forward.readLine(), "forward said: \(forward.stderrText)")
+        #expect(fline.hasPrefix("forwarding 127.0.0.1:"))
+        let local = try SocketAddress(parsing: String(fline.split(separator: " ")[1]))
+        let results = Mutex([Bool](repeating: false, count: 8))
+        DispatchQueue.concurrentPerform(iterations: 8) { i in
+            let data = (0..<(1 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ i) }
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            guard local.withSockAddr({ connect(fd, $0, $1) }) == 0 else { return }
+            let sent = DispatchSemaphore(value: 0)
+            DispatchQueue.global().async {
+                var off = 0
+                while off < data.count {
+                    let w = data.withUnsafeBytes { send(fd, $0.baseAddress! + off, data.count - off, Int32(MSG_NOSIGNAL)) }
+                    if w <= 0 { break }
+                    off += w
+                }
+                shutdown(fd, Int32(SHUT_WR))
+                sent.signal()
+            }
+            var got = [UInt8]()
+            var buf = [UInt8](repeating: 0, count: 65536)
+            var tv = timeval(tv_sec: 10, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            while true {
+                let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+                if n <= 0 { break }
+                got += buf[0..<n]
+            }
+            sent.wait()
+            close(fd)
+            results.withLock { $0[i] = got == data }
+        }
+        #expect(results.withLock { $0 } == [Bool](repeating: true, count: 8))
+        forward.signal(SIGINT)
+        expose.signal(SIGINT)
+        #expect(forward.wait() == 0, "forward said: \(forward.stderrText)")
+        #expect(expose.wait() == 0, "expose said: \(expose.stderrText)")
         server.signal(SIGTERM)
         #expect(server.wait() == 0)
     }

@@ -1188,6 +1188,16 @@ let forwardCommand = Command(
             Flag("id", value: "ID", "our id (default: random)")] + streamFlags,
     run: runForward)
 
+/// The address of a HOST:PORT flag, or nil (said why).
+func resolveFlag(_ name: String, _ text: String, _ v: Verbosity) -> SocketAddress? {
+    do {
+        return try SocketAddress.resolve(text)
+    } catch {
+        v.error("bad --\(name) '\(text)': \(error)")
+        return nil
+    }
+}
+
 /// A TCP connection to `addr`, within `timeout`; the fd or nil (errno set).
 func tcpConnect(_ addr: SocketAddress, timeout: Duration) -> Int32? {
     let fd = socket(addr.family == .ipv4 ? AF_INET : AF_INET6,
@@ -1209,13 +1219,7 @@ func tcpConnect(_ addr: SocketAddress, timeout: Duration) -> Int32? {
         v.error("expose needs --id ID, --server-addr ADDR and --to HOST:PORT (see 'rndz-cli expose --help')")
         return ExitCode.usage
     }
-    let to: SocketAddress
-    do {
-        to = try SocketAddress.resolve(toText)
-    } catch {
-        v.error("bad --to '\(toText)': \(error)")
-        return ExitCode.usage
-    }
+    guard let to = resolveFlag("to", toText, v) else { return ExitCode.usage }
     guard let opts = streamClientOptions(f, id: id, v), let idle = idleOption(f, v) else {
         return ExitCode.usage
     }
@@ -1270,13 +1274,7 @@ func tcpConnect(_ addr: SocketAddress, timeout: Duration) -> Int32? {
         v.error("forward needs --remote-peer ID, --server-addr ADDR and --listen HOST:PORT (see 'rndz-cli forward --help')")
         return ExitCode.usage
     }
-    let listenAddr: SocketAddress
-    do {
-        listenAddr = try SocketAddress.resolve(listenText)
-    } catch {
-        v.error("bad --listen '\(listenText)': \(error)")
-        return ExitCode.usage
-    }
+    guard let listenAddr = resolveFlag("listen", listenText, v) else { return ExitCode.usage }
     let id = f.last("id") ?? "fwd-\(UInt32.random(in: 0...UInt32.max))"
     guard let opts = streamClientOptions(f, id: id, v), let idle = idleOption(f, v) else {
         return ExitCode.usage
@@ -1382,27 +1380,7 @@ let pipeCommand = Command(
         v.error("pipe needs --id ID and --server-addr ADDR (see 'rndz-cli pipe --help')")
         return ExitCode.usage
     }
-    var opts = ClientOptions(id: id, servers: f.all("server-addr"))
-    if let text = f.last("timeout") {
-        guard let ms = Int64(text), ms > 0 else {
-            v.error("bad --timeout '\(text)': a positive number of milliseconds")
-            return ExitCode.usage
-        }
-        opts.timeout = .milliseconds(ms)
-    }
-    if f.has("no-relay") && f.has("relay-only") {
-        v.error("--no-relay and --relay-only exclude each other")
-        return ExitCode.usage
-    }
-    if f.has("no-relay") { opts.relay = .never }
-    if f.has("relay-only") { opts.relay = .only }
-    if let path = f.last("credential-file") {
-        guard let bytes = readFileBytes(path), let cred = Credential(hex: String(decoding: bytes, as: UTF8.self)) else {
-            v.error("cannot read a credential from --credential-file '\(path)'")
-            return ExitCode.usage
-        }
-        opts.credential = cred
-    }
+    guard let opts = streamClientOptions(f, id: id, v) else { return ExitCode.usage }
     let stream: TCPStream
     if let peer = f.last("remote-peer") {
         do {

@@ -433,6 +433,16 @@ def run_natcheck(sc, run, tools):
         lab.down()
 
 
+def start_cli_server(lab, sc, tools, row):
+    """rndz-cli server on the server host, listening on TCP; None (row.error set) if not."""
+    server = lab.spawn("srv", tools.server_argv("cli", sc.listens(), sc), f"{sc.name}.server",
+                       env=child_env())
+    if not wait_until(lambda: lab.listening("srv", "tcp", PORT), 5, alive=server):
+        row.error = f"rndz-cli server does not listen: {tail(server.natlab_err)}"
+        return None
+    return server
+
+
 ECHO_PY = r"""
 import socket, sys, threading
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -479,10 +489,8 @@ def run_forward(sc, run, tools):
     lab = Lab(run, sc.name, nat=sc.nat)
     try:
         lab.up()
-        server = lab.spawn("srv", tools.server_argv("cli", sc.listens(), sc), "fwd.server",
-                           env=child_env())
-        if not wait_until(lambda: lab.listening("srv", "tcp", PORT), 5, alive=server):
-            row.error = f"rndz-cli server does not listen: {tail(server.natlab_err)}"
+        server = start_cli_server(lab, sc, tools, row)
+        if server is None:
             return
         srv = sc.server_address(1)
         echo = lab.spawn("b", [sys.executable, "-c", ECHO_PY, "7200"], "fwd.echo")
@@ -531,10 +539,8 @@ def run_pipe(sc, run, tools):
     lab = Lab(run, sc.name, nat=sc.nat)
     try:
         lab.up()
-        server = lab.spawn("srv", tools.server_argv("cli", sc.listens(), sc), "pipe.server",
-                           env=child_env())
-        if not wait_until(lambda: lab.listening("srv", "tcp", PORT), 5, alive=server):
-            row.error = f"rndz-cli server does not listen: {tail(server.natlab_err)}"
+        server = start_cli_server(lab, sc, tools, row)
+        if server is None:
             return
         srv = sc.server_address(1)
         for i in range(sc.n_repeats()):

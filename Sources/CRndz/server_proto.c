@@ -189,6 +189,29 @@ void rndz__proto_serve(rndz__proto *p, const rndz__dir *dir, const uint8_t *buf,
     }
 }
 
+void rndz__proto_log_refusal(rndz__proto *p, const char *transport, const rndz__action *a,
+                             const struct sockaddr_storage *from, uint64_t now) {
+    int st = a->stat;
+    bool refusal = st == RNDZ__ST_auth_failed || st == RNDZ__ST_auth_replayed ||
+                   st == RNDZ__ST_sync_limited || st == RNDZ__ST_fsync_limited ||
+                   st == RNDZ__ST_id_refused || st == RNDZ__ST_udp_refused;
+    if (!refusal || !a->why) return;
+    uint64_t last = atomic_load_explicit(&p->refusal_log_at, memory_order_relaxed);
+    if ((last && now < last + 1000) ||
+        !atomic_compare_exchange_strong(&p->refusal_log_at, &last, now ? now : 1)) {
+        atomic_fetch_add_explicit(&p->refusals_unlogged, 1, memory_order_relaxed);
+        return;
+    }
+    uint64_t more = atomic_exchange(&p->refusals_unlogged, 0);
+    char text[RNDZ_ADDRSTRLEN];
+    rndz_addr_format((const struct sockaddr *)from, text, sizeof text);
+    if (more)
+        RNDZ_LOG(RNDZ_LOG_WARN, "%s: refused a request from %s: %s (and %llu more since the "
+                 "last line)", transport, text, a->why, (unsigned long long)more);
+    else
+        RNDZ_LOG(RNDZ_LOG_WARN, "%s: refused a request from %s: %s", transport, text, a->why);
+}
+
 int rndz__proto_encode(const rndz__action *a, uint8_t *buf, size_t cap) {
     int n = rndz_msg_encode(&a->msg, buf, cap);
     if (n >= 0 && rndz__ext_present(&a->ext)) n = rndz__ext_append(&a->ext, buf, (size_t)n, cap);

@@ -50,6 +50,9 @@ typedef struct rndz__proto {
      * its address as handed to peers */
     rndz__relay_key *relay_key;
     char relay_text[RNDZ_ADDRSTRLEN];
+    /* refusals are logged at warn, at most one line a second (the others counted in it) */
+    _Atomic uint64_t refusal_log_at;
+    _Atomic uint64_t refusals_unlogged;
     /* the server's specific (not wildcard) listen addresses, told to NAT checks */
     size_t nalt;
     char alt[RNDZ_MAX_ALT][RNDZ_ADDRSTRLEN];
@@ -106,6 +109,11 @@ RNDZ_INTERNAL void rndz__proto_free(rndz__proto *p);
 RNDZ_INTERNAL void rndz__proto_serve(rndz__proto *p, const rndz__dir *dir, const uint8_t *buf,
                                      size_t len, const rndz__src *src, uint64_t now,
                                      rndz__action *a);
+/* Log why a request was refused (authentication, a rate, a limit), at warn level but at
+ * most once a second whatever the flood: the line counts the refusals not logged since. */
+RNDZ_INTERNAL void rndz__proto_log_refusal(rndz__proto *p, const char *transport,
+                                          const rndz__action *a, const struct sockaddr_storage *from,
+                                          uint64_t now);
 /* Encode a's response (msg, then its extension fields) into buf. Length or an error. */
 RNDZ_INTERNAL int rndz__proto_encode(const rndz__action *a, uint8_t *buf, size_t cap);
 

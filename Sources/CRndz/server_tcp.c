@@ -178,6 +178,7 @@ static void conn_handle(conn *c, const uint8_t *body, size_t len, uint64_t now) 
     rndz__proto_serve(&s->core, &dir, body, len, &src, now, &a);
     if (a.stat >= 0) RNDZ_STAT_IDX_ADD(s, a.stat, 1);
     if (a.stat2 >= 0) RNDZ_STAT_IDX_ADD(s, a.stat2, 1);
+    if (a.stat >= 0) rndz__proto_log_refusal(&s->core, "tcp", &a, &c->remote, now);
     if (a.respond) conn_send(a.to_source ? c : a.dest.conn, &a);
     if (a.close) conn_close(c, a.why);
     RNDZ_STAT_SET(s, tcp_peers, ((tcp_state *)s->tcp)->reg.count);

@@ -273,7 +273,10 @@ void rndz__worker_udp_handle(rndz__worker *w, uint8_t origin, const uint8_t *buf
     rndz__proto_serve(&w->s->core, &dir, buf, len, &src, now, &a);
     if (a.stat >= 0) RNDZ_WSTAT_IDX_ADD(w, a.stat, 1);
     if (a.stat2 >= 0) RNDZ_WSTAT_IDX_ADD(w, a.stat2, 1);
-    if (a.why && a.stat >= 0) RNDZ_LOG(RNDZ_LOG_TRACE, "udp: dropped a request: %s", a.why);
+    if (a.why && a.stat >= 0) {
+        RNDZ_LOG(RNDZ_LOG_TRACE, "udp: dropped a request: %s", a.why);
+        rndz__proto_log_refusal(&w->s->core, "udp", &a, from, now);
+    }
     if (a.respond)
         queue_response(w, &a, a.to_source ? from : &a.dest.addr,
                        a.to_source ? (a.from_other ? other_origin(w->s, origin) : origin)

@@ -92,6 +92,12 @@ public struct ServerOptions: Sendable {
     /// Requests whose id or target id is longer (bytes) are dropped. Default 255
     /// (`RNDZ_MAX_ID_LEN`, the longest id the clients send).
     public var maxIDLength: UInt32
+    /// UDP worker threads (SO_REUSEPORT sockets); 0 (the default): one per core.
+    public var workers: UInt32 = 0
+    /// UDP ids the server holds at most (about). Default 1,000,000.
+    public var maxPeers: UInt64
+    /// With a secret: how far a request's timestamp may be from the server's clock. Default 30 s.
+    public var authWindow: Duration
     /// The relay (`rndz.h`, `relay_addr`; SECURITY.md, "Relay"): nil (the default) for none,
     /// or the address (port 0: any) where the server relays UDP and TCP between the two peers
     /// of a connect that no direct path serves. Only peers the server paired, holding its
@@ -141,6 +147,8 @@ public struct ServerOptions: Sendable {
         self.maxTCPConnections = o.max_tcp_conns
         self.maxTCPConnectionsPerAddress = o.max_tcp_conns_per_ip
         self.maxIDLength = o.max_id_len
+        self.maxPeers = o.max_peers
+        self.authWindow = .milliseconds(o.auth_window_ms)
         self.relayAddress = nil
         self.relayMaxSessions = o.relay_max_sessions
         self.relayRate = o.relay_rate
@@ -170,6 +178,9 @@ public struct ServerOptions: Sendable {
         o.max_tcp_conns = max(1, maxTCPConnections)
         o.max_tcp_conns_per_ip = max(1, maxTCPConnectionsPerAddress)
         o.max_id_len = max(1, maxIDLength)
+        o.workers = workers
+        o.max_peers = max(1, maxPeers)
+        o.auth_window_ms = cMilliseconds(authWindow)
         o.relay_max_sessions = max(1, relayMaxSessions)
         o.relay_rate = max(1, relayRate)
         o.relay_total_rate = max(1, relayTotalRate)

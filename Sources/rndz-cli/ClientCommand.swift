@@ -41,7 +41,7 @@ let clientCommand = Command(
         Flag("remote-peer", value: "ID", "connect to this peer instead of listening"),
         Flag("tcp", "use TCP instead of UDP"),
         Flag("local-addr", value: "ADDR", "local address to bind (default: any, port chosen)"),
-        Flag("timeout", value: "MS", "connector: give up finding the peer, and waiting for its reply, after MS ms"),
+        Flag("timeout", value: "MS", "connector: give up finding the peer, and waiting for its reply, after MS ms (default \(milliseconds(ClientOptions(id: "-", servers: []).timeout)))"),
         Flag("tcp-rto-max", value: "MS", "with --tcp: the peer connection keeps TCP's retransmission timeout at most MS ms (1000..120000; Linux 6.15+)"),
         Flag("credential-file", value: "FILE", "sign requests with ID's credential (hex, from 'rndz-cli credential')"),
         Flag("no-relay", "never use the server's relay (direct paths only)"),

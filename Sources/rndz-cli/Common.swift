@@ -37,13 +37,31 @@ struct Verbosity: Sendable {
     var level: LogLevel
 
     /// Errors: always shown.
-    func error(_ msg: String) { printErr("rndz-cli: \(msg)") }
+    func error(_ msg: String) { logLine(.error, "rndz-cli", msg) }
     /// Events worth seeing by default (new peers, warnings): hidden by --quiet.
-    func notice(_ msg: String) { if level >= .warn { printErr("rndz-cli: \(msg)") } }
+    func notice(_ msg: String) { if level >= .warn { logLine(.warn, "rndz-cli", msg) } }
     /// Details: shown with -v.
-    func info(_ msg: String) { if level >= .info { printErr("rndz-cli: \(msg)") } }
+    func info(_ msg: String) { if level >= .info { logLine(.info, "rndz-cli", msg) } }
     /// Per-datagram details: shown with -vv.
-    func debug(_ msg: String) { if level >= .debug { printErr("rndz-cli: \(msg)") } }
+    func debug(_ msg: String) { if level >= .debug { logLine(.debug, "rndz-cli", msg) } }
+}
+
+/// --log-format json: every log line on stderr is one JSON object (set once, before any
+/// thread runs).
+nonisolated(unsafe) var logJSON = false
+
+/// One log line on stderr: "SOURCE: message", or with --log-format json
+/// {"ts_ms":..., "level":"warn", "source":"rndz-cli", "msg":"..."} (the library's lines too).
+func logLine(_ level: LogLevel, _ source: String, _ msg: String) {
+    guard logJSON else {
+        printErr("\(source): \(msg)")
+        return
+    }
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    let ms = Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
+    printErr("{\"ts_ms\":\(ms),\"level\":\(jsonString(level.description)),\"source\":"
+        + "\(jsonString(source)),\"msg\":\(jsonString(msg))}")
 }
 
 enum ExitCode {
@@ -79,6 +97,7 @@ struct Flag: Sendable {
 
 /// Flags accepted before the command and by every command.
 let globalFlags = [
+    Flag("log-format", value: "FORMAT", "text (default) or json: one JSON object per log line on stderr"),
     Flag("verbose", short: "v", "more log output on stderr (repeat for more: -vv, -vvv)"),
     Flag("quiet", short: "q", "only errors on stderr"),
     Flag("help", short: "h", "show this help"),

@@ -41,11 +41,64 @@ let serverCommand = Command(
         Flag("secret-file", value: "FILE", "authenticate ids with the secret in FILE (16+ bytes)"),
         Flag("relay-addr", value: "ADDR", "relay between peers no direct path serves, on ADDR (UDP and TCP; port 0: any)"),
         Flag("metrics-addr", value: "ADDR", "serve the counters on http://ADDR/metrics (Prometheus text format; port 0: any)"),
-    ],
+    ] + serverLimits.map { Flag($0.name, value: "N", "\($0.help) (default \($0.shown(ServerOptions())))") },
     run: runServer)
+
+/// Every limit of the C server options as a flag (rndz.h, SECURITY.md "Limits", "Relay").
+struct ServerLimit: Sendable {
+    let name: String
+    let help: String
+    let set: @Sendable (inout ServerOptions, UInt32) -> Void
+    let shown: @Sendable (ServerOptions) -> String
+}
+
+func ms(_ d: Duration) -> UInt32 { UInt32(clamping: milliseconds(d)) }
+
+let serverLimits: [ServerLimit] = [
+    .init(name: "workers", help: "UDP worker threads, 0: one per core", set: { $0.workers = $1 },
+          shown: { "\($0.workers)" }),
+    .init(name: "max-peers", help: "UDP ids held at most", set: { $0.maxPeers = UInt64($1) },
+          shown: { "\($0.maxPeers)" }),
+    .init(name: "udp-expiry-ms", help: "forget UDP ids silent this long", set: { $0.udpExpiry = .milliseconds($1) },
+          shown: { "\(ms($0.udpExpiry))" }),
+    .init(name: "tcp-idle-ms", help: "drop TCP connections silent this long", set: { $0.tcpIdle = .milliseconds($1) },
+          shown: { "\(ms($0.tcpIdle))" }),
+    .init(name: "sync-rate", help: "Isync/Rsync a second from one source address", set: { $0.syncRate = $1 },
+          shown: { "\($0.syncRate)" }),
+    .init(name: "sync-burst", help: "... and the burst allowed", set: { $0.syncBurst = $1 },
+          shown: { "\($0.syncBurst)" }),
+    .init(name: "fsync-rate", help: "Fsync/Redirect a second toward one id", set: { $0.fsyncRate = $1 },
+          shown: { "\($0.fsyncRate)" }),
+    .init(name: "fsync-burst", help: "... and the burst allowed", set: { $0.fsyncBurst = $1 },
+          shown: { "\($0.fsyncBurst)" }),
+    .init(name: "max-tcp-conns", help: "TCP connections open at once", set: { $0.maxTCPConnections = $1 },
+          shown: { "\($0.maxTCPConnections)" }),
+    .init(name: "max-tcp-conns-per-ip", help: "TCP connections from one source address",
+          set: { $0.maxTCPConnectionsPerAddress = $1 }, shown: { "\($0.maxTCPConnectionsPerAddress)" }),
+    .init(name: "max-id-len", help: "longest id taken, bytes", set: { $0.maxIDLength = $1 },
+          shown: { "\($0.maxIDLength)" }),
+    .init(name: "auth-window-ms", help: "with a secret: the clock skew a proof may have",
+          set: { $0.authWindow = .milliseconds($1) }, shown: { "\(ms($0.authWindow))" }),
+    .init(name: "relay-max-sessions", help: "relay sessions at once", set: { $0.relayMaxSessions = $1 },
+          shown: { "\($0.relayMaxSessions)" }),
+    .init(name: "relay-rate", help: "relay bytes a second per session", set: { $0.relayRate = $1 },
+          shown: { "\($0.relayRate)" }),
+    .init(name: "relay-total-rate", help: "relay bytes a second in all, per transport",
+          set: { $0.relayTotalRate = $1 }, shown: { "\($0.relayTotalRate)" }),
+    .init(name: "relay-idle-ms", help: "end relay sessions silent this long",
+          set: { $0.relayIdle = .milliseconds($1) }, shown: { "\(ms($0.relayIdle))" }),
+]
 
 @Sendable func runServer(_ f: ParsedFlags, _ v: Verbosity) -> Int32 {
     var opts = ServerOptions()
+    for limit in serverLimits {
+        guard let text = f.last(limit.name) else { continue }
+        guard let n = UInt32(text), n > 0 || limit.name == "workers" else {
+            v.error("bad --\(limit.name) '\(text)': a whole number above 0 (see 'rndz-cli server --help')")
+            return ExitCode.usage
+        }
+        limit.set(&opts, n)
+    }
     let texts = f.all("listen-addr")
     if texts.count > ServerOptions.maxListenAddresses {
         v.error("too many --listen-addr (\(texts.count)): at most \(ServerOptions.maxListenAddresses)")

@@ -87,6 +87,18 @@ func main(_ argv: [String]) -> Int32 {
         level = LogLevel(rawValue: min(LogLevel.trace.rawValue, LogLevel.warn.rawValue + verbose))!
     }
     if quiet || verbose > 0 { setLogLevel(level) }
+    switch flags.last("log-format") ?? global.last("log-format") ?? "text" {
+    case "text": break
+    case "json":
+        logJSON = true
+        setLogHandler(level: level) { l, msg in
+            // the library's lines ("rndz info: ..." in text) as JSON too
+            logLine(l, "rndz", msg)
+        }
+    case let other:
+        v0.error("bad --log-format '\(other)': text or json (see 'rndz-cli --help')")
+        return ExitCode.usage
+    }
     return command.run(flags, Verbosity(level: level))
 }
 

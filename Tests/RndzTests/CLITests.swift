@@ -326,6 +326,44 @@ struct CLITests {
         #expect(server.wait() == 0)
     }
 
+    /// Operations: --log-format json makes every stderr line one JSON object (the library's
+    /// too); every limit is a flag, its default in --help; a refused request is logged at the
+    /// default level, at most a line a second however many come.
+    @Test func serverOperations() throws {
+        let help = try Child.run(["server", "--help"])
+        for flag in ["--max-peers N", "--sync-rate N", "--max-tcp-conns N", "--relay-rate N",
+                     "--relay-max-sessions N", "--relay-idle-ms N", "--workers N"] {
+            #expect(help.stdoutText.contains(flag), "\(flag)")
+        }
+        #expect(help.stdoutText.contains("(default 20)"))  // sync-rate
+        let client = try Child.run(["client", "--help"])
+        #expect(client.stdoutText.contains("(default 10000)"))  // the connector's timeout
+        #expect(try Child.run(["server", "--sync-rate", "0"]).status == 2)
+        #expect(try Child.run(["server", "--log-format", "xml"]).status == 2)
+
+        let secret = "/tmp/rndz-ops-secret-\(getpid())"
+        let fd = open(secret, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        _ = "a secret of more than sixteen bytes".withCString { write(fd, $0, 34) }
+        close(fd)
+        defer { unlink(secret) }
+        let server = try Child(["server", "--listen-addr", "127.0.0.1:0", "--secret-file", secret,
+                                "--log-format", "json"])
+        let line = try #require(server.readLine(), "server said: \(server.stderrText)")
+        let addr = try SocketAddress(parsing: String(line.dropFirst("listening on ".count)))
+        let raw = try RawUDP()
+        for _ in 0..<50 {  // unsigned pings: refused, each
+            raw.send(try WireMessage(.ping, id: "nobody").encoded(), to: addr)
+        }
+        usleep(300_000)
+        server.signal(SIGTERM)
+        #expect(server.wait() == 0)
+        let lines = server.stderrText.split(separator: "\n")
+        #expect(lines.allSatisfy { $0.hasPrefix("{\"ts_ms\":") && $0.hasSuffix("}") }, "\(server.stderrText)")
+        let refused = lines.filter { $0.contains("refused a request from 127.0.0.1") }
+        #expect(refused.count == 1, "\(server.stderrText)")  // one line for 50, within a second
+        #expect(refused.first?.contains("\"level\":\"warn\"") == true)
+    }
+
     /// `--listen-addr` three times: one line per address, one port, one table of ids (a
     /// listener registered through 127.0.0.2 is found through 127.0.0.1), each address
     /// answering from itself; `--ipv6-only` with IPv4 addresses too applies to the IPv6 one.

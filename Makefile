@@ -1,6 +1,8 @@
 # rndz: the shipped C library (no Swift runtime), its install, and the test entry points.
 #   make                     build build/librndz.so
-#   make install PREFIX=DIR  install lib, header and pkg-config file
+#   make install PREFIX=DIR  install lib, header, pkg-config file, and rndz-cli (linked with
+#                            the Swift runtime inside: runs without a toolchain), its man page
+#                            and an example systemd unit (install-lib: the C part only)
 #   make check               C tests against a staged install, through pkg-config
 #   make soak                1 GB of random and mutated datagrams against the server (SOAK_MB)
 #   make test                everything: C tests, Swift tests, the NAT lab
@@ -20,7 +22,7 @@ SONAME = librndz.so.$(ABI_MAJOR)
 LIB    = $(BUILD)/librndz.so.$(VERSION)
 STAGE  = $(abspath $(BUILD)/stage)
 
-.PHONY: all install check test swift-test natlab clean header-check lib-check readme-check demo bench relay-bench unit soak
+.PHONY: all install install-lib install-cli install-check check test swift-test natlab clean header-check lib-check readme-check demo bench relay-bench unit soak
 all: $(LIB) $(BUILD)/librndz.a
 
 $(BUILD)/obj/%.o: Sources/CRndz/%.c $(HDRS)
@@ -36,7 +38,27 @@ $(LIB): $(OBJS) mk/rndz.map
 $(BUILD)/librndz.a: $(OBJS)
 	rm -f $@ && ar rcs $@ $(OBJS)
 
-install: all
+install: install-lib install-cli
+
+# rndz-cli for machines without a Swift toolchain: the Swift standard library linked in
+# (ldd lists no libswift), its man page, and an example systemd unit for the server.
+SWIFT     ?= $(firstword $(wildcard /opt/swift/usr/bin/swift) swift)
+CLI_STATIC = .build/release/rndz-cli
+install-cli:
+	$(SWIFT) build -c release --static-swift-stdlib --product rndz-cli
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 \
+	    $(DESTDIR)$(PREFIX)/share/rndz
+	install -m 0755 $(CLI_STATIC) $(DESTDIR)$(PREFIX)/bin/rndz-cli
+	sed -e 's|@VERSION@|$(VERSION)|' mk/rndz-cli.1 > $(DESTDIR)$(PREFIX)/share/man/man1/rndz-cli.1
+	sed -e 's|@PREFIX@|$(PREFIX)|' mk/rndz-server.service \
+	    > $(DESTDIR)$(PREFIX)/share/rndz/rndz-server.service
+
+# make install into a scratch prefix, then run the CLI with no toolchain on PATH and nothing
+# but the system's libraries in reach; the man page must render.
+install-check:
+	scripts/install-check
+
+install-lib: all
 	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include
 	install -m 0755 $(LIB) $(DESTDIR)$(PREFIX)/lib/
 	ln -sf librndz.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/$(SONAME)
@@ -63,7 +85,7 @@ C_TESTS = $(sort $(wildcard Tests/c/test_*.c))
 # The README's C examples: compiled strictly (no test helpers) and run, so they cannot rot.
 C_EXAMPLES = $(sort $(wildcard examples/*.c))
 check: all header-check lib-check readme-check unit fuzz-replay
-	rm -rf $(STAGE) && $(MAKE) --no-print-directory install PREFIX=$(STAGE) >/dev/null
+	rm -rf $(STAGE) && $(MAKE) --no-print-directory install-lib PREFIX=$(STAGE) >/dev/null
 	@mkdir -p $(BUILD)/ctests
 	@set -e; for t in $(C_TESTS); do \
 	  n=$$(basename $$t .c); \
@@ -102,7 +124,7 @@ unit: $(BUILD)/librndz.a
 # `make check` runs the same with 50 MB (inside test_security).
 SOAK_MB ?= 1024
 soak: all
-	rm -rf $(STAGE) && $(MAKE) --no-print-directory install PREFIX=$(STAGE) >/dev/null
+	rm -rf $(STAGE) && $(MAKE) --no-print-directory install-lib PREFIX=$(STAGE) >/dev/null
 	@mkdir -p $(BUILD)/ctests
 	PKG_CONFIG_PATH=$(STAGE)/lib/pkgconfig $(CC) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -g \
 	    -ITests/c Tests/c/test_security.c Tests/c/testlib.c -o $(BUILD)/ctests/test_security \
@@ -114,16 +136,16 @@ swift-test:
 	swift build
 	swift test
 
-# Everything CI runs: C tests, Swift tests, the NAT lab.
-test: check swift-test natlab
+# Everything CI runs: C tests, Swift tests, the installed CLI, the NAT lab.
+test: check swift-test install-check natlab
 
-# The server benchmark: rndz against a plain batched UDP echo loop, same load generator.
 # The relay benchmark: the server's relay against a plain batched UDP forwarding loop.
 relay-bench: all
 	$(CC) -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror -Iinclude bench/relay-bench.c \
 	    -o $(BUILD)/relay-bench -L$(BUILD) -lrndz -lpthread -Wl,-rpath,$(abspath $(BUILD))
 	$(BUILD)/relay-bench $(RELAY_BENCH_ARGS)
 
+# The server benchmark: rndz against a plain batched UDP echo loop, same load generator.
 bench: all
 	$(CC) -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Iinclude bench/rndz-bench.c \
 	    -o $(BUILD)/rndz-bench -L$(BUILD) -lrndz -lpthread -Wl,-rpath,$(abspath $(BUILD))

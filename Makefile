@@ -22,7 +22,7 @@ SONAME = librndz.so.$(ABI_MAJOR)
 LIB    = $(BUILD)/librndz.so.$(VERSION)
 STAGE  = $(abspath $(BUILD)/stage)
 
-.PHONY: all install install-lib install-cli install-check check test swift-test natlab clean header-check lib-check readme-check demo bench relay-bench unit soak
+.PHONY: all install install-lib install-cli install-check check test swift-test natlab clean header-check lib-check readme-check demo bench relay-bench forward-bench unit soak
 all: $(LIB) $(BUILD)/librndz.a
 
 $(BUILD)/obj/%.o: Sources/CRndz/%.c $(HDRS)
@@ -144,6 +144,12 @@ relay-bench: all
 	$(CC) -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror -Iinclude bench/relay-bench.c \
 	    -o $(BUILD)/relay-bench -L$(BUILD) -lrndz -lpthread -Wl,-rpath,$(abspath $(BUILD))
 	$(BUILD)/relay-bench $(RELAY_BENCH_ARGS)
+
+# The forward benchmark: rndz_bridge (expose/forward) against a plain TCP copy loop.
+forward-bench: all
+	$(CC) -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror -Iinclude bench/forward-bench.c \
+	    -o $(BUILD)/forward-bench -L$(BUILD) -lrndz -lpthread -Wl,-rpath,$(abspath $(BUILD))
+	$(BUILD)/forward-bench $(FORWARD_BENCH_ARGS)
 
 # The server benchmark: rndz against a plain batched UDP echo loop, same load generator.
 bench: all

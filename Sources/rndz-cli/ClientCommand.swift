@@ -145,7 +145,8 @@ func openListener<L>(
         v.error("cannot register as '\(opts.id)': \(error)")
         return (nil, ExitCode.failure)
     }
-    guard awaitRegistration(stop, v, { (t) throws(RndzError) in try waitRegistered(listener, t) }) else {
+    guard awaitRegistration(stop, v, signed: opts.credential != nil,
+                            { (t) throws(RndzError) in try waitRegistered(listener, t) }) else {
         return (nil, stop.isSet ? ExitCode.ok : ExitCode.failure)
     }
     if announce { printOut("registered as \(opts.id) on \(localAddress(listener))") }
@@ -155,7 +156,8 @@ func openListener<L>(
 /// Waits until `waitRegistered` succeeds (the listener pings on), saying so if it takes a
 /// while. Returns false if a signal came first or registration failed.
 func awaitRegistration(
-    _ stop: StopSignal, _ v: Verbosity, _ waitRegistered: (Duration) throws(RndzError) -> Void
+    _ stop: StopSignal, _ v: Verbosity, signed: Bool = false,
+    _ waitRegistered: (Duration) throws(RndzError) -> Void
 ) -> Bool {
     let start = ContinuousClock.now
     var warned = false
@@ -166,7 +168,8 @@ func awaitRegistration(
             return true
         } catch .timedOut {
             if !warned && ContinuousClock.now - start > .seconds(5) {
-                v.notice("no rendezvous server answered yet; still trying")
+                v.notice("no rendezvous server answered yet; still trying"
+                    + (signed ? credentialHint : ""))
                 warned = true
             }
         } catch {
@@ -243,7 +246,7 @@ func runConnector(_ opts: ClientOptions, peer: String, replyTimeout: Duration, _
     do {
         socket = try UDPConnector(options: opts).connect(to: peer)
     } catch {
-        v.error(connectFailure(error, peer: peer, over: "UDP"))
+        v.error(connectFailure(error, peer: peer, over: "UDP", signed: opts.credential != nil))
         return ExitCode.failure
     }
     v.info("peer '\(peer)' is at \(socket.peer); talking from \(socket.localAddress)")
@@ -346,9 +349,20 @@ func answerTCPPeer(_ stream: TCPStream, _ v: Verbosity) async {
     }
 }
 
-/// What the connector says when the connect fails.
-func connectFailure(_ error: RndzError, peer: String, over transport: String) -> String {
-    switch error {
+/// Why a server with a secret may stay silent: it answers nothing signed with a credential it
+/// refuses (made from another secret, or for another id).
+let credentialHint = " (a server with a secret answers nothing signed with a credential it "
+    + "refuses: check that --credential-file holds this id's credential, made from that "
+    + "server's secret)"
+
+/// What the connector says when the connect fails (`signed`: we sent a credential).
+func connectFailure(_ error: RndzError, peer: String, over transport: String, signed: Bool = false)
+    -> String
+{
+    if signed, case .timedOut = error {
+        return "no answer about peer '\(peer)' from the rendezvous server(s) in time" + credentialHint
+    }
+    return switch error {
     case .notFound: "peer '\(peer)' not found: no rendezvous server knows it"
     case .connectionRefused:
         "the rendezvous server(s) refused the connection: connection refused (no server on that "
@@ -384,7 +398,7 @@ func runTCPConnector(_ opts: ClientOptions, peer: String, replyTimeout: Duration
     do {
         stream = try TCPConnector(options: opts).connect(to: peer)
     } catch {
-        v.error(connectFailure(error, peer: peer, over: "TCP"))
+        v.error(connectFailure(error, peer: peer, over: "TCP", signed: opts.credential != nil))
         return ExitCode.failure
     }
     v.info("connected to peer '\(peer)' at \(stream.peer) from \(stream.localAddress)")

@@ -221,7 +221,7 @@ func tcpConnect(_ addr: SocketAddress, timeout: Duration) -> Int32? {
             do throws(RndzError) {
                 stream = try TCPConnector(options: connectOpts).connect(to: peer)
             } catch {
-                v.notice(connectFailure(error, peer: peer, over: "TCP"))
+                v.notice(connectFailure(error, peer: peer, over: "TCP", signed: connectOpts.credential != nil))
                 Glibc.close(c)
                 return
             }

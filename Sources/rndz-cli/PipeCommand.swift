@@ -46,7 +46,7 @@ let pipeCommand = Command(
         do {
             stream = try TCPConnector(options: opts).connect(to: peer)
         } catch {
-            v.error(connectFailure(error, peer: peer, over: "TCP"))
+            v.error(connectFailure(error, peer: peer, over: "TCP", signed: opts.credential != nil))
             return ExitCode.failure
         }
         v.notice("connected to \(peer) at \(stream.path.relayed ? "relay " : "")\(stream.peer)")
@@ -59,7 +59,8 @@ let pipeCommand = Command(
             v.error("cannot register as '\(id)': \(error)")
             return ExitCode.failure
         }
-        guard awaitRegistration(stop, v, { (t) throws(RndzError) in try listener.waitRegistered(timeout: t) }) else {
+        guard awaitRegistration(stop, v, signed: opts.credential != nil,
+                                { (t) throws(RndzError) in try listener.waitRegistered(timeout: t) }) else {
             return stop.isSet ? ExitCode.ok : ExitCode.failure
         }
         v.notice("registered as \(id); waiting for a peer")

@@ -364,6 +364,33 @@ struct CLITests {
         #expect(refused.first?.contains("\"level\":\"warn\"") == true)
     }
 
+    /// A connector whose credential the server refuses is told that this is the likely cause.
+    @Test func refusedCredentialHint() throws {
+        func file(_ name: String, _ text: String) -> String {
+            let path = "/tmp/rndz-\(name)-\(getpid())"
+            let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+            _ = text.withCString { write(fd, $0, strlen($0)) }
+            close(fd)
+            return path
+        }
+        let secret = file("hint-secret", "the server's own secret, 32 bytes")
+        let other = file("hint-other", "another secret entirely, 32 bytes")
+        defer { unlink(secret); unlink(other) }
+        let wrong = try Child.run(["credential", "--secret-file", other, "--id", "c"])
+        let cred = file("hint-cred", wrong.stdoutText)
+        defer { unlink(cred) }
+        let server = try Child(["server", "--listen-addr", "127.0.0.1:0", "--secret-file", secret])
+        let line = try #require(server.readLine(), "server said: \(server.stderrText)")
+        let addr = String(line.dropFirst("listening on ".count))
+        let c = try Child.run(["client", "--id", "c", "--server-addr", addr, "--remote-peer", "l",
+                               "--credential-file", cred, "--timeout", "1000"])
+        #expect(c.status == 1)
+        #expect(c.stderrText.contains("check that --credential-file holds this id's credential"),
+                "\(c.stderrText)")
+        server.signal(SIGTERM)
+        #expect(server.wait() == 0)
+    }
+
     /// `--listen-addr` three times: one line per address, one port, one table of ids (a
     /// listener registered through 127.0.0.2 is found through 127.0.0.1), each address
     /// answering from itself; `--ipv6-only` with IPv4 addresses too applies to the IPv6 one.

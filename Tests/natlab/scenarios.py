@@ -97,6 +97,8 @@ class Scenario:
             self.rows = [Row(name, "udp", f, "pass", what) for f in ("json", "text")]
         elif kind in ("pipe", "forward"):
             self.rows = [Row(name, "tcp", "cli", "pass", what)]
+        elif kind == "metrics":
+            self.rows = [Row(name, "udp", "cli", "pass", what)]
         else:
             for t in transports:
                 for i in impls:
@@ -233,6 +235,10 @@ def all_scenarios():
         Scenario("forward", "rndz-cli expose in b (an echo service behind it) and forward in "
                  "a, through two endpoint-independent NATs: 8 connections at once, 10 MB each "
                  "way on each, SHA-256 equal", "forward", repeats="xfail"),
+        # The server's /metrics scraped from a (through its NAT) while b's listener registers.
+        Scenario("metrics", "rndz-cli server --metrics-addr: GET /metrics from a, through a's "
+                 "NAT, before and while b's listener is registered: rndz_udp_peers 0, then 1",
+                 "metrics", repeats="xfail"),
         # rndz-cli pipe through two NATs: 1 MB from a's stdin to b's stdout, hashes equal.
         Scenario("pipe", "rndz-cli pipe through two endpoint-independent NATs: 1 MB of random "
                  "bytes from a's stdin arrives at b's stdout, SHA-256 equal", "pipe"),
@@ -524,6 +530,59 @@ def run_forward(sc, run, tools):
                     "" if ok else f"attempt {i + 1}: {r['ok']}/{r['n']} connections intact")
             row.notes.append(f"8 connections x 10 MB each way: {r['secs']:.2f} s")
         lab.stop([fwd, expose, echo, server])
+    finally:
+        lab.down()
+
+
+SCRAPE_PY = r"""
+import socket, sys
+host, port = sys.argv[1].rsplit(":", 1)
+c = socket.create_connection((host, int(port)), timeout=5)
+c.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+out = b""
+while True:
+    d = c.recv(65536)
+    if not d: break
+    out += d
+sys.stdout.write(out.decode())
+"""
+
+
+def run_metrics(sc, run, tools):
+    """Scrape /metrics from a: rndz_udp_peers 0 before b's listener, 1 while it is there."""
+    row = sc.rows[0]
+    if tools.problem("cli", "udp"):
+        row.error = tools.problem("cli", "udp")
+        return
+    lab = Lab(run, sc.name, nat=sc.nat)
+    try:
+        lab.up()
+        maddr = f"{SRV4}:9888"
+        server = lab.spawn("srv", tools.server_argv("cli", sc.listens(), sc) +
+                           ["--metrics-addr", maddr], "metrics.server", env=child_env())
+        if not wait_until(lambda: lab.listening("srv", "tcp", 9888), 5, alive=server):
+            row.error = f"no metrics endpoint: {tail(server.natlab_err)}"
+            return
+
+        def scrape(tag):
+            p = lab.spawn("a", [sys.executable, "-c", SCRAPE_PY, maddr], f"metrics.{tag}")
+            p.wait(timeout=10)
+            return Path(p.natlab_out).read_text(errors="replace")
+
+        t0 = time.monotonic()
+        before = scrape("before")
+        lp, problem = start_listener(sc, lab, tools, row, sc.server_address(1), "b-metrics", 0)
+        if problem:
+            row.error = problem
+            return
+        during = ""
+        ok = wait_until(lambda: "rndz_udp_peers 1\n" in (during := scrape("during")), 5)
+        good = before.startswith("HTTP/1.1 200") and "rndz_udp_peers 0\n" in before and ok
+        row.add(good, time.monotonic() - t0,
+                "" if good else f"before: {before[:80]!r}; during: {during[-200:]!r}")
+        if good:
+            row.notes.append("scraped from a: rndz_udp_peers 0, then 1 with b registered")
+        lab.stop([lp, server])
     finally:
         lab.down()
 
@@ -900,6 +959,8 @@ def run_scenario(sc, run, tools):
             run_pipe(sc, run, tools)
         elif sc.kind == "forward":
             run_forward(sc, run, tools)
+        elif sc.kind == "metrics":
+            run_metrics(sc, run, tools)
         else:
             run_pair(sc, run, tools)
     except Stopped:

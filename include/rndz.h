@@ -623,7 +623,9 @@ RNDZ_API int rndz_tcp_connect_info(const rndz_client_options *o, const char *tar
  * A half-close passes through (when one side ends, the other side's write direction is shut
  * down once everything before it arrived); the pair ends, closing both sockets, when both
  * directions ended, on any error, or after idle_ms without a byte either way (0: never).
- * rndz-cli's expose and forward carry each connection with it. */
+ * Two connected datagram sockets (UDP) are joined datagram for datagram (as they are; one the
+ * other side cannot take at once is dropped, as the network would), ended by idle_ms only.
+ * rndz-cli's expose and forward carry each connection (and, with --udp, each flow) with it. */
 typedef struct rndz_bridge rndz_bridge;
 RNDZ_API int rndz_bridge_create(rndz_bridge **out);
 /* Join a and c (the bridge owns both from now on, also on error: they are closed). 0 or a

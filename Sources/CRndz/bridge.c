@@ -7,7 +7,12 @@
  * side drains it, so memory stays bounded (the pipes' 64 KiB each). A source that ends
  * (FIN) ends the other side's write direction once the pipe is empty (shutdown(SHUT_WR)): a
  * half-close passes through. The pair ends, both sockets closed, when both directions ended,
- * on any error (a reset), or when idle_ms passed without a byte either way. */
+ * on any error (a reset), or when idle_ms passed without a byte either way.
+ *
+ * Two connected datagram sockets (UDP) are joined datagram for datagram instead (batches of
+ * recvmmsg/sendmmsg through a buffer; a datagram the other side's send buffer cannot take is
+ * dropped, as the network would): no end but idle_ms, and an ICMP error ("port unreachable",
+ * ECONNREFUSED) does not end it either: the far end may come back. */
 #include "listener.h"
 #include "loop.h"
 
@@ -38,8 +43,11 @@ typedef struct bside {
     uint32_t events;
 } bside;
 
+#define DGRAM_BATCH 32
+
 typedef struct bpair {
     struct rndz_bridge *b;
+    bool dgram;
     bside side[2];
     bdir dir[2]; /* 0: side 0 -> side 1; 1: side 1 -> side 0 */
     uint64_t last, idle_ms;
@@ -108,10 +116,44 @@ static void watch(bpair *p) {
     }
 }
 
+/* Datagrams waiting on side k go to the other side, as they are. false: the pair broke. */
+static bool pump_dgram(bpair *p, int k) {
+    static __thread uint8_t bufs[DGRAM_BATCH][2048];
+    struct mmsghdr m[DGRAM_BATCH];
+    struct iovec iov[DGRAM_BATCH];
+    for (int round = 0; round < 8; round++) {
+        for (int i = 0; i < DGRAM_BATCH; i++) {
+            iov[i] = (struct iovec){bufs[i], sizeof bufs[i]};
+            m[i].msg_hdr = (struct msghdr){.msg_iov = &iov[i], .msg_iovlen = 1};
+        }
+        int n = recvmmsg(p->side[k].fd, m, DGRAM_BATCH, MSG_DONTWAIT, NULL);
+        if (n < 0) return errno == EAGAIN || errno == EINTR || errno == ECONNREFUSED;
+        for (int i = 0; i < n; i++) iov[i].iov_len = m[i].msg_len;
+        int done = 0;
+        while (done < n) {
+            int w = sendmmsg(p->side[1 - k].fd, m + done, (unsigned)(n - done), MSG_DONTWAIT);
+            if (w < 0) {
+                if (errno == EINTR) continue;
+                done++; /* full or refused: this one is dropped */
+                continue;
+            }
+            done += w;
+        }
+        p->last = rndz__now_ms();
+        if (n < DGRAM_BATCH) return true;
+    }
+    return true;
+}
+
 static void side_event(void *ctx, uint32_t events) {
     bside *s = ctx;
     bpair *p = s->p;
     if (p->dead) return;
+    if (p->dgram) {
+        int k = (int)(s - p->side);
+        if (!pump_dgram(p, k)) pair_close(p);
+        return;
+    }
     size_t before = p->dir[0].inpipe + p->dir[1].inpipe;
     bool eof0 = p->dir[0].eof, eof1 = p->dir[1].eof;
     if (!pump(&p->dir[0]) || !pump(&p->dir[1])) {
@@ -203,6 +245,12 @@ int rndz_bridge_add(rndz_bridge *b, int a, int c, uint32_t idle_ms) {
         return rc;
     }
     int ends[2] = {a, c};
+    int ta = 0, tc = 0;
+    socklen_t tl = sizeof ta;
+    getsockopt(a, SOL_SOCKET, SO_TYPE, &ta, &tl);
+    tl = sizeof tc;
+    getsockopt(c, SOL_SOCKET, SO_TYPE, &tc, &tl);
+    p->dgram = ta == SOCK_DGRAM && tc == SOCK_DGRAM;
     p->b = b;
     p->idle_ms = idle_ms;
     p->last = rndz__now_ms();

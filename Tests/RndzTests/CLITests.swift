@@ -391,6 +391,58 @@ struct CLITests {
         #expect(server.wait() == 0)
     }
 
+    /// expose --udp and forward --udp: a local UDP echo behind expose; two local sources (two
+    /// flows) each get their 300 datagrams back through forward, intact.
+    @Test func exposeForwardUDP() throws {
+        let echo = try RawUDP()
+        let efd = echo.fd
+        DispatchQueue.global().async {
+            var buf = [UInt8](repeating: 0, count: 2048)
+            while true {
+                var ss = sockaddr_storage()
+                var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+                let n = buf.withUnsafeMutableBytes { b in
+                    withUnsafeMutablePointer(to: &ss) {
+                        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { recvfrom(efd, b.baseAddress, b.count, 0, $0, &len) }
+                    }
+                }
+                if n < 0 { return }
+                _ = buf.withUnsafeBytes { b in
+                    withUnsafePointer(to: &ss) {
+                        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(efd, b.baseAddress, n, 0, $0, len) }
+                    }
+                }
+            }
+        }
+        defer { withExtendedLifetime(echo) {} }
+        let server = try Child(["server", "--listen-addr", "127.0.0.1:0"])
+        let line = try #require(server.readLine(), "server said: \(server.stderrText)")
+        let addr = String(line.dropFirst("listening on ".count))
+        let id = uniqueID("usvc")
+        let expose = try Child(["expose", "--udp", "--id", id, "--server-addr", addr, "--to", "\(echo.address)"])
+        #expect(expose.readLine()?.hasSuffix("(UDP)") == true, "\(expose.stderrText)")
+        let forward = try Child(["forward", "--udp", "--remote-peer", id, "--server-addr", addr,
+                                 "--listen", "127.0.0.1:0"])
+        let fline = try #require(forward.readLine(), "forward said: \(forward.stderrText)")
+        let local = try SocketAddress(parsing: String(fline.split(separator: " ")[1]))
+        for flow in 0..<2 {
+            let c = try RawUDP()
+            var back = 0
+            for i in 0..<300 {
+                let msg = Array("flow \(flow) datagram \(i)".utf8)
+                c.send(msg, to: local)
+                if let d = c.receive(timeout: .seconds(3)), d.bytes == msg { back += 1 }
+            }
+            #expect(back >= 297, "flow \(flow): \(back) of 300 back")
+        }
+        forward.signal(SIGINT)
+        expose.signal(SIGINT)
+        #expect(forward.wait() == 0, "forward said: \(forward.stderrText)")
+        #expect(expose.wait() == 0, "expose said: \(expose.stderrText)")
+        server.signal(SIGTERM)
+        #expect(server.wait() == 0)
+    }
+
     /// `--listen-addr` three times: one line per address, one port, one table of ids (a
     /// listener registered through 127.0.0.2 is found through 127.0.0.1), each address
     /// answering from itself; `--ipv6-only` with IPv4 addresses too applies to the IPv6 one.

@@ -6,7 +6,9 @@
  *   can still answer; the pair ends once both did (count back to 0, descriptors closed);
  * - a reset (a close with unread data) ends the pair;
  * - idle_ms ends a silent pair;
- * - bad arguments: -EINVAL, and the descriptors are closed all the same. */
+ * - bad arguments: -EINVAL, and the descriptors are closed all the same;
+ * - datagram sockets: 1000 datagrams each way, each as it was (sizes 1..1400), in order
+ *   (a local socketpair loses none), and idle_ms ends the pair. */
 #include "testlib.h"
 
 #include <errno.h>
@@ -182,6 +184,38 @@ static void test_bad_args(rndz_bridge *b) {
     CHECK_RC(rndz_bridge_add(NULL, -1, -1, 0), -EINVAL);
 }
 
+static void test_datagrams(rndz_bridge *b) {
+    tl_case("bridge: datagrams both ways, as they are");
+    int x[2], y[2];
+    CHECK(socketpair(AF_UNIX, SOCK_DGRAM, 0, x) == 0);
+    CHECK(socketpair(AF_UNIX, SOCK_DGRAM, 0, y) == 0);
+    int big = 1 << 22;
+    for (int k = 0; k < 2; k++) {
+        setsockopt(x[k], SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
+        setsockopt(y[k], SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
+    }
+    CHECK_RC(rndz_bridge_add(b, x[1], y[1], 300), 0);
+    uint8_t out[1400], in[2048];
+    int good = 0;
+    tl_set_timeout(x[0], tl_ms(2000));
+    tl_set_timeout(y[0], tl_ms(2000));
+    for (int i = 0; i < 1000; i++) {
+        size_t n = (size_t)(i % 1400) + 1;
+        for (size_t k = 0; k < n; k++) out[k] = (uint8_t)(i + k);
+        int from = i % 2 ? x[0] : y[0], to = i % 2 ? y[0] : x[0];
+        CHECK_EQ_INT(send(from, out, n, 0), (long)n);
+        long r = recv(to, in, sizeof in, 0);
+        good += r == (long)n && memcmp(in, out, n) == 0;
+    }
+    CHECK_EQ_INT(good, 1000);
+    /* silent: the pair ends within idle_ms and a sweep (1 s) */
+    uint64_t t0 = tl_now_ms();
+    while (rndz_bridge_count(b) && tl_now_ms() - t0 < tl_ms(3000)) tl_sleep_ms(20);
+    CHECK_EQ_INT((long)rndz_bridge_count(b), 0);
+    close(x[0]);
+    close(y[0]);
+}
+
 int main(void) {
     tl_init("test_bridge", 120);
     tl_mark m = tl_mark_now(true);
@@ -192,6 +226,7 @@ int main(void) {
         test_half_close_answer(b);
         test_reset_and_idle(b);
         test_bad_args(b);
+        test_datagrams(b);
         rndz_bridge_destroy(b);
     }
     rndz_bridge_destroy(NULL);

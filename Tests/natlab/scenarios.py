@@ -97,6 +97,8 @@ class Scenario:
             self.rows = [Row(name, "udp", f, "pass", what) for f in ("json", "text")]
         elif kind in ("pipe", "forward"):
             self.rows = [Row(name, "tcp", "cli", "pass", what)]
+        elif kind == "forward-udp":
+            self.rows = [Row(name, "udp", "cli", "pass", what)]
         elif kind == "metrics":
             self.rows = [Row(name, "udp", "cli", "pass", what)]
         else:
@@ -239,6 +241,10 @@ def all_scenarios():
         Scenario("metrics", "rndz-cli server --metrics-addr: GET /metrics from a, through a's "
                  "NAT, before and while b's listener is registered: rndz_udp_peers 0, then 1",
                  "metrics", repeats="xfail"),
+        # The same with --udp: 1,000 datagrams through a UDP echo, at least 99% back intact.
+        Scenario("forward-udp", "rndz-cli expose --udp in b (a UDP echo behind it) and forward "
+                 "--udp in a, through two endpoint-independent NATs: 1,000 datagrams, at least "
+                 "99% back intact", "forward-udp", repeats="xfail"),
         # rndz-cli pipe through two NATs: 1 MB from a's stdin to b's stdout, hashes equal.
         Scenario("pipe", "rndz-cli pipe through two endpoint-independent NATs: 1 MB of random "
                  "bytes from a's stdin arrives at b's stdout, SHA-256 equal", "pipe"),
@@ -483,6 +489,72 @@ ts = [threading.Thread(target=one, args=(i,)) for i in range(n)]
 [t.start() for t in ts]; [t.join() for t in ts]
 print(json.dumps({"ok": sum(res.values()), "n": n, "secs": time.time() - t0}))
 """
+
+
+UDP_ECHO_PY = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", int(sys.argv[1])))
+while True:
+    d, a = s.recvfrom(65536); s.sendto(d, a)
+"""
+
+UDP_CLIENT_PY = r"""
+import json, socket, sys, time
+host, port = sys.argv[1].rsplit(":", 1); n = int(sys.argv[2])
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); c.settimeout(2)
+ok = 0; t0 = time.time()
+for i in range(n):
+    m = (b"%06d" % i) * 100
+    c.sendto(m, (host, int(port)))
+    try:
+        ok += c.recv(65536) == m
+    except socket.timeout:
+        pass
+print(json.dumps({"ok": ok, "n": n, "secs": time.time() - t0}))
+"""
+
+
+def run_forward_udp(sc, run, tools):
+    """expose --udp in b in front of a UDP echo, forward --udp in a: N datagrams of 600 bytes
+    one after the other; at least 99% must come back intact."""
+    row = sc.rows[0]
+    if tools.problem("cli", "udp"):
+        row.error = tools.problem("cli", "udp")
+        return
+    lab = Lab(run, sc.name, nat=sc.nat)
+    try:
+        lab.up()
+        server = start_cli_server(lab, sc, tools, row)
+        if server is None:
+            return
+        srv = sc.server_address(1)
+        echo = lab.spawn("b", [sys.executable, "-c", UDP_ECHO_PY, "7200"], "fwdu.echo")
+        expose = lab.spawn("b", [tools.cli, "expose", "--udp", "--id", "usvc-b", "--server-addr",
+                                 srv, "--to", "127.0.0.1:7200"], "fwdu.expose", env=child_env())
+        fwd = lab.spawn("a", [tools.cli, "forward", "--udp", "--remote-peer", "usvc-b",
+                              "--server-addr", srv, "--listen", "127.0.0.1:7300"], "fwdu.forward",
+                        env=child_env())
+        if not wait_until(lambda: "exposing" in Path(expose.natlab_out).read_text() and
+                          "forwarding" in Path(fwd.natlab_out).read_text(), 10):
+            row.error = (f"expose/forward not ready: {tail(expose.natlab_err)} | "
+                         f"{tail(fwd.natlab_err)}")
+            return
+        t0 = time.monotonic()
+        cl = lab.spawn("a", [sys.executable, "-c", UDP_CLIENT_PY, "127.0.0.1:7300", "1000"],
+                       "fwdu.client")
+        try:
+            cl.wait(timeout=120)
+            r = last_json(Path(cl.natlab_out).read_text())
+        except (subprocess.TimeoutExpired, ValueError, IndexError):
+            lab.stop([cl])
+            row.add(False, None, f"client: {tail(cl.natlab_err)}")
+            return
+        ok = 100 * r["ok"] >= 99 * r["n"]
+        row.add(ok, time.monotonic() - t0, "" if ok else f"{r['ok']}/{r['n']} datagrams back")
+        row.notes.append(f"{r['ok']}/{r['n']} datagrams back intact in {r['secs']:.2f} s")
+        lab.stop([fwd, expose, echo, server])
+    finally:
+        lab.down()
 
 
 def run_forward(sc, run, tools):
@@ -959,6 +1031,8 @@ def run_scenario(sc, run, tools):
             run_pipe(sc, run, tools)
         elif sc.kind == "forward":
             run_forward(sc, run, tools)
+        elif sc.kind == "forward-udp":
+            run_forward_udp(sc, run, tools)
         elif sc.kind == "metrics":
             run_metrics(sc, run, tools)
         else:

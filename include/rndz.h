@@ -95,13 +95,14 @@ RNDZ_API const char *rndz_version_string(void);
     XX(NOSERVER, -1015, "no rendezvous server given")                                        \
     XX(FRAME, -1016, "malformed or oversize TCP frame")                                      \
     XX(WRONGKIND, -1017, "message kind not valid here")                                      \
-    XX(PEERFAIL, -1018, "could not reach the peer")
+    XX(PEERFAIL, -1018, "could not reach the peer")                                          \
+    XX(TRANSPORT, -1019, "target registered only over the other transport (UDP or TCP)")
 
 enum rndz_errno {
 #define RNDZ_XX_(name, val, s) RNDZ_E_##name = (val),
     RNDZ_ERRNO_MAP(RNDZ_XX_)
 #undef RNDZ_XX_
-    RNDZ_E_LAST_ = -1019
+    RNDZ_E_LAST_ = -1020
 };
 
 /* Description of any code returned by rndz (negative errno included). Static storage; never
@@ -540,7 +541,9 @@ RNDZ_API void rndz_udp_listener_destroy(rndz_udp_listener *l);
 /* UDP connector: ask every server for `target` in rounds, until a server answers with the
  * target's address or the timeout passes. On success returns a UDP socket (caller owns it)
  * bound to the port that asked and connected to the peer, and stores the peer's address in
- * *peer (may be NULL). Errors: RNDZ_E_NOTFOUND (every server said so), RNDZ_E_TIMEDOUT (not
+ * *peer (may be NULL). Errors: RNDZ_E_NOTFOUND (every server said so), RNDZ_E_TRANSPORT
+ * (every server said so, and one has the target registered over TCP: use rndz_tcp_connect;
+ * an rndz server tells a connector that probes), RNDZ_E_TIMEDOUT (not
  * every server answered in time and none knew the target), RNDZ_E_BADID, RNDZ_E_NOSERVER,
  * RNDZ_E_BADADDR (a malformed server or local address), RNDZ_E_RESOLVE, negative errno.
  * Blocks; not cancellable (it ends within timeout_ms). */
@@ -597,7 +600,8 @@ RNDZ_API void rndz_tcp_listener_destroy(rndz_tcp_listener *l);
 /* TCP connector: connect to a server, ask for `target`, then connect from the same local port
  * to the address the server gives, retrying for up to timeout_ms in all (the peer's SYN and
  * ours may need to cross). Returns the connected stream (caller owns it; blocking mode) and
- * stores the peer's address in *peer (may be NULL). Errors: RNDZ_E_NOTFOUND, RNDZ_E_TIMEDOUT,
+ * stores the peer's address in *peer (may be NULL). Errors: RNDZ_E_NOTFOUND, RNDZ_E_TRANSPORT
+ * (not found, but registered over UDP on a server asked), RNDZ_E_TIMEDOUT,
  * RNDZ_E_PEERFAIL (the peer's address was given but no connection could be made),
  * RNDZ_E_BADID, RNDZ_E_NOSERVER, RNDZ_E_BADADDR, RNDZ_E_RESOLVE, negative errno. Servers are
  * asked in turn, each with an equal share of the time left; a server that refuses the

@@ -231,3 +231,17 @@ int rndz__client_fresh(const rndz__client *c, int socktype) {
     so.reuse = false;
     return rndz__sock_bind(socktype, (struct sockaddr *)&local, &so);
 }
+
+void rndz__client_on_pong(const rndz__client *c, size_t i, const uint8_t *msg, size_t len,
+                          bool registering, const char *who) {
+    rndz__ext e;
+    if (!registering || rndz__ext_decode(msg, len, &e) || !e.taken) return;
+    /* Two listeners with one id take it from each other at every keepalive; connects reach
+     * whichever pinged last. Said once, when we register (a later take-over of our own id,
+     * e.g. after our NAT moved us to another port, is not another listener's). */
+    RNDZ_LOG(RNDZ_LOG_WARN,
+             "%s: id '%.*s' was in use at %s (by another socket); it now leads "
+             "here, and connects to it reach whichever listener registered last: is another "
+             "listener running with this id?",
+             who, (int)(c->id_len > 64 ? 64 : c->id_len), c->id, c->server_text[i]);
+}

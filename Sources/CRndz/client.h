@@ -71,6 +71,10 @@ RNDZ_INTERNAL int rndz__client_send(int fd, const rndz__client *c, rndz_cmd cmd,
 RNDZ_INTERNAL int rndz__client_send_frame(int fd, const rndz__client *c, rndz_cmd cmd,
                                           const char *peer, size_t peer_len,
                                           const rndz__ext *ext);
+/* A listener's Pong from server i (msg, len), the one that registered it (`registering`):
+ * warn when the server says this registration took our id over from another address. */
+RNDZ_INTERNAL void rndz__client_on_pong(const rndz__client *c, size_t i, const uint8_t *msg,
+                                        size_t len, bool registering, const char *who);
 /* Copy an id from the wire into a NUL-terminated buffer of RNDZ_MAX_ID + 1 bytes. */
 RNDZ_INTERNAL void rndz__copy_id(char *dst, const char *src, size_t len);
 

@@ -7,7 +7,7 @@
 bool rndz__ext_present(const rndz__ext *e) {
     return e->ncands > 0 || e->has_nonce || e->rtt_ms || e->relay || e->relay_addr[0] ||
            e->has_token || e->query || e->observed[0] || e->nalt || e->nat || e->mapped[0] ||
-           e->pad;
+           e->pad || e->elsewhere || e->taken;
 }
 
 int rndz__ext_decode(const uint8_t *buf, size_t len, rndz__ext *out) {
@@ -30,7 +30,7 @@ int rndz__ext_decode(const uint8_t *buf, size_t len, rndz__ext *out) {
             memcpy(out->token, f.data, f.len);
             out->has_token = true;
         } else if (f.num == 23 && f.wt == RNDZ_PB_VARINT) {
-            out->query = (uint32_t)(f.u64 & 7);
+            out->query = (uint32_t)(f.u64 & 15);
         } else if (f.num == 24 && f.wt == RNDZ_PB_LEN && f.len > 0 && f.len < RNDZ_ADDRSTRLEN) {
             memcpy(out->observed, f.data, f.len);
             out->observed[f.len] = 0;
@@ -42,6 +42,10 @@ int rndz__ext_decode(const uint8_t *buf, size_t len, rndz__ext *out) {
         } else if (f.num == 27 && f.wt == RNDZ_PB_LEN && f.len > 0 && f.len < RNDZ_ADDRSTRLEN) {
             memcpy(out->mapped, f.data, f.len);
             out->mapped[f.len] = 0;
+        } else if (f.num == 29 && f.wt == RNDZ_PB_VARINT) {
+            out->elsewhere = f.u64 ? 1 : 0;
+        } else if (f.num == 30 && f.wt == RNDZ_PB_VARINT) {
+            out->taken = f.u64 ? 1 : 0;
         } else if (f.num == 26 && f.wt == RNDZ_PB_VARINT) {
             out->nat = (uint32_t)(f.u64 & 0xffff);
         } else if (f.num == 17 && f.wt == RNDZ_PB_LEN && out->ncands < RNDZ_MAX_CANDS &&
@@ -80,6 +84,8 @@ int rndz__ext_append(const rndz__ext *e, uint8_t *buf, size_t n, size_t cap) {
     size_t mpl = strlen(e->mapped);
     if (mpl) need += 3 + mpl;
     if (e->pad) need += 4 + e->pad;
+    if (e->elsewhere) need += 3;
+    if (e->taken) need += 3;
     if (n + need > RNDZ_MAX_MSG) return RNDZ_E_TOOBIG;
     if (n + need > cap) return RNDZ_E_NOSPACE;
     for (size_t i = 0; i < e->ncands; i++) {
@@ -127,11 +133,21 @@ int rndz__ext_append(const rndz__ext *e, uint8_t *buf, size_t n, size_t cap) {
     if (e->query) {
         buf[n++] = (23 << 3 | 0) | 0x80;
         buf[n++] = 1;
-        buf[n++] = (uint8_t)(e->query & 7);
+        buf[n++] = (uint8_t)(e->query & 15);
     }
     if (obl) n = put_str(buf, n, 24, e->observed, obl);
     for (size_t i = 0; i < e->nalt; i++) n = put_str(buf, n, 25, e->alt[i], strlen(e->alt[i]));
     if (mpl) n = put_str(buf, n, 27, e->mapped, mpl);
+    if (e->elsewhere) {
+        buf[n++] = (29 << 3 | 0) | 0x80;
+        buf[n++] = 1;
+        buf[n++] = 1;
+    }
+    if (e->taken) {
+        buf[n++] = (uint8_t)((30 << 3 | 0) | 0x80);
+        buf[n++] = 1;
+        buf[n++] = 1;
+    }
     if (e->pad) {
         buf[n++] = (28 << 3 | 2) | 0x80;
         buf[n++] = 1;

@@ -14,13 +14,19 @@
  *     23: query  uint32           Ping: what the sender asks of the server (NAT checks):
  *                                 1 its address as seen (24) and the server's other
  *                                 addresses (25); 2 the Pong from another of the server's
- *                                 addresses (filtering); 4 do not register the id
+ *                                 addresses (filtering); 4 do not register the id; 8 say
+ *                                 whether this Ping took the id over (30; a listener)
  *     24: observed string         Pong: the source address the server saw
  *     25: alt    repeated string  Pong: the server's own specific listen addresses
  *     26: nat    uint32           Isync, Rsync (copied into Fsync, Redirect): the sender's NAT
  *                                 as its NAT check found it (RNDZ_NAT_*)
  *     27: mapped string           Rsync (copied into Redirect): which of the candidates is a
  *                                 port mapping at the listener's gateway (pmp.h)
+ *     29: elsewhere uint32        Redirect "not found" to a client that probes: 1 the target is
+ *                                 registered over the other transport (UDP / TCP)
+ *     30: taken uint32            Pong to a Ping whose query asks (RNDZ__Q_TAKEN, a listener's):
+ *                                 1 this Ping took the id over from another address (TCP: from
+ *                                 another connection), whose connects now come here
  *     28: pad    bytes            Ping with a query: zeros, so the Pong (with 24 and 25) is
  *                                 no larger than the Ping: a spoofed query amplifies nothing
  *   The server fills 21 and 22 itself (never copied from a request) when it has a relay and
@@ -38,7 +44,7 @@
 
 #define RNDZ_MAX_CANDS 8
 #define RNDZ_MAX_ALT 4
-enum { RNDZ__Q_OBSERVED = 1, RNDZ__Q_OTHER = 2, RNDZ__Q_NOREG = 4 };
+enum { RNDZ__Q_OBSERVED = 1, RNDZ__Q_OTHER = 2, RNDZ__Q_NOREG = 4, RNDZ__Q_TAKEN = 8 };
 /* A NAT check's Ping pads itself this much: room for the address seen and two others in the
  * Pong (IPv6 ones included), which the server trims to the request's size. */
 #define RNDZ__Q_PAD 160
@@ -59,6 +65,8 @@ typedef struct rndz__ext {
     char alt[RNDZ_MAX_ALT][RNDZ_ADDRSTRLEN];
     uint32_t nat;    /* 0: absent (unknown) */
     char mapped[RNDZ_ADDRSTRLEN]; /* "": absent */
+    uint32_t elsewhere; /* 29: 0 absent */
+    uint32_t taken;     /* 30: 0 absent */
     uint16_t pad;    /* 28 (< 512): bytes of zeros that make a NAT check's Ping as large as the Pong
                       * it asks for (the server answers no larger than the request) */
 } rndz__ext;

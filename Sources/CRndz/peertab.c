@@ -149,8 +149,12 @@ int rndz__pt_put(rndz__peertab *t, const char *id, size_t len,
     pthread_mutex_lock(&sh->mu);
     uint32_t s = find_slot(sh, h, id, len);
     rndz__peer *p;
+    int moved = 0;
     if (sh->index[s]) {
         p = entry(sh, sh->index[s] - 1);
+        rndz__peer was = *p;
+        to_peer(&was, addr);
+        moved = memcmp(was.ip, p->ip, sizeof p->ip) || was.port != p->port;
     } else {
         if (sh->count >= sh->max) {
             pthread_mutex_unlock(&sh->mu);
@@ -190,7 +194,7 @@ int rndz__pt_put(rndz__peertab *t, const char *id, size_t len,
     p->flags = (uint8_t)((p->flags & 1u) | (uint8_t)(origin << 1));
     p->seen = (uint32_t)(now - t->epoch);
     pthread_mutex_unlock(&sh->mu);
-    return 0;
+    return moved;
 }
 
 static void from_peer(const rndz__peer *p, bool v6, struct sockaddr_storage *out) {

@@ -57,8 +57,8 @@ typedef struct rndz__peer_addr {
 
 RNDZ_INTERNAL int rndz__pt_init(rndz__peertab *t, uint64_t max_peers, uint64_t now);
 RNDZ_INTERNAL void rndz__pt_free(rndz__peertab *t);
-/* Insert or refresh id -> addr at now, with the origin (0..127) the id wrote to. 0, or
- * -ENOSPC when the table is full. */
+/* Insert or refresh id -> addr at now, with the origin (0..127) the id wrote to. 0; 1 when
+ * id was registered at another address (now replaced); or -ENOSPC when the table is full. */
 RNDZ_INTERNAL int rndz__pt_put(rndz__peertab *t, const char *id, size_t len,
                                const struct sockaddr_storage *addr, uint64_t now, uint8_t origin);
 /* Copy the address of id into *out (in the form given, e.g. IPv4-mapped for an IPv6 server

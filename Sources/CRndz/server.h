@@ -102,6 +102,8 @@ struct rndz_server {
     rndz__origin origins[RNDZ_MAX_ORIGINS];
     _Atomic unsigned norigins; /* entries below it are complete and never change */
     pthread_mutex_t origins_mu; /* serializes appends */
+    pthread_mutex_t tcp_reg_mu; /* held while the TCP registry changes, and by a UDP worker
+                                 * that asks it (rndz__server_tcp_has) */
     rndz__loop loop;
     rndz__peertab peers;
     unsigned nworkers;
@@ -167,6 +169,8 @@ RNDZ_INTERNAL void rndz__server_relay_close(rndz_server *s);
 RNDZ_INTERNAL int rndz__server_tcp_open(rndz_server *s, unsigned k, const rndz__sockopts *so);
 RNDZ_INTERNAL uint64_t rndz__server_tcp_tick(rndz_server *s, uint64_t now);
 RNDZ_INTERNAL void rndz__server_tcp_close(rndz_server *s);
+/* Is id registered over TCP now? Any thread. */
+RNDZ_INTERNAL bool rndz__server_tcp_has(rndz_server *s, const char *id, size_t len);
 /* Tests and fuzzing: take a connected stream socket (a socketpair end will do) as a client
  * connection from `remote`, as accept does (caps included; the server owns fd from then on).
  * Returns the connection, or NULL if refused (the caller keeps fd). */

@@ -70,7 +70,7 @@ static bool forward(rndz__proto *p, const rndz__dir *dir, const uint8_t *buf, si
     }
     int n = rndz_addr_format((const struct sockaddr *)src->addr, a->text, sizeof a->text);
     if (n < 0) return true;
-    if (cmd == RNDZ_RSP_FSYNC && dir->put(dir->ctx, req->id, req->id_len, now))
+    if (cmd == RNDZ_RSP_FSYNC && dir->put(dir->ctx, req->id, req->id_len, now) < 0)
         a->stat2 = RNDZ__ST_udp_refused;
     a->msg = (rndz_msg){cmd, src->stream ? NULL : req->peer_id, src->stream ? 0 : req->peer_id_len,
                         req->id, req->id_len, a->text, (size_t)n};
@@ -82,6 +82,8 @@ static bool forward(rndz__proto *p, const rndz__dir *dir, const uint8_t *buf, si
     a->ext.query = 0;
     a->ext.observed[0] = 0;
     a->ext.nalt = 0;
+    a->ext.elsewhere = 0;
+    a->ext.taken = 0;
     if (a->ext.relay && !p->relay_key) a->ext.relay = 0;
     /* A Redirect to a connector that probes tells it what we saw of it and where else we
      * listen: with a second address it learns how its NAT maps (nat.h) */
@@ -119,6 +121,8 @@ void rndz__proto_serve(rndz__proto *p, const rndz__dir *dir, const uint8_t *buf,
     a->ext.nat = 0;
     a->ext.mapped[0] = 0;
     a->ext.pad = 0;
+    a->ext.elsewhere = 0;
+    a->ext.taken = 0;
     a->from_other = false;
     int malformed = src->stream ? RNDZ__ST_tcp_malformed : RNDZ__ST_udp_malformed;
     rndz_msg req;
@@ -138,7 +142,8 @@ void rndz__proto_serve(rndz__proto *p, const rndz__dir *dir, const uint8_t *buf,
         /* A NAT check's Ping asks for what the server saw, and maybe not to register. */
         rndz__ext q;
         if (rndz__ext_decode(buf, len, &q)) q.query = 0;
-        if (!(q.query & RNDZ__Q_NOREG) && dir->put(dir->ctx, req.id, req.id_len, now)) {
+        int put = q.query & RNDZ__Q_NOREG ? 0 : dir->put(dir->ctx, req.id, req.id_len, now);
+        if (put < 0) {
             drop(a, RNDZ__ST_udp_refused, false, "table full"); /* no Pong: the client retries */
             return;
         }
@@ -156,6 +161,13 @@ void rndz__proto_serve(rndz__proto *p, const rndz__dir *dir, const uint8_t *buf,
             uint8_t tmp[RNDZ_MAX_MSG];
             while (a->ext.nalt && rndz__proto_encode(a, tmp, sizeof tmp) > (int)len) a->ext.nalt--;
             if (rndz__proto_encode(a, tmp, sizeof tmp) > (int)len) a->ext.observed[0] = 0;
+        }
+        /* A listener that asks learns that it took the id over (it warns: two listeners
+         * with one id take it from each other). The question is as large as the answer. */
+        if (put == 1 && (q.query & RNDZ__Q_TAKEN)) {
+            a->ext.taken = 1;
+            uint8_t tmp[RNDZ_MAX_MSG];
+            if (!src->stream && rndz__proto_encode(a, tmp, sizeof tmp) > (int)len) a->ext.taken = 0;
         }
         a->from_other = (q.query & RNDZ__Q_OTHER) && !src->stream;
         return;
@@ -175,6 +187,14 @@ void rndz__proto_serve(rndz__proto *p, const rndz__dir *dir, const uint8_t *buf,
         a->msg = (rndz_msg){RNDZ_RSP_REDIRECT, src->stream ? NULL : req.id,
                             src->stream ? 0 : req.id_len, req.peer_id, req.peer_id_len, "", 0};
         a->respond = a->to_source = true;
+        /* A client that probes (its request carries a session, so it is larger than this
+         * hint makes the answer) learns that the target is there over the other transport. */
+        {
+            rndz__ext q;
+            if (dir->other && rndz__ext_decode(buf, len, &q) == 0 && q.has_nonce &&
+                dir->other(dir->ctx, req.peer_id, req.peer_id_len))
+                a->ext.elsewhere = 1;
+        }
         return;
     case RNDZ_REQ_BYE:
         /* Only from the source that holds the id: anyone else could otherwise drop any id

@@ -67,13 +67,16 @@ typedef struct rndz__dest {
 
 /* A transport's table of ids, for one request from one source. */
 typedef struct rndz__dir {
-    /* Register (or refresh) id at the source. 0, or -ENOSPC (table full). */
+    /* Register (or refresh) id at the source. 0; 1 when it took the id over from another
+     * source (address, connection); or -ENOSPC (table full). */
     int (*put)(void *ctx, const char *id, size_t len, uint64_t now);
     /* Where id is registered; with not_source, an id the source itself holds counts as
      * unknown (TCP: an Isync for the connection's own id). false if unknown. */
     bool (*get)(void *ctx, const char *id, size_t len, bool not_source, rndz__dest *out);
     /* Forget id if the source holds it: 1 removed, 0 unknown, < 0 held by someone else. */
     int (*del)(void *ctx, const char *id, size_t len);
+    /* Is id registered over the other transport? (NULL: not asked) */
+    bool (*other)(void *ctx, const char *id, size_t len);
     void *ctx;
 } rndz__dir;
 

@@ -83,7 +83,11 @@ static void conn_close(conn *c, const char *why) {
     char text[RNDZ_ADDRSTRLEN] = "?";
     rndz_addr_format((struct sockaddr *)&c->remote, text, sizeof text);
     RNDZ_LOG(RNDZ_LOG_DEBUG, "tcp: closing %s: %s", text, why);
-    if (c->reg && c->reg->owner == c) rndz__reg_del(&t->reg, c->reg);
+    if (c->reg && c->reg->owner == c) {
+        pthread_mutex_lock(&s->tcp_reg_mu);
+        rndz__reg_del(&t->reg, c->reg);
+        pthread_mutex_unlock(&s->tcp_reg_mu);
+    }
     c->reg = NULL;
     rndz__limit_tcp_close(&s->core.lim, c->ip_slot);
     c->ip_slot = 0;
@@ -150,11 +154,14 @@ static int dir_put(void *ctx, const char *id, size_t len, uint64_t now) {
     conn *c = ctx;
     tcp_state *t = c->s->tcp;
     rndz__reg_entry *e = rndz__reg_get(&t->reg, id, len);
-    if (e && e->owner && e->owner != c) ((conn *)e->owner)->reg = NULL; /* taken over */
+    int taken = e && e->owner && e->owner != c;
+    if (taken) ((conn *)e->owner)->reg = NULL; /* taken over */
+    pthread_mutex_lock(&c->s->tcp_reg_mu);
     if (c->reg && c->reg != e && c->reg->owner == c) rndz__reg_del(&t->reg, c->reg);
     c->reg = rndz__reg_put(&t->reg, id, len, (struct sockaddr *)&c->remote, c, now);
+    pthread_mutex_unlock(&c->s->tcp_reg_mu);
     RNDZ_STAT_SET(c->s, tcp_peers, t->reg.count); /* before any reply goes out */
-    return 0;
+    return taken;
 }
 
 static bool dir_get(void *ctx, const char *id, size_t len, bool not_source, rndz__dest *out) {
@@ -170,9 +177,24 @@ static int dir_del(void *ctx, const char *id, size_t len) {
     return 0;
 }
 
+static bool dir_other(void *ctx, const char *id, size_t len) {
+    conn *c = ctx;
+    struct sockaddr_storage where;
+    return rndz__pt_get(&c->s->peers, id, len, false, &where, NULL);
+}
+
+bool rndz__server_tcp_has(rndz_server *s, const char *id, size_t len) {
+    pthread_mutex_lock(&s->tcp_reg_mu);
+    tcp_state *t = s->tcp;
+    rndz__reg_entry *e = t ? rndz__reg_get(&t->reg, id, len) : NULL;
+    bool has = e && e->owner;
+    pthread_mutex_unlock(&s->tcp_reg_mu);
+    return has;
+}
+
 static void conn_handle(conn *c, const uint8_t *body, size_t len, uint64_t now) {
     rndz_server *s = c->s;
-    const rndz__dir dir = {dir_put, dir_get, dir_del, c};
+    const rndz__dir dir = {dir_put, dir_get, dir_del, dir_other, c};
     const rndz__src src = {&c->remote, true};
     rndz__action a;
     rndz__proto_serve(&s->core, &dir, body, len, &src, now, &a);
@@ -352,9 +374,11 @@ void rndz__server_tcp_close(rndz_server *s) {
     while (t->oldest) conn_close(t->oldest, "server stopping");
     rndz__server_tcp_tick(s, 0);
     if (t->reserve_fd >= 0) close(t->reserve_fd);
+    pthread_mutex_lock(&s->tcp_reg_mu);
+    s->tcp = NULL;
+    pthread_mutex_unlock(&s->tcp_reg_mu);
     rndz__reg_free(&t->reg);
     free(t);
-    s->tcp = NULL;
 }
 
 void *rndz__server_tcp_adopt(rndz_server *s, int fd, const struct sockaddr_storage *remote,

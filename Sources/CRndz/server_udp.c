@@ -264,10 +264,14 @@ static int dir_del(void *ctx, const char *id, size_t len) {
     return rndz__pt_del(&d->s->peers, id, len, d->from);
 }
 
+static bool dir_other(void *ctx, const char *id, size_t len) {
+    return rndz__server_tcp_has(((udp_dir *)ctx)->s, id, len);
+}
+
 void rndz__worker_udp_handle(rndz__worker *w, uint8_t origin, const uint8_t *buf, size_t len,
                              const struct sockaddr_storage *from, uint64_t now) {
     udp_dir d = {w->s, from, origin};
-    const rndz__dir dir = {dir_put, dir_get, dir_del, &d};
+    const rndz__dir dir = {dir_put, dir_get, dir_del, dir_other, &d};
     const rndz__src src = {from, false};
     rndz__action a;
     rndz__proto_serve(&w->s->core, &dir, buf, len, &src, now, &a);

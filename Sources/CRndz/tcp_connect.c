@@ -50,8 +50,8 @@ static int connect_by(rndz__client *c, const struct sockaddr_storage *to, uint64
     return fd;
 }
 
-/* Ask one server where `target` is. 1 with *peer filled, 0 if the server does not know it,
- * or a negative error. *srv_fd keeps the server connection open (the caller closes it). */
+/* Ask one server where `target` is. 1 with *peer filled, 0 if the server does not know it
+ * (2: but has it registered over UDP), or a negative error. *srv_fd keeps the server connection open (the caller closes it). */
 static int ask_server(rndz__client *c, size_t i, const char *target, size_t tlen,
                       uint64_t deadline, const rndz__ext *mine, struct sockaddr_storage *peer,
                       rndz__ext *theirs, int *srv_fd) {
@@ -93,7 +93,8 @@ static int ask_server(rndz__client *c, size_t i, const char *target, size_t tlen
                 if (rndz_msg_decode(body, blen, 1, &m) || m.cmd != RNDZ_RSP_REDIRECT ||
                     m.peer_id_len != tlen || memcmp(m.peer_id, target, tlen) != 0)
                     continue;
-                if (m.addr_len == 0) return 0;
+                if (m.addr_len == 0)
+                    return rndz__ext_decode(body, blen, theirs) == 0 && theirs->elsewhere ? 2 : 0;
                 rc = rndz__client_peer_addr(c, m.addr, m.addr_len, peer);
                 if (rndz__ext_decode(body, blen, theirs) || !theirs->has_nonce ||
                     theirs->nonce != mine->nonce)
@@ -239,7 +240,7 @@ int rndz_tcp_connect_info(const rndz_client_options *o, const char *target,
     rndz__local_cands(&c.local, c.local.ss_family == AF_INET6, &mine);
     int srv_fd = -1, found = 0;
     size_t found_at = 0;
-    size_t not_found = 0, refused = 0;
+    size_t not_found = 0, refused = 0, elsewhere = 0;
     rc = RNDZ_E_TIMEDOUT;
     for (size_t i = 0; i < c.n_servers && !found; i++) {
         if (srv_fd >= 0) close(srv_fd);
@@ -250,7 +251,7 @@ int rndz_tcp_connect_info(const rndz_client_options *o, const char *target,
         uint64_t share = now < deadline ? (deadline - now) / (c.n_servers - i) : 0;
         int r = ask_server(&c, i, target, tlen, now + share, &mine, &to[0], &theirs, &srv_fd);
         if (r == 1) found = 1, found_at = i;
-        else if (r == 0) not_found++;
+        else if (r == 0 || r == 2) not_found++, elsewhere += r == 2;
         else {
             if (r == -ECONNREFUSED) refused++;
             RNDZ_LOG(RNDZ_LOG_DEBUG, "tcp connect: server %s: %s", c.server_text[i],
@@ -260,7 +261,7 @@ int rndz_tcp_connect_info(const rndz_client_options *o, const char *target,
     }
     if (!found) {
         if (srv_fd >= 0) close(srv_fd);
-        if (not_found == c.n_servers) return RNDZ_E_NOTFOUND;
+        if (not_found == c.n_servers) return elsewhere ? RNDZ_E_TRANSPORT : RNDZ_E_NOTFOUND;
         /* every server refused the connection: say so (nothing listens on that TCP port),
          * rather than that nobody answered */
         if (refused == c.n_servers) return -ECONNREFUSED;

@@ -343,7 +343,8 @@ static void on_frame(tsrv *s, const uint8_t *body, size_t len, uint64_t now) {
     rndz_msg m;
     if (rndz_msg_decode(body, len, 1, &m)) return;
     if (m.cmd == RNDZ_RSP_PONG) {
-        rndz__link_on_pong(&s->link, now);
+        bool registering = rndz__link_on_pong(&s->link, now);
+        rndz__client_on_pong(&l->c, s->idx, body, len, registering, "tcp listener");
         if (s->ping_at) srv_rtt_sample(s, s->ping_at, now);
         s->ping_at = 0;
         if (rndz__lsn_set_registered(&l->base))
@@ -492,7 +493,10 @@ static uint64_t listener_tick(void *ctx, uint64_t now) {
         }
         if (act & RNDZ_LINK_CONNECT) srv_connect(s, now);
         if (act & RNDZ_LINK_PING) {
-            int rc = send_frame(s->fd, &l->c, RNDZ_REQ_PING, NULL, 0);
+            rndz__ext q; /* asks whether it took the id over (a warning when it did) */
+            memset(&q, 0, sizeof q);
+            q.query = RNDZ__Q_TAKEN;
+            int rc = rndz__client_send_frame(s->fd, &l->c, RNDZ_REQ_PING, NULL, 0, &q);
             if (rc) srv_down(s, now, rndz_strerror(rc));
             else if (!s->ping_at) s->ping_at = now; /* a Pong may answer an older one */
         }

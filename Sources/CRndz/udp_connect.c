@@ -1,7 +1,8 @@
 /* udp_connect.c: the UDP connector (BRIEF, "Clients"; the listener is udp_listen.c).
  *
  * One unconnected socket; Isync{T} to every server, in paced rounds, until a server answers
- * Redirect{T, B} or every server said the target is unknown (RNDZ_E_NOTFOUND) or the time is
+ * Redirect{T, B} or every server said the target is unknown (RNDZ_E_NOTFOUND; RNDZ_E_TRANSPORT
+ * when one of them has it registered over TCP) or the time is
  * up (RNDZ_E_TIMEDOUT). With a listener that probes (its Redirect carries our session nonce
  * back, ext.h), a path is verified both ways before the socket is handed over (punch.h);
  * with a v1 listener the socket is connected to the address the server gave, as rndz 0.1.5
@@ -342,6 +343,7 @@ int rndz_udp_connect_info(const rndz_client_options *o, const char *target,
     mine.relay = c.relay == RNDZ_RELAY_NEVER ? 0 : c.relay == RNDZ_RELAY_ONLY ? 2 : 1;
     bool not_found[RNDZ_MAX_SERVERS] = {0};
     size_t n_not_found = 0;
+    bool elsewhere = false; /* a server has it over TCP (RNDZ_E_TRANSPORT) */
     uint64_t start = rndz__now_ms(), deadline = start + c.timeout_ms;
     uint64_t next_round = start;
     uint32_t round = FIRST_ROUND_MS < c.round_ms ? FIRST_ROUND_MS : c.round_ms;
@@ -388,8 +390,10 @@ int rndz_udp_connect_info(const rndz_client_options *o, const char *target,
                 not_found[si] = true;
                 n_not_found++;
             }
+            rndz__ext hint;
+            if (rndz__ext_decode(buf, (size_t)n, &hint) == 0 && hint.elsewhere) elsewhere = true;
             if (n_not_found == c.n_servers) {
-                rc = RNDZ_E_NOTFOUND;
+                rc = elsewhere ? RNDZ_E_TRANSPORT : RNDZ_E_NOTFOUND;
                 break;
             }
             continue;

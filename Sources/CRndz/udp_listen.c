@@ -508,9 +508,11 @@ static void srv_readable(void *ctx, uint32_t events) {
         rndz_msg m;
         if (rndz_msg_decode(buf, (size_t)n, 1, &m)) continue;
         if (m.cmd == RNDZ_RSP_PONG) {
-            if (rndz__link_on_pong(&s->link, rndz__now_ms()))
+            bool registering = rndz__link_on_pong(&s->link, rndz__now_ms());
+            if (registering)
                 RNDZ_LOG(RNDZ_LOG_INFO, "udp listener: registered with %s",
                          l->c.server_text[s->idx]);
+            rndz__client_on_pong(&l->c, s->idx, buf, (size_t)n, registering, "udp listener");
             rndz__lsn_set_registered(&l->base);
             if (l->nat_state == 1 && s->idx == 0) {
                 rndz__ext e;
@@ -796,12 +798,13 @@ static uint64_t listener_tick(void *ctx, uint64_t now) {
                      "again", l->c.server_text[i]);
         if (act & RNDZ_LINK_PING) {
             /* while our NAT check is open, server 0's pings ask what it sees (nat.h) */
+            /* and every ping asks whether it took the id over from another address */
             rndz__ext q;
             memset(&q, 0, sizeof q);
-            q.query = RNDZ__Q_OBSERVED;
-            q.pad = RNDZ__Q_PAD;
             bool ask = i == 0 && l->nat_state == 1;
-            int rc = rndz__client_send(s->fd, &l->c, RNDZ_REQ_PING, NULL, 0, NULL, ask ? &q : NULL);
+            q.query = RNDZ__Q_TAKEN | (ask ? RNDZ__Q_OBSERVED : 0);
+            q.pad = ask ? RNDZ__Q_PAD : 0;
+            int rc = rndz__client_send(s->fd, &l->c, RNDZ_REQ_PING, NULL, 0, NULL, &q);
             if (rc) RNDZ_LOG(RNDZ_LOG_DEBUG, "udp listener: ping %s: %s", l->c.server_text[i],
                              rndz_strerror(rc));
         }

@@ -69,6 +69,9 @@ public struct RndzError: Error, Hashable, Sendable, CustomStringConvertible,
     public static let resolveFailed = RndzError(RNDZ_E_RESOLVE)
     /// Every rendezvous server answered that the target is not registered.
     public static let notFound = RndzError(RNDZ_E_NOTFOUND)
+    /// Every rendezvous server answered that the target is not registered, and one has it
+    /// registered over the other transport (UDP for a TCP connect, TCP for a UDP connect).
+    public static let otherTransport = RndzError(RNDZ_E_TRANSPORT)
     /// No rendezvous server answered in time (and none knew the target).
     public static let timedOut = RndzError(RNDZ_E_TIMEDOUT)
     /// The handle was closed.

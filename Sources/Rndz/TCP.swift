@@ -345,7 +345,8 @@ public struct TCPConnector: Sendable {
     /// server and peer) passes. Blocks.
     ///
     /// - Returns: the connected stream, owned by the caller.
-    /// - Throws: ``RndzError/notFound`` (every server said so), ``RndzError/timedOut`` (no
+    /// - Throws: ``RndzError/notFound`` (every server said so), ``RndzError/otherTransport``
+    ///   (not found, but registered over UDP), ``RndzError/timedOut`` (no
     ///   server answered in time), ``RndzError/peerFailed`` (the peer's address was given but
     ///   no connection could be made), ``RndzError/badID``, ``RndzError/noServer``,
     ///   ``RndzError/resolveFailed``, OS errors.

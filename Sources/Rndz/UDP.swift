@@ -363,7 +363,8 @@ public struct UDPConnector: Sendable {
     /// answers with its address or ``ClientOptions/timeout`` passes. Blocks.
     ///
     /// - Returns: a socket bound to the port that asked and connected to the peer.
-    /// - Throws: ``RndzError/notFound`` (every server said so), ``RndzError/timedOut`` (not
+    /// - Throws: ``RndzError/notFound`` (every server said so), ``RndzError/otherTransport``
+    ///   (not found, but registered over TCP), ``RndzError/timedOut`` (not
     ///   every server answered and none knew the target), ``RndzError/badID``,
     ///   ``RndzError/noServer``, ``RndzError/resolveFailed``, OS errors.
     public func connect(to target: String) throws(RndzError) -> UDPSocket {

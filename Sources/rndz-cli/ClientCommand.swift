@@ -364,6 +364,9 @@ func connectFailure(_ error: RndzError, peer: String, over transport: String, si
     }
     return switch error {
     case .notFound: "peer '\(peer)' not found: no rendezvous server knows it"
+    case .otherTransport:
+        "peer '\(peer)' is registered over \(transport == "TCP" ? "UDP" : "TCP") only, not "
+            + "\(transport): the listener and the connector must use the same transport"
     case .connectionRefused:
         "the rendezvous server(s) refused the connection: connection refused (no server on that "
             + "TCP port?)"

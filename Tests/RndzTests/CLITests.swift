@@ -590,6 +590,52 @@ struct CLITests {
         #expect(server.wait() == 0)
     }
 
+    /// A peer registered over one transport, asked for over the other: the connector is
+    /// told so (issue 14), both ways.
+    @Test func otherTransportHint() throws {
+        let server = try Child(["server", "--listen-addr", "127.0.0.1:0"])
+        let line = try #require(server.readLine())
+        let addr = String(line.dropFirst("listening on ".count))
+        for (listenTCP, name) in [(false, "overudp"), (true, "overtcp")] {
+            let listener = try Child(["client"] + (listenTCP ? ["--tcp"] : [])
+                                     + ["--id", name, "--server-addr", addr])
+            let reg = try #require(listener.readLine(), "listener said: \(listener.stderrText)")
+            #expect(reg.hasPrefix("registered as \(name) on "))
+            let c = try Child.run(["client"] + (listenTCP ? [] : ["--tcp"])
+                                  + ["--id", "c", "--server-addr", addr, "--remote-peer", name])
+            #expect(c.status == 1)
+            let want = listenTCP ? "registered over TCP only, not UDP" : "registered over UDP only, not TCP"
+            #expect(c.stderrText.contains("peer '\(name)' is \(want)"), "connector said: \(c.stderrText)")
+            listener.signal(SIGINT)
+            _ = listener.wait()
+        }
+        server.signal(SIGINT)
+        #expect(server.wait() == 0)
+    }
+
+    /// A second listener taking an id that is in use is warned (the first is not), over UDP
+    /// and TCP (issue 14).
+    @Test func secondListenerIsWarned() throws {
+        let server = try Child(["server", "--listen-addr", "127.0.0.1:0"])
+        let line = try #require(server.readLine())
+        let addr = String(line.dropFirst("listening on ".count))
+        for tcp in [false, true] {
+            let args = ["client"] + (tcp ? ["--tcp"] : []) + ["--id", "twice", "--server-addr", addr]
+            let first = try Child(args)
+            _ = try #require(first.readLine(), "first said: \(first.stderrText)")
+            let second = try Child(args)
+            _ = try #require(second.readLine(), "second said: \(second.stderrText)")
+            for c in [first, second] { c.signal(SIGINT) }
+            for c in [first, second] { _ = c.wait() }
+            let warning = "id 'twice' was in use at"
+            #expect(second.stderrText.contains(warning), "second said: \(second.stderrText)")
+            #expect(second.stderrText.contains("is another listener running with this id?"))
+            #expect(!first.stderrText.contains(warning), "first said: \(first.stderrText)")
+        }
+        server.signal(SIGINT)
+        #expect(server.wait() == 0)
+    }
+
     @Test func timeout() throws {
         let silent = try RawUDP()
         let start = ContinuousClock.now

@@ -29,6 +29,7 @@ struct ErrorTests {
             (.badFrame, RNDZ_E_FRAME, "RNDZ_E_FRAME"),
             (.wrongKind, RNDZ_E_WRONGKIND, "RNDZ_E_WRONGKIND"),
             (.peerFailed, RNDZ_E_PEERFAIL, "RNDZ_E_PEERFAIL"),
+            (.otherTransport, RNDZ_E_TRANSPORT, "RNDZ_E_TRANSPORT"),
         ]
         for (e, c, name) in table {
             #expect(e.code == c.rawValue)

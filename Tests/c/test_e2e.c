@@ -345,6 +345,52 @@ static void test_log(void) {
     tl_case("%s", "");
 }
 
+/* --- a second listener for an id in use is warned ------------------------------------------ */
+
+static atomic_int taken_warnings;
+
+static void taken_fn(rndz_log_level level, const char *m, void *user) {
+    (void)user;
+    if (level == RNDZ_LOG_WARN && strstr(m, "'dup' was in use at") &&
+        strstr(m, "is another listener running with this id?"))
+        atomic_fetch_add(&taken_warnings, 1);
+}
+
+static void test_taken(void) {
+    tl_server v;
+    if (!tl_server_open(&v, "127.0.0.1:0")) return;
+    const char *servers[] = {v.text};
+    rndz_set_log(taken_fn, NULL, RNDZ_LOG_WARN);
+    rndz_client_options o;
+    tl_client_options(&o, "dup", servers, 1);
+
+    tl_case("udp: the second listener for an id is warned, the first not");
+    rndz_udp_listener *u1 = tl_udp_listener(&o);
+    CHECK_EQ_INT(atomic_load(&taken_warnings), 0);
+    rndz_udp_listener *u2 = tl_udp_listener(&o);
+    CHECK_EQ_INT(atomic_load(&taken_warnings), 1);
+    /* and connects now reach the second */
+    if (u2) pair_and_talk(u2, servers, 1, "dup-c", "dup", "127.0.0.1");
+    rndz_udp_listener_destroy(u1);
+    rndz_udp_listener_destroy(u2);
+    tl_case("udp: one after the first said goodbye is not warned");
+    rndz_udp_listener *u3 = tl_udp_listener(&o);
+    CHECK_EQ_INT(atomic_load(&taken_warnings), 1);
+    rndz_udp_listener_destroy(u3);
+
+    tl_case("tcp: the second listener for an id is warned, the first not");
+    atomic_store(&taken_warnings, 0);
+    rndz_tcp_listener *t1 = tl_tcp_listener(&o);
+    CHECK_EQ_INT(atomic_load(&taken_warnings), 0);
+    rndz_tcp_listener *t2 = tl_tcp_listener(&o);
+    CHECK_EQ_INT(atomic_load(&taken_warnings), 1);
+    rndz_tcp_listener_destroy(t1);
+    rndz_tcp_listener_destroy(t2);
+    rndz_set_log(NULL, NULL, RNDZ_LOG_WARN);
+    tl_server_stop(&v);
+    tl_case("%s", "");
+}
+
 int main(void) {
     tl_init("test_e2e", 30);
     test_pair("127.0.0.1:0", "127.0.0.1", "IPv4");
@@ -360,5 +406,6 @@ int main(void) {
     test_several_servers();
     test_sock_config();
     test_log();
+    test_taken();
     return tl_finish();
 }

@@ -417,6 +417,19 @@ static void test_pair(const char *listen, const char *label) {
     CHECK_RC(rndz_tcp_connect(&co, "nobody", NULL, NULL), RNDZ_E_NOTFOUND);
     CHECK_RC(rndz_tcp_listener_accept(l, 50, NULL, NULL), RNDZ_E_TIMEDOUT);
 
+    /* an id registered over the other transport: a hint, not just "not found" */
+    tl_case("other transport, %s", label);
+    CHECK_RC(rndz_udp_connect(&co, "L", NULL, NULL), RNDZ_E_TRANSPORT);
+    rndz_client_options uo = client_opts("U", servers, 1);
+    rndz_udp_listener *ul = NULL;
+    CHECK_RC(rndz_udp_listener_create(&uo, &ul), 0);
+    if (ul) {
+        CHECK_RC(rndz_udp_listener_wait_registered(ul, tl_ms(3000)), 0);
+        CHECK_RC(rndz_tcp_connect(&co, "U", NULL, NULL), RNDZ_E_TRANSPORT);
+        rndz_udp_listener_destroy(ul);
+    }
+    CHECK_RC(rndz_udp_connect(&co, "nobody", NULL, NULL), RNDZ_E_NOTFOUND);
+
     /* close wakes a waiting accept */
     tl_case("close wakes accept, %s", label);
     CHECK_RC(rndz_tcp_listener_close(l), 0);
@@ -537,7 +550,7 @@ static void test_v1_server_with_our_clients(void) {
     CHECK(lc >= 0);
     if (lc < 0) return;
     tl_set_timeout(lc, tl_ms(3000));
-    expect_vec(lc, "tcp.ping");
+    expect_vec_ext(lc, "tcp.ping");
     send_vec(lc, "tcp.pong");
     CHECK_RC(rndz_tcp_listener_wait_registered(l, tl_ms(3000)), 0);
 

@@ -58,7 +58,8 @@ static void test_basics(void) {
 
     /* refresh and move: same id, new address; the count stays */
     struct sockaddr_storage a2 = v4(0xc0000202, 1001);
-    CHECK(rndz__pt_put(&t, "alice", 5, &a2, 2000, 0) == 0);
+    CHECK(rndz__pt_put(&t, "alice", 5, &a2, 2000, 0) == 1); /* 1: it moved */
+    CHECK(rndz__pt_put(&t, "alice", 5, &a2, 2100, 0) == 0); /* refreshed where it is */
     CHECK(rndz__pt_count(&t) == 3);
     CHECK(rndz__pt_get(&t, "alice", 5, false, &out, NULL) && same(&out, &a2));
 
@@ -162,7 +163,9 @@ static void test_model(void) {
         case 1: {
             uint16_t p = (uint16_t)(1 + (r >> 20) % 60000);
             struct sockaddr_storage a = v4(0x0a000000u + (uint32_t)k, p);
-            if (rndz__pt_put(&t, id, (size_t)n, &a, (uint64_t)op, 0) == 0) {
+            int rc = rndz__pt_put(&t, id, (size_t)n, &a, (uint64_t)op, 0);
+            if (rc >= 0 && rc != (present[k] && port[k] != p)) bad++; /* 1: moved */
+            if (rc >= 0) {
                 present[k] = true;
                 port[k] = p;
             }

@@ -465,6 +465,15 @@ typedef struct rndz_client_options {
                                        through a NAT that maps per destination. Silence or
                                        refusal costs nothing (it runs in the background) and
                                        is not asked again for 10 minutes. 0 (default): off */
+    uint32_t servers_per_id;        /* server sets: of the servers given (a name counts once per
+                                       address of its answer), a listener registers with the
+                                       servers_per_id (K) that rendezvous hashing of its id
+                                       ranks first (rndz_server_rank), and a connector asks
+                                       those for it. A listener whose server is down registers
+                                       with the next of the ranking, and returns to the first
+                                       when it is back; a connector that hears nothing from
+                                       one asks the next. Default 2; all servers when there
+                                       are no more than K (as before 0.4). */
 } rndz_client_options;
 
 #define RNDZ_RELAY_AUTO 0
@@ -537,6 +546,14 @@ RNDZ_API int rndz_udp_listener_accept(rndz_udp_listener *l, uint32_t timeout_ms,
 /* Send Bye to every server, stop and join the background thread, close every socket, free.
  * Accepts NULL. */
 RNDZ_API void rndz_udp_listener_destroy(rndz_udp_listener *l);
+
+/* Server sets: the order in which rndz ranks `servers` (n of them, "host:port", each resolved
+ * to its first address) for `id`: order[0] is the index of the server ranked first. Every
+ * client ranks the same set the same way, in any order given: weight = first 8 bytes
+ * (big-endian) of SHA-256(canonical address text, 0x00, id), highest first (README, "Server
+ * sets"; vectors in Tests/vectors/hrw.txt). 0 or an error (RNDZ_E_BADADDR, RNDZ_E_RESOLVE,
+ * -E2BIG above 16 servers). */
+RNDZ_API int rndz_server_rank(const char *id, const char *const *servers, size_t n, size_t *order);
 
 /* UDP connector: ask every server for `target` in rounds, until a server answers with the
  * target's address or the timeout passes. On success returns a UDP socket (caller owns it)

@@ -133,17 +133,17 @@ int rndz_addr_parse(const char *text, struct sockaddr_storage *out, socklen_t *l
     return parse_numeric(host, br, port, out, len);
 }
 
-int rndz_addr_resolve(const char *text, int family, struct sockaddr_storage *out,
-                      socklen_t *len) {
-    if (!out) return -EINVAL;
+int rndz__addr_resolve_all(const char *text, int family, struct sockaddr_storage *out,
+                           size_t max) {
+    if (!out || !max) return -EINVAL;
     if (family != AF_UNSPEC && family != AF_INET && family != AF_INET6) return -EAFNOSUPPORT;
     char host[256];
     uint16_t port;
     bool br;
     int rc = split_host_port(text, host, sizeof host, &port, &br);
     if (rc) return rc;
-    if (parse_numeric(host, br, port, out, len) == 0)
-        return family == AF_UNSPEC || out->ss_family == family ? 0 : RNDZ_E_RESOLVE;
+    if (parse_numeric(host, br, port, &out[0], NULL) == 0)
+        return family == AF_UNSPEC || out[0].ss_family == family ? 1 : RNDZ_E_RESOLVE;
     if (br) return RNDZ_E_BADADDR;
     struct addrinfo hints = {.ai_family = family, .ai_socktype = SOCK_DGRAM}, *res = NULL;
     int gai = getaddrinfo(host, NULL, &hints, &res);
@@ -151,19 +151,34 @@ int rndz_addr_resolve(const char *text, int family, struct sockaddr_storage *out
         RNDZ_LOG(RNDZ_LOG_DEBUG, "resolve %s: %s", host, gai_strerror(gai));
         return RNDZ_E_RESOLVE;
     }
-    rc = RNDZ_E_RESOLVE;
-    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+    /* The first answer's family only: a host with an A and an AAAA record is one server,
+     * not two. */
+    size_t n = 0;
+    int fam = 0;
+    for (struct addrinfo *ai = res; ai && n < max; ai = ai->ai_next) {
         if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6) continue;
-        memset(out, 0, sizeof *out);
-        memcpy(out, ai->ai_addr, ai->ai_addrlen);
-        if (ai->ai_family == AF_INET) ((struct sockaddr_in *)out)->sin_port = htons(port);
-        else ((struct sockaddr_in6 *)out)->sin6_port = htons(port);
-        if (len) *len = ai->ai_addrlen;
-        rc = 0;
-        break;
+        if (fam && ai->ai_family != fam) continue;
+        fam = ai->ai_family;
+        struct sockaddr_storage a;
+        memset(&a, 0, sizeof a);
+        memcpy(&a, ai->ai_addr, ai->ai_addrlen);
+        rndz__addr_set_port(&a, htons(port));
+        bool dup = false;
+        for (size_t k = 0; k < n && !dup; k++)
+            dup = rndz__addr_equal((struct sockaddr *)&out[k], (struct sockaddr *)&a);
+        if (!dup) out[n++] = a;
     }
     freeaddrinfo(res);
-    return rc;
+    return n ? (int)n : RNDZ_E_RESOLVE;
+}
+
+int rndz_addr_resolve(const char *text, int family, struct sockaddr_storage *out,
+                      socklen_t *len) {
+    if (!out) return -EINVAL;
+    int rc = rndz__addr_resolve_all(text, family, out, 1);
+    if (rc < 0) return rc;
+    if (len) *len = rndz__addr_len((struct sockaddr *)out);
+    return 0;
 }
 
 int rndz_addr_format(const struct sockaddr *sa, char *buf, size_t cap) {

@@ -1,5 +1,6 @@
 /* client.c: option handling shared by the UDP and TCP clients. */
 #include "client.h"
+#include "srvset.h"
 #include "auth.h"
 
 #include <netinet/in.h>
@@ -67,15 +68,30 @@ int rndz__client_init(rndz__client *c, const rndz_client_options *o) {
         return -EINVAL;
     c->tcp_rto_max_ms = o->tcp_rto_max_ms;
     bool any6 = false;
+    size_t n = 0;
     for (size_t i = 0; i < o->n_servers; i++) {
         if (!o->servers[i]) return RNDZ_E_BADADDR;
-        rc = rndz_addr_resolve(o->servers[i], AF_UNSPEC, &c->servers[i], NULL);
-        if (rc) return rc;
-        rndz__addr_unmap(&c->servers[i]);
-        rndz_addr_format((struct sockaddr *)&c->servers[i], c->server_text[i], RNDZ_ADDRSTRLEN);
-        any6 |= c->servers[i].ss_family == AF_INET6;
+        /* a name whose answer holds several addresses is that many servers (a server set) */
+        struct sockaddr_storage all[RNDZ_MAX_SERVERS];
+        rc = rndz__addr_resolve_all(o->servers[i], AF_UNSPEC, all, RNDZ_MAX_SERVERS);
+        if (rc < 0) return rc;
+        for (int k = 0; k < rc; k++) {
+            rndz__addr_unmap(&all[k]);
+            bool dup = false;
+            for (size_t j = 0; j < n && !dup; j++)
+                dup = rndz__addr_equal((struct sockaddr *)&c->servers[j], (struct sockaddr *)&all[k]);
+            if (dup) continue;
+            if (n == RNDZ_MAX_SERVERS) return -E2BIG;
+            c->servers[n] = all[k];
+            rndz_addr_format((struct sockaddr *)&c->servers[n], c->server_text[n], RNDZ_ADDRSTRLEN);
+            any6 |= c->servers[n].ss_family == AF_INET6;
+            n++;
+        }
     }
-    c->n_servers = o->n_servers;
+    c->n_servers = n;
+    c->per_id = o->servers_per_id ? o->servers_per_id : RNDZ_SERVERS_PER_ID_DEFAULT;
+    if (c->per_id > n) c->per_id = n;
+    rndz__hrw_rank(c->id, c->id_len, (const char (*)[RNDZ_ADDRSTRLEN])c->server_text, n, c->rank);
     if (o->local_addr) {
         rc = rndz_addr_parse(o->local_addr, &c->local, NULL);
         if (rc) return rc;

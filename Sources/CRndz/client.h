@@ -15,6 +15,9 @@ typedef struct rndz__client {
     size_t n_servers;
     struct sockaddr_storage servers[RNDZ_MAX_SERVERS]; /* in the local socket's family */
     char server_text[RNDZ_MAX_SERVERS][RNDZ_ADDRSTRLEN];
+    /* Server sets (srvset.h): the servers ranked for our id, and how many hold it. */
+    uint8_t rank[RNDZ_MAX_SERVERS];
+    size_t per_id;
     struct sockaddr_storage local; /* port filled in once the first socket is bound */
     rndz__sockopts so;
     uint32_t keepalive_ms, round_ms, timeout_ms;
@@ -27,7 +30,8 @@ typedef struct rndz__client {
 } rndz__client;
 
 
-/* Validate options, resolve every server, pick the local address. */
+/* Validate options, resolve every server (a name to each of its addresses), rank them for
+ * our id, pick the local address. */
 RNDZ_INTERNAL int rndz__client_init(rndz__client *c, const rndz_client_options *o);
 /* A socket on the client's local address with a port of its own (not shared): the relay's,
  * port prediction's, the NAT check's. The fd or an error. */

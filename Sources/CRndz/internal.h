@@ -33,6 +33,10 @@ RNDZ_INTERNAL uint32_t rndz__random(void);
 RNDZ_INTERNAL socklen_t rndz__addr_len(const struct sockaddr *sa);
 /* Turn ::ffff:a.b.c.d into AF_INET, in place. */
 RNDZ_INTERNAL void rndz__addr_unmap(struct sockaddr_storage *ss);
+/* Every address of text ("host:port") of the first answer's family, without duplicates, up to
+ * max: how many (>= 1), or an error (as rndz_addr_resolve). */
+RNDZ_INTERNAL int rndz__addr_resolve_all(const char *text, int family,
+                                         struct sockaddr_storage *out, size_t max);
 /* Turn AF_INET into ::ffff:a.b.c.d, in place (for a dual-stack IPv6 socket). */
 RNDZ_INTERNAL void rndz__addr_map(struct sockaddr_storage *ss);
 /* Same address and port (after unmapping both). */

@@ -26,13 +26,15 @@ static uint64_t lost_after(const rndz__srvlink *k) {
 
 void rndz__link_init(rndz__srvlink *k, bool stream, uint32_t keepalive_ms, uint32_t seed) {
     *k = (rndz__srvlink){.stream = stream, .keepalive_ms = keepalive_ms ? keepalive_ms : 1,
-                         .backoff_ms = RNDZ_LINK_BACKOFF_MIN_MS, .rng = seed};
+                         .backoff_ms = RNDZ_LINK_BACKOFF_MIN_MS, .rng = seed,
+                         .silent_since = UINT64_MAX};
     k->state = stream ? RNDZ_LINK_DOWN : RNDZ_LINK_UP;
 }
 
 uint32_t rndz__link_down(rndz__srvlink *k, uint64_t now) {
     uint32_t delay = k->backoff_ms;
     k->state = RNDZ_LINK_DOWN;
+    if (k->answered) k->silent_since = now; /* broke: down if not back within DOWN_MS */
     k->answered = false;
     k->retry_at = now + delay;
     k->backoff_ms = delay * 2 > RNDZ_LINK_BACKOFF_MAX_MS ? RNDZ_LINK_BACKOFF_MAX_MS : delay * 2;
@@ -56,8 +58,18 @@ bool rndz__link_on_pong(rndz__srvlink *k, uint64_t now) {
     return true;
 }
 
+bool rndz__link_is_down(const rndz__srvlink *k, uint64_t now) {
+    return now >= rndz__link_down_at(k);
+}
+
+uint64_t rndz__link_down_at(const rndz__srvlink *k) {
+    if (k->answered || k->silent_since == UINT64_MAX) return UINT64_MAX;
+    return k->silent_since + RNDZ_LINK_DOWN_MS;
+}
+
 unsigned rndz__link_tick(rndz__srvlink *k, uint64_t now) {
     unsigned act = 0;
+    if (k->silent_since == UINT64_MAX) k->silent_since = now;
     if (k->state == RNDZ_LINK_DOWN && now >= k->retry_at) {
         k->state = RNDZ_LINK_CONNECTING;
         act |= RNDZ_LINK_CONNECT;
@@ -66,10 +78,12 @@ unsigned rndz__link_tick(rndz__srvlink *k, uint64_t now) {
         bool silent = now - k->last_rx > lost_after(k);
         if (k->stream && silent) {
             rndz__link_down(k, now);
+            k->silent_since = now > RNDZ_LINK_DOWN_MS ? now - RNDZ_LINK_DOWN_MS : 0; /* down now */
             act |= RNDZ_LINK_LOST;
         } else {
             if (!k->stream && k->answered && silent) {
                 k->answered = false; /* lost or restarted: register again, fast, from now */
+                k->silent_since = now > RNDZ_LINK_DOWN_MS ? now - RNDZ_LINK_DOWN_MS : 0; /* down now */
                 k->next_ping = now;
                 act |= RNDZ_LINK_LOST;
             }

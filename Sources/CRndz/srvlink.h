@@ -25,6 +25,10 @@
 #define RNDZ_LINK_LOST_INTERVALS 3
 #define RNDZ_LINK_BACKOFF_MIN_MS 1000
 #define RNDZ_LINK_BACKOFF_MAX_MS 30000
+/* Unanswered this long since the link started (or since a stream broke) it is down: a server
+ * set then registers with the next server of the id's ranking (srvset.h). A lost link (silent
+ * for LOST_INTERVALS keepalives) is down at once. */
+#define RNDZ_LINK_DOWN_MS 3000
 
 enum { RNDZ_LINK_DOWN, RNDZ_LINK_CONNECTING, RNDZ_LINK_UP };
 /* What rndz__link_tick asks of its caller (bits). */
@@ -43,6 +47,7 @@ typedef struct rndz__srvlink {
     uint32_t backoff_ms; /* stream: the next reconnect's delay */
     uint32_t rng;        /* jitter */
     uint64_t next_ping, last_rx, retry_at;
+    uint64_t silent_since; /* unanswered since (UINT64_MAX: not yet ticked) */
 } rndz__srvlink;
 
 /* A keepalive interval with +-20% jitter from `r` (any random number), never above 25 s:
@@ -60,6 +65,10 @@ RNDZ_INTERNAL uint64_t rndz__link_wake(const rndz__srvlink *k);
 RNDZ_INTERNAL void rndz__link_on_rx(rndz__srvlink *k, uint64_t now);
 /* A Pong. true if it is the first answer since the link started or was lost. */
 RNDZ_INTERNAL bool rndz__link_on_pong(rndz__srvlink *k, uint64_t now);
+/* Down (RNDZ_LINK_DOWN_MS unanswered, or lost) at `now`? */
+RNDZ_INTERNAL bool rndz__link_is_down(const rndz__srvlink *k, uint64_t now);
+/* When it will count as down if nothing answers (UINT64_MAX: answered). */
+RNDZ_INTERNAL uint64_t rndz__link_down_at(const rndz__srvlink *k);
 /* Stream: the connection is established; a Ping goes at the next tick. */
 RNDZ_INTERNAL void rndz__link_on_connected(rndz__srvlink *k, uint64_t now);
 /* Stream: the connection failed or broke; returns the delay before the next connect. */

@@ -4,6 +4,7 @@
  * synplan.h), read the Redirect, then connect from the same local port to the address given
  * and to the listener's advertised ones, retrying until the deadline. */
 #include "client.h"
+#include "srvset.h"
 #include "ifaddr.h"
 #include "relay_peer.h"
 
@@ -242,26 +243,32 @@ int rndz_tcp_connect_info(const rndz_client_options *o, const char *target,
     size_t found_at = 0;
     size_t not_found = 0, refused = 0, elsewhere = 0;
     rc = RNDZ_E_TIMEDOUT;
-    for (size_t i = 0; i < c.n_servers && !found; i++) {
+    /* Server sets (srvset.h): the target's servers in its ranking, until one knows it or
+     * per_id said they do not (a silent or refusing one passes to the next). */
+    uint8_t trank[RNDZ_MAX_SERVERS];
+    rndz__hrw_rank(target, tlen, (const char (*)[RNDZ_ADDRSTRLEN])c.server_text, c.n_servers, trank);
+    for (size_t r = 0; r < c.n_servers && !found && not_found < c.per_id; r++) {
+        size_t i = trank[r];
         if (srv_fd >= 0) close(srv_fd);
         srv_fd = -1;
-        /* Each server gets an equal share of the time left, so one that accepts and never
-         * answers cannot keep the others from being asked. */
+        /* Each server likely to be asked gets an equal share of the time left, so one that
+         * accepts and never answers cannot keep the others from being asked. */
         uint64_t now = rndz__now_ms();
-        uint64_t share = now < deadline ? (deadline - now) / (c.n_servers - i) : 0;
-        int r = ask_server(&c, i, target, tlen, now + share, &mine, &to[0], &theirs, &srv_fd);
-        if (r == 1) found = 1, found_at = i;
-        else if (r == 0 || r == 2) not_found++, elsewhere += r == 2;
+        size_t left = c.n_servers - r < c.per_id - not_found ? c.n_servers - r : c.per_id - not_found;
+        uint64_t share = now < deadline ? (deadline - now) / left : 0;
+        int r2 = ask_server(&c, i, target, tlen, now + share, &mine, &to[0], &theirs, &srv_fd);
+        if (r2 == 1) found = 1, found_at = i;
+        else if (r2 == 0 || r2 == 2) not_found++, elsewhere += r2 == 2;
         else {
-            if (r == -ECONNREFUSED) refused++;
+            if (r2 == -ECONNREFUSED) refused++;
             RNDZ_LOG(RNDZ_LOG_DEBUG, "tcp connect: server %s: %s", c.server_text[i],
-                     rndz_strerror(r));
-            rc = r;
+                     rndz_strerror(r2));
+            rc = r2;
         }
     }
     if (!found) {
         if (srv_fd >= 0) close(srv_fd);
-        if (not_found == c.n_servers) return elsewhere ? RNDZ_E_TRANSPORT : RNDZ_E_NOTFOUND;
+        if (not_found >= c.per_id) return elsewhere ? RNDZ_E_TRANSPORT : RNDZ_E_NOTFOUND;
         /* every server refused the connection: say so (nothing listens on that TCP port),
          * rather than that nobody answered */
         if (refused == c.n_servers) return -ECONNREFUSED;

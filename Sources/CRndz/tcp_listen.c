@@ -15,6 +15,7 @@
  * The server connections' pings, silence and reconnect backoff: srvlink.h; the thread, the
  * registered/closed state and the accept queue with its readiness fd: listener.h. */
 #include "client.h"
+#include "srvset.h"
 #include "ifaddr.h"
 #include "listener.h"
 #include "relay_peer.h"
@@ -49,6 +50,7 @@ typedef struct tsrv {
     rndz_framer framer;
     uint64_t connect_at, ping_at; /* for RTT samples: connect started, Ping sent (0: none) */
     uint32_t rtt_ms;              /* to this server: smoothed, 0 until measured */
+    bool kept;                    /* one of the servers our id is registered with (srvset.h) */
 } tsrv;
 
 /* SYNs toward one address of a connecting peer, timed by a plan (synplan.h). */
@@ -84,6 +86,7 @@ struct rndz_tcp_listener {
     rndz__lsn base;
     rndz__ext my_cands; /* our LAN / IPv6 addresses with the listening port */
     uint64_t groups; /* punch groups started */
+    bool started;    /* the first tick chose the servers to keep */
 };
 
 static int send_frame(int fd, const rndz__client *c, rndz_cmd cmd, const char *peer,
@@ -480,11 +483,42 @@ static void on_accept(void *ctx, uint32_t events) {
     }
 }
 
+/* Server sets (srvset.h): stay connected to the servers the ranking of our id keeps, given
+ * which of them are down; leave (Bye, close) one no longer kept, connect to one newly kept. */
+static void keep_servers(rndz_tcp_listener *l, uint64_t now) {
+    bool down[RNDZ_MAX_SERVERS], keep[RNDZ_MAX_SERVERS];
+    for (size_t i = 0; i < l->c.n_servers; i++)
+        down[i] = l->srv[i].kept && rndz__link_is_down(&l->srv[i].link, now);
+    rndz__srvset_pick(l->c.rank, l->c.n_servers, l->c.per_id, down, keep);
+    for (size_t i = 0; i < l->c.n_servers; i++) {
+        tsrv *s = &l->srv[i];
+        if (keep[i] == s->kept) continue;
+        s->kept = keep[i];
+        if (keep[i]) {
+            if (l->started)
+                RNDZ_LOG(RNDZ_LOG_INFO, "tcp listener: registering with %s too (a server of "
+                         "our id's set is down)", l->c.server_text[i]);
+        } else {
+            if (s->link.state == RNDZ_LINK_UP) send_frame(s->fd, &l->c, RNDZ_REQ_BYE, NULL, 0);
+            srv_close_fd(s);
+            RNDZ_LOG(RNDZ_LOG_INFO, "tcp listener: leaving %s (our id's own servers answer)",
+                     l->c.server_text[i]);
+        }
+        /* down, due now: a kept one connects at the next tick */
+        rndz__link_init(&s->link, true, l->c.keepalive_ms, rndz__random());
+    }
+    l->started = true;
+}
+
 static uint64_t listener_tick(void *ctx, uint64_t now) {
     rndz_tcp_listener *l = ctx;
     uint64_t next = UINT64_MAX;
+    keep_servers(l, now);
     for (size_t i = 0; i < l->c.n_servers; i++) {
         tsrv *s = &l->srv[i];
+        if (!s->kept) continue;
+        uint64_t down_at = rndz__link_down_at(&s->link);
+        if (down_at > now && down_at < next) next = down_at;
         unsigned act = rndz__link_tick(&s->link, now);
         if (act & RNDZ_LINK_LOST) {
             srv_close_fd(s);
@@ -587,7 +621,7 @@ int rndz_tcp_listener_close(rndz_tcp_listener *l) {
     if (!l) return -EINVAL;
     if (!rndz__lsn_close(&l->base)) return 0;
     for (size_t i = 0; i < l->c.n_servers; i++)
-        if (l->srv[i].link.state == RNDZ_LINK_UP)
+        if (l->srv[i].kept && l->srv[i].link.state == RNDZ_LINK_UP)
             send_frame(l->srv[i].fd, &l->c, RNDZ_REQ_BYE, NULL, 0);
     return 0;
 }

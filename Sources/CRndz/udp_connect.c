@@ -8,6 +8,7 @@
  * with a v1 listener the socket is connected to the address the server gave, as rndz 0.1.5
  * does. */
 #include "client.h"
+#include "srvset.h"
 #include "ifaddr.h"
 #include "nat.h"
 #include "predict.h"
@@ -341,8 +342,14 @@ int rndz_udp_connect_info(const rndz_client_options *o, const char *target,
     mine.has_nonce = true;
     mine.nonce = (uint64_t)rndz__random() << 32 | rndz__random();
     mine.relay = c.relay == RNDZ_RELAY_NEVER ? 0 : c.relay == RNDZ_RELAY_ONLY ? 2 : 1;
-    bool not_found[RNDZ_MAX_SERVERS] = {0};
+    bool not_found[RNDZ_MAX_SERVERS] = {0}, heard[RNDZ_MAX_SERVERS] = {0};
     size_t n_not_found = 0;
+    /* Server sets (srvset.h): the target's servers, in its ranking. The first per_id are
+     * asked; each of those that stays silent a round adds the next of the ranking (where its
+     * listener went when that one was down). "Not found" from per_id of them is the answer. */
+    uint8_t trank[RNDZ_MAX_SERVERS];
+    rndz__hrw_rank(target, tlen, (const char (*)[RNDZ_ADDRSTRLEN])c.server_text, c.n_servers, trank);
+    size_t n_ask = c.per_id;
     bool elsewhere = false; /* a server has it over TCP (RNDZ_E_TRANSPORT) */
     uint64_t start = rndz__now_ms(), deadline = start + c.timeout_ms;
     uint64_t next_round = start;
@@ -357,7 +364,14 @@ int rndz_udp_connect_info(const rndz_client_options *o, const char *target,
         if (now >= next_round) {
             /* Servers that said "not found" are asked again: while others stay silent, the
              * target may register with one of them. */
-            for (size_t i = 0; i < c.n_servers; i++) {
+            if (now > start) {
+                size_t silent = 0;
+                for (size_t r = 0; r < n_ask; r++) silent += !heard[trank[r]];
+                if (c.per_id + silent > n_ask)
+                    n_ask = c.per_id + silent < c.n_servers ? c.per_id + silent : c.n_servers;
+            }
+            for (size_t r = 0; r < n_ask; r++) {
+                size_t i = trank[r];
                 int src = rndz__client_send(fd, &c, RNDZ_REQ_ISYNC, target, tlen, &c.servers[i], &mine);
                 if (src) RNDZ_LOG(RNDZ_LOG_DEBUG, "udp connect: Isync to %s: %s",
                                   c.server_text[i], rndz_strerror(src));
@@ -385,6 +399,7 @@ int rndz_udp_connect_info(const rndz_client_options *o, const char *target,
         if (si < 0 || rndz_msg_decode(buf, (size_t)n, 1, &m) || m.cmd != RNDZ_RSP_REDIRECT ||
             m.peer_id_len != tlen || memcmp(m.peer_id, target, tlen) != 0)
             continue; /* not an answer to our question */
+        heard[si] = true;
         if (m.addr_len == 0) {
             if (!not_found[si]) {
                 not_found[si] = true;
@@ -392,7 +407,7 @@ int rndz_udp_connect_info(const rndz_client_options *o, const char *target,
             }
             rndz__ext hint;
             if (rndz__ext_decode(buf, (size_t)n, &hint) == 0 && hint.elsewhere) elsewhere = true;
-            if (n_not_found == c.n_servers) {
+            if (n_not_found >= c.per_id) {
                 rc = elsewhere ? RNDZ_E_TRANSPORT : RNDZ_E_NOTFOUND;
                 break;
             }

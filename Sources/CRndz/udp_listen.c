@@ -17,6 +17,7 @@
  * application's peer socket never sees one. With a v1 peer or server the extension fields are
  * missing and both sides behave as rndz 0.1.5. */
 #include "client.h"
+#include "srvset.h"
 #include "ifaddr.h"
 #include "listener.h"
 #include "nat.h"
@@ -57,6 +58,7 @@ typedef struct srv_sock {
     struct rndz_udp_listener *l;
     size_t idx;
     rndz__srvlink link;
+    bool kept; /* one of the servers our id is registered with (srvset.h) */
 } srv_sock;
 
 struct session;
@@ -107,6 +109,7 @@ struct rndz_udp_listener {
     /* the NAT check of our port (nat.h): 0 to do, 1 server 0 asked, 2 its other address
      * asked, 3 done */
     int nat_state, nat_tries;
+    bool started; /* the first tick chose the servers to keep */
     int nat; /* RNDZ_NAT_* */
     uint64_t nat_next;
     struct sockaddr_storage nat_seen;
@@ -361,7 +364,7 @@ static void nat_pong(rndz_udp_listener *l, const uint8_t *buf, size_t n) {
         struct sockaddr_storage alt;
         if (rndz_addr_parse(e.alt[i], &alt, NULL)) continue;
         rndz__addr_unmap(&alt);
-        struct sockaddr_storage srv = l->c.servers[0];
+        struct sockaddr_storage srv = l->c.servers[l->c.rank[0]];
         rndz__addr_unmap(&srv);
         if (rndz__addr_equal((struct sockaddr *)&alt, (struct sockaddr *)&srv)) continue;
         if (l->c.local.ss_family == AF_INET6) rndz__addr_map(&alt);
@@ -514,7 +517,7 @@ static void srv_readable(void *ctx, uint32_t events) {
                          l->c.server_text[s->idx]);
             rndz__client_on_pong(&l->c, s->idx, buf, (size_t)n, registering, "udp listener");
             rndz__lsn_set_registered(&l->base);
-            if (l->nat_state == 1 && s->idx == 0) {
+            if (l->nat_state == 1 && s->idx == l->c.rank[0]) {
                 rndz__ext e;
                 if (rndz__ext_decode(buf, (size_t)n, &e) == 0 && e.observed[0])
                     nat_pong(l, buf, (size_t)n);
@@ -783,6 +786,31 @@ static uint64_t sessions_tick(rndz_udp_listener *l, uint64_t now) {
     return next;
 }
 
+/* Server sets (srvset.h): register with the servers the ranking of our id keeps, given which
+ * of them are down; leave (Bye) one no longer kept, start afresh with one newly kept. */
+static void keep_servers(rndz_udp_listener *l, uint64_t now) {
+    bool down[RNDZ_MAX_SERVERS], keep[RNDZ_MAX_SERVERS];
+    for (size_t i = 0; i < l->c.n_servers; i++)
+        down[i] = l->srv[i].kept && rndz__link_is_down(&l->srv[i].link, now);
+    rndz__srvset_pick(l->c.rank, l->c.n_servers, l->c.per_id, down, keep);
+    for (size_t i = 0; i < l->c.n_servers; i++) {
+        srv_sock *s = &l->srv[i];
+        if (keep[i] == s->kept) continue;
+        s->kept = keep[i];
+        if (keep[i]) {
+            rndz__link_init(&s->link, false, l->c.keepalive_ms, rndz__random());
+            if (l->started)
+                RNDZ_LOG(RNDZ_LOG_INFO, "udp listener: registering with %s too (a server of "
+                         "our id's set is down)", l->c.server_text[i]);
+        } else {
+            rndz__client_send(s->fd, &l->c, RNDZ_REQ_BYE, NULL, 0, NULL, NULL);
+            RNDZ_LOG(RNDZ_LOG_INFO, "udp listener: leaving %s (our id's own servers answer)",
+                     l->c.server_text[i]);
+        }
+    }
+    l->started = true;
+}
+
 static uint64_t listener_tick(void *ctx, uint64_t now) {
     rndz_udp_listener *l = ctx;
     uint64_t next = sessions_tick(l, now);
@@ -790,8 +818,12 @@ static uint64_t listener_tick(void *ctx, uint64_t now) {
     if (nw < next) next = nw;
     nw = pmp_tick(l, now);
     if (nw < next) next = nw;
+    keep_servers(l, now);
     for (size_t i = 0; i < l->c.n_servers; i++) {
         srv_sock *s = &l->srv[i];
+        if (!s->kept) continue;
+        uint64_t down_at = rndz__link_down_at(&s->link);
+        if (down_at > now && down_at < next) next = down_at;
         unsigned act = rndz__link_tick(&s->link, now);
         if (act & RNDZ_LINK_LOST)
             RNDZ_LOG(RNDZ_LOG_WARN, "udp listener: server %s stopped answering; registering "
@@ -801,7 +833,7 @@ static uint64_t listener_tick(void *ctx, uint64_t now) {
             /* and every ping asks whether it took the id over from another address */
             rndz__ext q;
             memset(&q, 0, sizeof q);
-            bool ask = i == 0 && l->nat_state == 1;
+            bool ask = i == l->c.rank[0] && l->nat_state == 1;
             q.query = RNDZ__Q_TAKEN | (ask ? RNDZ__Q_OBSERVED : 0);
             q.pad = ask ? RNDZ__Q_PAD : 0;
             int rc = rndz__client_send(s->fd, &l->c, RNDZ_REQ_PING, NULL, 0, NULL, &q);
@@ -939,7 +971,7 @@ void rndz_udp_listener_destroy(rndz_udp_listener *l) {
     if (!l) return;
     rndz__lsn_close(&l->base);
     for (size_t i = 0; i < l->c.n_servers; i++)
-        if (l->srv[i].fd >= 0)
+        if (l->srv[i].fd >= 0 && l->srv[i].kept)
             rndz__client_send(l->srv[i].fd, &l->c, RNDZ_REQ_BYE, NULL, 0, NULL, NULL);
     uint8_t del[60];
     size_t n = l->pmp_fd >= 0 ? rndz__pmp_delete(&l->pmp, del) : 0;

@@ -277,6 +277,12 @@ public struct ClientOptions: Sendable {
     /// NAT-PMP), keep it, and advertise it to connectors (`rndz.h`, `port_mapping`). Off by
     /// default.
     public var portMapping = false
+    /// Server sets: of ``servers`` (a host name counts once per address its DNS answer
+    /// holds), a listener registers with the K that rendezvous hashing of its id ranks first,
+    /// and a connector asks those for it; a server that is down is replaced by the next of the
+    /// ranking until it is back (`rndz.h`, `servers_per_id`; README, "Server sets"). All of
+    /// them when there are no more than K. Default 2.
+    public var serversPerID = 2
 
     /// When a connect uses the rendezvous server's relay (a server with
     /// ``ServerOptions/relayAddress``; both peers must allow it, and a v1 peer or server
@@ -328,6 +334,7 @@ public struct ClientOptions: Sendable {
         }
         o.relay_after_ms = cMilliseconds(relayAfter)
         o.port_mapping = portMapping ? 1 : 0
+        o.servers_per_id = UInt32(clamping: max(serversPerID, 1))
         if let box {
             o.sock_config = SocketConfigBox.trampoline
             o.sock_config_user = box.user

@@ -16,7 +16,7 @@ let clientCommand = Command(
     name: "client",
     summary: "register and answer peers, or --remote-peer: say hello to a peer",
     usage:
-        "rndz-cli client --id ID --server-addr ADDR [--server-addr ADDR ...] [--remote-peer ID] [--tcp] [--local-addr ADDR] [--timeout MS] [--tcp-rto-max MS] [--credential-file FILE] [--no-relay | --relay-only] [--port-mapping]",
+        "rndz-cli client --id ID --server-addr ADDR [--server-addr ADDR ...] [--remote-peer ID] [--tcp] [--local-addr ADDR] [--timeout MS] [--tcp-rto-max MS] [--credential-file FILE] [--no-relay | --relay-only] [--port-mapping] [--servers-per-id K]",
     details: """
         Without --remote-peer (listener): registers as ID with every server, prints
         "registered as ID on ADDR" on stdout, and answers peers until SIGINT or
@@ -47,6 +47,7 @@ let clientCommand = Command(
         Flag("no-relay", "never use the server's relay (direct paths only)"),
         Flag("relay-only", "use the server's relay at once (a direct path is known to be impossible)"),
         Flag("port-mapping", "listener: ask the gateway for a mapping of our port (PCP, NAT-PMP) and advertise it"),
+        serversPerIDFlag,
     ],
     run: runClient)
 
@@ -113,6 +114,7 @@ let clientCommand = Command(
     }
     if f.has("no-relay") { opts.relay = .never }
     opts.portMapping = f.has("port-mapping")
+    guard serversPerIDOption(f, &opts, v) else { return ExitCode.usage }
     if f.has("relay-only") { opts.relay = .only }
     let tcp = f.has("tcp")
     if let peer = f.last("remote-peer") {
@@ -442,4 +444,20 @@ func runTCPConnector(_ opts: ClientOptions, peer: String, replyTimeout: Duration
     }
     printOut("reply from \(stream.peer): \(String(decoding: reply, as: UTF8.self))")
     return ExitCode.ok
+}
+
+/// Server sets: --servers-per-id K (client, expose, forward, pipe).
+let serversPerIDFlag = Flag(
+    "servers-per-id", value: "K",
+    "server sets: register with (and ask) the K of the --server-addr servers that hashing of the id ranks first; the next when one is down (default 2; all when no more are given)")
+
+/// Reads --servers-per-id into opts; false (and said why) when it is not a positive number.
+func serversPerIDOption(_ f: ParsedFlags, _ opts: inout ClientOptions, _ v: Verbosity) -> Bool {
+    guard let text = f.last("servers-per-id") else { return true }
+    guard let k = Int(text), (1...16).contains(k) else {
+        v.error("bad --servers-per-id '\(text)': a number from 1 to 16")
+        return false
+    }
+    opts.serversPerID = k
+    return true
 }

@@ -30,6 +30,7 @@ func streamClientOptions(_ f: ParsedFlags, id: String, _ v: Verbosity) -> Client
     }
     if f.has("no-relay") { opts.relay = .never }
     if f.has("relay-only") { opts.relay = .only }
+    guard serversPerIDOption(f, &opts, v) else { return nil }
     if let path = f.last("credential-file") {
         guard let bytes = readFileBytes(path),
             let cred = Credential(hex: String(decoding: bytes, as: UTF8.self))
@@ -57,6 +58,7 @@ let streamFlags = [
     Flag("timeout", value: "MS", "give up finding or reaching the peer after MS ms"),
     Flag("idle", value: "SECONDS", "end a forwarded connection silent this long (default 600; 0: never)"),
     Flag("no-relay", "never use the server's relay"),
+    serversPerIDFlag,
     Flag("relay-only", "use the server's relay at once"),
     Flag("credential-file", value: "FILE", "sign requests with our id's credential"),
     Flag("udp", "UDP: datagrams both ways, one flow per local source (a WireGuard tunnel, say)"),

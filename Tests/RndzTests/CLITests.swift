@@ -636,6 +636,37 @@ struct CLITests {
         #expect(server.wait() == 0)
     }
 
+    /// Server sets: three servers, --servers-per-id 1: the listener registers with one of
+    /// them, and a connector given the three in another order asks that one (had they chosen
+    /// differently, the connector would hear "not found"); over UDP and TCP. A bad K is a
+    /// usage error.
+    @Test func serverSetWithOneServerPerID() throws {
+        var servers: [Child] = []
+        var addrs: [String] = []
+        for _ in 0..<3 {
+            let s = try Child(["server", "--listen-addr", "127.0.0.1:0"])
+            let line = try #require(s.readLine())
+            servers.append(s)
+            addrs.append(String(line.dropFirst("listening on ".count)))
+        }
+        for tcp in [false, true] {
+            let id = tcp ? "set-tcp" : "set-udp"
+            let listener = try Child(["client"] + (tcp ? ["--tcp"] : []) + ["--id", id, "--servers-per-id", "1"]
+                                     + addrs.flatMap { ["--server-addr", $0] })
+            _ = try #require(listener.readLine(), "listener said: \(listener.stderrText)")
+            let c = try Child.run(["client"] + (tcp ? ["--tcp"] : []) + ["--id", "c-" + id, "--servers-per-id", "1",
+                                   "--remote-peer", id] + addrs.reversed().flatMap { ["--server-addr", $0] })
+            #expect(c.status == 0, "connector said: \(c.stderrText)")
+            listener.signal(SIGINT)
+            _ = listener.wait()
+        }
+        let bad = try Child.run(["client", "--id", "x", "--server-addr", addrs[0], "--servers-per-id", "0"])
+        #expect(bad.status == 2)
+        #expect(bad.stderrText.contains("bad --servers-per-id '0'"))
+        for s in servers { s.signal(SIGINT) }
+        for s in servers { #expect(s.wait() == 0) }
+    }
+
     @Test func timeout() throws {
         let silent = try RawUDP()
         let start = ContinuousClock.now

@@ -323,3 +323,23 @@ struct LogTests {
         #expect(RndzVersion.string == "\(RndzVersion.major).\(RndzVersion.minor).\(RndzVersion.patch)")
     }
 }
+
+@Suite("Server sets")
+struct ServerSetTests {
+    static let servers = ["192.0.2.1:8888", "192.0.2.2:8888", "192.0.2.3:8888", "198.51.100.7:8888",
+                          "[2001:db8::1]:8888", "[2001:db8::2]:9999", "203.0.113.5:1", "203.0.113.5:65535"]
+
+    /// The ranking of Tests/vectors/hrw.txt (made by Python's hashlib), in any order given.
+    @Test func rankingMatchesTheVectors() throws {
+        #expect(try serverRanking(id: "alice", servers: Self.servers) == [3, 2, 1, 5, 0, 6, 7, 4])
+        let reversed = Array(Self.servers.reversed())
+        let r = try serverRanking(id: "alice", servers: reversed).map { reversed[$0] }
+        #expect(r == [3, 2, 1, 5, 0, 6, 7, 4].map { Self.servers[$0] })
+        #expect(try serverRanking(id: "alice", servers: []) == [])
+        #expect(throws: RndzError.badAddress) { try serverRanking(id: "x", servers: ["nonsense:"]) }
+    }
+
+    @Test func serversPerIDDefaultsToTwo() {
+        #expect(ClientOptions(id: "a", servers: ["127.0.0.1:1"]).serversPerID == 2)
+    }
+}

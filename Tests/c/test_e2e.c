@@ -191,9 +191,13 @@ static void test_several_servers(void) {
     int silent = tl_udp_socket(AF_INET, 100);
     char st[RNDZ_ADDRSTRLEN];
     tl_local_text(silent, st, sizeof st);
-    /* the listener knows all three; the connectors each know a different working one */
+    /* the listener knows all three and registers with all (servers_per_id 3: as before
+     * server sets); the connectors each know a different working one */
     const char *lsrv[] = {st, v.text, w.text};
-    rndz_udp_listener *l = listen_as("multi", lsrv, 3);
+    rndz_client_options lo;
+    tl_client_options(&lo, "multi", lsrv, 3);
+    lo.servers_per_id = 3;
+    rndz_udp_listener *l = tl_udp_listener(&lo);
     if (l) {
         const char *c1[] = {st, v.text};
         pair_and_talk(l, c1, 2, "via-v", "multi", "127.0.0.1");

@@ -1018,10 +1018,12 @@ static void test_listener_two_servers(void) {
     CHECK(tl_v1_with_ext(buf, n > 0 ? (size_t)n : 0, ping->bytes, ping->len));
     long n1 = n;
     n = tl_recv_wait(s2, buf, sizeof buf, &f2, tl_ms(1000));
-    /* v1 with our take-over question only (3 bytes): the NAT check asks server 0 alone */
+    /* v1 with our take-over question only (3 bytes), except to the server our id ranks first
+     * (srvset.h): the NAT check asks that one alone */
     CHECK(tl_v1_with_ext(buf, n > 0 ? (size_t)n : 0, ping->bytes, ping->len));
-    CHECK_EQ_INT(n, (long)ping->len + 3);
-    CHECK(n1 > n);
+    long plain = (long)ping->len + 3;
+    CHECK((n1 == plain) != (n == plain));
+    CHECK(n1 > plain || n > plain);
     CHECK_EQ_INT(tl_addr_port(&f1), lport); /* both from the shared port */
     CHECK_EQ_INT(tl_addr_port(&f2), lport);
     tl_sendto_sa(s2, pong->bytes, pong->len, &f2); /* only server 2 answers */

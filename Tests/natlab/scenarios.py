@@ -101,6 +101,8 @@ class Scenario:
             self.rows = [Row(name, "udp", "cli", "pass", what)]
         elif kind == "metrics":
             self.rows = [Row(name, "udp", "cli", "pass", what)]
+        elif kind == "serverset":
+            self.rows = [Row(name, t, "cli", "pass", what) for t in ("udp", "tcp")]
         else:
             for t in transports:
                 for i in impls:
@@ -245,6 +247,11 @@ def all_scenarios():
         Scenario("forward-udp", "rndz-cli expose --udp in b (a UDP echo behind it) and forward "
                  "--udp in a, through two endpoint-independent NATs: 1,000 datagrams, at least "
                  "99% back intact", "forward-udp", repeats="xfail"),
+        # Server sets from DNS: one name, two servers; each id on one of them (K = 1).
+        Scenario("server-set", f"two servers ({SRV4}:{PORT}, {SRV4B}:{PORT}) behind one name "
+                 "(the hosts file of a and b): --server-addr rndz-set:PORT --servers-per-id 1; "
+                 "each listener registers with exactly one, the connector finds it there",
+                 "serverset", repeats="xfail"),
         # rndz-cli pipe through two NATs: 1 MB from a's stdin to b's stdout, hashes equal.
         Scenario("pipe", "rndz-cli pipe through two endpoint-independent NATs: 1 MB of random "
                  "bytes from a's stdin arrives at b's stdout, SHA-256 equal", "pipe"),
@@ -659,6 +666,61 @@ def run_metrics(sc, run, tools):
         lab.down()
 
 
+def run_serverset(sc, run, tools):
+    """Two servers behind one name (a and b's hosts files, which `ip netns exec` puts in
+    place): with --servers-per-id 1 a listener registers with exactly one of them (its -v log
+    says which) and a connector that knows only the name finds it."""
+    if tools.problem("cli", "udp"):
+        for row in sc.rows:
+            row.error = tools.problem("cli", "udp")
+        return
+    lab = Lab(run, sc.name, nat=sc.nat)
+    etc = [Path("/etc/netns") / lab.ns(n) for n in ("a", "b")]
+    try:
+        lab.up()
+        for d in etc:
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "hosts").write_text(f"127.0.0.1 localhost\n{SRV4} rndz-set\n{SRV4B} rndz-set\n")
+        servers = [lab.spawn("srv", [tools.cli, "server", "--listen-addr", f"{a}:{PORT}"],
+                             f"set.server{i}", env=child_env()) for i, a in enumerate((SRV4, SRV4B))]
+        if not wait_until(lambda: len(lab.x("srv", ["ss", "-Hlnt", f"sport = :{PORT}"],
+                                            check=False).stdout.splitlines()) >= 2, 5):
+            for row in sc.rows:
+                row.error = "the two servers do not listen"
+            return
+        name = f"rndz-set:{PORT}"
+        for row in sc.rows:
+            tcp = ["--tcp"] if row.transport == "tcp" else []
+            for i in range(3):
+                t0 = time.monotonic()
+                pid = f"set-{row.transport}-{i}"
+                lp = lab.spawn("b", [tools.cli, "-v", "client", *tcp, "--id", pid, "--server-addr",
+                                     name, "--servers-per-id", "1"], f"set.{pid}", env=child_env())
+                if not wait_until(lambda: "registered as" in Path(lp.natlab_out).read_text(), 8,
+                                  alive=lp):
+                    row.add(False, time.monotonic() - t0, f"listener: {tail(lp.natlab_err)}")
+                    lab.stop([lp])
+                    continue
+                c = lab.spawn("a", [tools.cli, "client", *tcp, "--id", f"c{pid}", "--server-addr",
+                                    name, "--servers-per-id", "1", "--remote-peer", pid],
+                              f"set.c{pid}", env=child_env())
+                rc = c.wait(timeout=20)
+                err = Path(lp.natlab_err).read_text(errors="replace")
+                regs = {a for a in (SRV4, SRV4B) if f"registered with {a}:{PORT}" in err}
+                good = rc == 0 and len(regs) == 1
+                row.add(good, time.monotonic() - t0,
+                        "" if good else f"connector rc {rc}: {tail(c.natlab_err)}; listener "
+                        f"registered with {sorted(regs)}")
+                if good:
+                    row.notes.append(f"{pid} registered with {regs.pop()} only; found there")
+                lab.stop([lp])
+        lab.stop(servers)
+    finally:
+        for d in etc:
+            shutil.rmtree(d, ignore_errors=True)
+        lab.down()
+
+
 def run_pipe(sc, run, tools):
     """rndz-cli pipe: b waits (stdin empty), a sends 1 MB of random bytes; b's stdout must
     hash the same; both exit 0."""
@@ -1035,6 +1097,8 @@ def run_scenario(sc, run, tools):
             run_forward_udp(sc, run, tools)
         elif sc.kind == "metrics":
             run_metrics(sc, run, tools)
+        elif sc.kind == "serverset":
+            run_serverset(sc, run, tools)
         else:
             run_pair(sc, run, tools)
     except Stopped:

@@ -152,10 +152,11 @@ int rndz__addr_resolve_all(const char *text, int family, struct sockaddr_storage
         return RNDZ_E_RESOLVE;
     }
     /* The first answer's family only: a host with an A and an AAAA record is one server,
-     * not two. */
+     * not two. Past `max`, the lowest addresses (so every client keeps the same ones,
+     * whatever order the resolver gives). */
     size_t n = 0;
     int fam = 0;
-    for (struct addrinfo *ai = res; ai && n < max; ai = ai->ai_next) {
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
         if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6) continue;
         if (fam && ai->ai_family != fam) continue;
         fam = ai->ai_family;
@@ -166,7 +167,16 @@ int rndz__addr_resolve_all(const char *text, int family, struct sockaddr_storage
         bool dup = false;
         for (size_t k = 0; k < n && !dup; k++)
             dup = rndz__addr_equal((struct sockaddr *)&out[k], (struct sockaddr *)&a);
-        if (!dup) out[n++] = a;
+        if (dup) continue;
+        if (n < max) {
+            out[n++] = a;
+            continue;
+        }
+        if (max == 1) continue; /* one address asked: the resolver's first */
+        size_t hi = 0; /* replace the highest kept address if this one is lower */
+        for (size_t k = 1; k < n; k++)
+            if (memcmp(&out[k], &out[hi], sizeof a) > 0) hi = k;
+        if (memcmp(&a, &out[hi], sizeof a) < 0) out[hi] = a;
     }
     freeaddrinfo(res);
     return n ? (int)n : RNDZ_E_RESOLVE;

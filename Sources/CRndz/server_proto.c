@@ -150,6 +150,10 @@ void rndz__proto_serve(rndz__proto *p, const rndz__dir *dir, const uint8_t *buf,
         a->msg = (rndz_msg){.cmd = RNDZ_RSP_PONG, .id = src->stream ? NULL : req.id,
                             .id_len = src->stream ? 0 : req.id_len};
         a->respond = a->to_source = true;
+        /* A listener that asks learns that it took the id over (it warns: two listeners
+         * with one id take it from each other). The question is as large as the answer; set
+         * first, so a NAT check's addresses below are trimmed to leave room for it. */
+        a->ext.taken = put == 1 && (q.query & RNDZ__Q_TAKEN);
         if (q.query & RNDZ__Q_OBSERVED) {
             int n = rndz_addr_format((const struct sockaddr *)src->addr, a->ext.observed,
                                      sizeof a->ext.observed);
@@ -162,13 +166,9 @@ void rndz__proto_serve(rndz__proto *p, const rndz__dir *dir, const uint8_t *buf,
             while (a->ext.nalt && rndz__proto_encode(a, tmp, sizeof tmp) > (int)len) a->ext.nalt--;
             if (rndz__proto_encode(a, tmp, sizeof tmp) > (int)len) a->ext.observed[0] = 0;
         }
-        /* A listener that asks learns that it took the id over (it warns: two listeners
-         * with one id take it from each other). The question is as large as the answer. */
-        if (put == 1 && (q.query & RNDZ__Q_TAKEN)) {
-            a->ext.taken = 1;
-            uint8_t tmp[RNDZ_MAX_MSG];
-            if (!src->stream && rndz__proto_encode(a, tmp, sizeof tmp) > (int)len) a->ext.taken = 0;
-        }
+        uint8_t tmp[RNDZ_MAX_MSG];
+        if (a->ext.taken && !src->stream && rndz__proto_encode(a, tmp, sizeof tmp) > (int)len)
+            a->ext.taken = 0;
         a->from_other = (q.query & RNDZ__Q_OTHER) && !src->stream;
         return;
     }

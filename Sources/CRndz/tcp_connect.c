@@ -251,10 +251,12 @@ int rndz_tcp_connect_info(const rndz_client_options *o, const char *target,
         size_t i = trank[r];
         if (srv_fd >= 0) close(srv_fd);
         srv_fd = -1;
-        /* Each server likely to be asked gets an equal share of the time left, so one that
-         * accepts and never answers cannot keep the others from being asked. */
+        /* Each server likely to be asked (those still needed, and one stand-in) gets an equal
+         * share of the time left, so one that accepts and never answers, or drops our SYNs,
+         * cannot keep the next of the ranking from being asked. */
         uint64_t now = rndz__now_ms();
-        size_t left = c.n_servers - r < c.per_id - not_found ? c.n_servers - r : c.per_id - not_found;
+        size_t need = c.per_id - not_found + 1;
+        size_t left = c.n_servers - r < need ? c.n_servers - r : need;
         uint64_t share = now < deadline ? (deadline - now) / left : 0;
         int r2 = ask_server(&c, i, target, tlen, now + share, &mine, &to[0], &theirs, &srv_fd);
         if (r2 == 1) found = 1, found_at = i;

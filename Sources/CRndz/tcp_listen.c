@@ -51,6 +51,7 @@ typedef struct tsrv {
     uint64_t connect_at, ping_at; /* for RTT samples: connect started, Ping sent (0: none) */
     uint32_t rtt_ms;              /* to this server: smoothed, 0 until measured */
     bool kept;                    /* one of the servers our id is registered with (srvset.h) */
+    bool ever; /* registered with it before: a take-over now is of our own old connection */
 } tsrv;
 
 /* SYNs toward one address of a connecting peer, timed by a plan (synplan.h). */
@@ -347,7 +348,8 @@ static void on_frame(tsrv *s, const uint8_t *body, size_t len, uint64_t now) {
     if (rndz_msg_decode(body, len, 1, &m)) return;
     if (m.cmd == RNDZ_RSP_PONG) {
         bool registering = rndz__link_on_pong(&s->link, now);
-        rndz__client_on_pong(&l->c, s->idx, body, len, registering, "tcp listener");
+        rndz__client_on_pong(&l->c, s->idx, body, len, registering && !s->ever, "tcp listener");
+        s->ever |= registering;
         if (s->ping_at) srv_rtt_sample(s, s->ping_at, now);
         s->ping_at = 0;
         if (rndz__lsn_set_registered(&l->base))
@@ -517,9 +519,10 @@ static uint64_t listener_tick(void *ctx, uint64_t now) {
     for (size_t i = 0; i < l->c.n_servers; i++) {
         tsrv *s = &l->srv[i];
         if (!s->kept) continue;
+        unsigned act = rndz__link_tick(&s->link, now);
+        /* after the tick, which starts the link's clock: wake when it would count as down */
         uint64_t down_at = rndz__link_down_at(&s->link);
         if (down_at > now && down_at < next) next = down_at;
-        unsigned act = rndz__link_tick(&s->link, now);
         if (act & RNDZ_LINK_LOST) {
             srv_close_fd(s);
             RNDZ_LOG(RNDZ_LOG_INFO, "tcp listener: server %s: server silent; again in %llu ms",

@@ -8,6 +8,7 @@
  * with a v1 listener the socket is connected to the address the server gave, as rndz 0.1.5
  * does. */
 #include "client.h"
+#include "srvlink.h"
 #include "srvset.h"
 #include "ifaddr.h"
 #include "nat.h"
@@ -23,6 +24,9 @@
 /* Isync rounds start this fast and double up to round_ms: a lost Isync (or Fsync, Rsync,
  * Redirect) then costs a fraction of a second, and a server is not hammered. */
 #define FIRST_ROUND_MS 200
+/* Server sets: a stand-in's "not found" counts this long after a listener's server would count
+ * as down (the listener's ping after that, a round trip). */
+#define FAILOVER_GRACE_MS 1500
 /* The confirm is sent this many times at once: it is the listener's only news that its ack
  * arrived, and a retry later would hit the application's socket filter. */
 #define CONFIRM_COPIES 3
@@ -323,6 +327,18 @@ static int probe_peer(int fd, const rndz__client *c, rndz__punch *p, uint64_t st
     return out;
 }
 
+/* Server sets: is "not found" the answer? When per_id servers said so: at once if they are
+ * the first per_id of the target's ranking; if stand-ins (asked because one of those was
+ * silent) are among them, only once a listener would have failed over to them (its server
+ * down for RNDZ_LINK_DOWN_MS, srvlink.h), so a slow first server is not taken for a lost one. */
+static bool not_found_yet(const rndz__client *c, const uint8_t *trank, const bool *not_found,
+                          size_t n_not_found, uint64_t elapsed) {
+    if (n_not_found < c->per_id) return false;
+    bool firsts = true;
+    for (size_t r = 0; r < c->per_id; r++) firsts &= not_found[trank[r]];
+    return firsts || elapsed >= RNDZ_LINK_DOWN_MS + FAILOVER_GRACE_MS;
+}
+
 int rndz_udp_connect_info(const rndz_client_options *o, const char *target,
                           rndz_peer_info *info_out) {
     rndz_peer_info info;
@@ -350,6 +366,7 @@ int rndz_udp_connect_info(const rndz_client_options *o, const char *target,
     uint8_t trank[RNDZ_MAX_SERVERS];
     rndz__hrw_rank(target, tlen, (const char (*)[RNDZ_ADDRSTRLEN])c.server_text, c.n_servers, trank);
     size_t n_ask = c.per_id;
+    unsigned rounds = 0;
     bool elsewhere = false; /* a server has it over TCP (RNDZ_E_TRANSPORT) */
     uint64_t start = rndz__now_ms(), deadline = start + c.timeout_ms;
     uint64_t next_round = start;
@@ -361,10 +378,14 @@ int rndz_udp_connect_info(const rndz_client_options *o, const char *target,
             rc = RNDZ_E_TIMEDOUT;
             break;
         }
+        if (n_not_found && not_found_yet(&c, trank, not_found, n_not_found, now - start)) {
+            rc = elsewhere ? RNDZ_E_TRANSPORT : RNDZ_E_NOTFOUND;
+            break;
+        }
         if (now >= next_round) {
             /* Servers that said "not found" are asked again: while others stay silent, the
              * target may register with one of them. */
-            if (now > start) {
+            if (rounds++ > 0) {
                 size_t silent = 0;
                 for (size_t r = 0; r < n_ask; r++) silent += !heard[trank[r]];
                 if (c.per_id + silent > n_ask)
@@ -407,7 +428,7 @@ int rndz_udp_connect_info(const rndz_client_options *o, const char *target,
             }
             rndz__ext hint;
             if (rndz__ext_decode(buf, (size_t)n, &hint) == 0 && hint.elsewhere) elsewhere = true;
-            if (n_not_found >= c.per_id) {
+            if (not_found_yet(&c, trank, not_found, n_not_found, rndz__now_ms() - start)) {
                 rc = elsewhere ? RNDZ_E_TRANSPORT : RNDZ_E_NOTFOUND;
                 break;
             }

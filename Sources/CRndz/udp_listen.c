@@ -59,6 +59,7 @@ typedef struct srv_sock {
     size_t idx;
     rndz__srvlink link;
     bool kept; /* one of the servers our id is registered with (srvset.h) */
+    bool ever; /* registered with it before: a take-over now is of our own id (our NAT moved) */
 } srv_sock;
 
 struct session;
@@ -515,7 +516,9 @@ static void srv_readable(void *ctx, uint32_t events) {
             if (registering)
                 RNDZ_LOG(RNDZ_LOG_INFO, "udp listener: registered with %s",
                          l->c.server_text[s->idx]);
-            rndz__client_on_pong(&l->c, s->idx, buf, (size_t)n, registering, "udp listener");
+            rndz__client_on_pong(&l->c, s->idx, buf, (size_t)n, registering && !s->ever,
+                                 "udp listener");
+            s->ever |= registering;
             rndz__lsn_set_registered(&l->base);
             if (l->nat_state == 1 && s->idx == l->c.rank[0]) {
                 rndz__ext e;
@@ -822,9 +825,10 @@ static uint64_t listener_tick(void *ctx, uint64_t now) {
     for (size_t i = 0; i < l->c.n_servers; i++) {
         srv_sock *s = &l->srv[i];
         if (!s->kept) continue;
+        unsigned act = rndz__link_tick(&s->link, now);
+        /* after the tick, which starts the link's clock: wake when it would count as down */
         uint64_t down_at = rndz__link_down_at(&s->link);
         if (down_at > now && down_at < next) next = down_at;
-        unsigned act = rndz__link_tick(&s->link, now);
         if (act & RNDZ_LINK_LOST)
             RNDZ_LOG(RNDZ_LOG_WARN, "udp listener: server %s stopped answering; registering "
                      "again", l->c.server_text[i]);

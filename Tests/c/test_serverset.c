@@ -342,10 +342,51 @@ static void failover(bool tcp) {
     tl_case("%s", "");
 }
 
+/* A connector with K = 1 and two servers, the first of the target's ranking silent: it asks
+ * the second too, and takes that one's "not found" only once a listener would have failed
+ * over to it (so a slow first server is not taken for a lost one); with the live server
+ * ranked first, "not found" at once. */
+static void stand_in_not_found(void) {
+    tl_case("a stand-in's not found waits for the failover time");
+    tl_server v;
+    if (!tl_server_open(&v, "127.0.0.1:0")) return;
+    int silent = tl_udp_socket(AF_INET, 100);
+    char st[RNDZ_ADDRSTRLEN];
+    tl_local_text(silent, st, sizeof st);
+    const char *two[] = {st, v.text};
+    char first_silent[32] = "", first_live[32] = "";
+    for (int n = 0; n < 100 && (!first_silent[0] || !first_live[0]); n++) {
+        char id[32];
+        snprintf(id, sizeof id, "ghost-%d", n);
+        size_t order[2];
+        CHECK_RC(rndz_server_rank(id, two, 2, order), 0);
+        snprintf(order[0] == 0 ? first_silent : first_live, 32, "%s", id);
+    }
+    rndz_client_options o;
+    tl_client_options(&o, "asker", two, 2);
+    o.servers_per_id = 1;
+    o.timeout_ms = 9000;
+    uint64_t t0 = tl_now_ms();
+    CHECK_RC(rndz_udp_connect(&o, first_live, NULL, NULL), RNDZ_E_NOTFOUND);
+    uint64_t live_ms = tl_now_ms() - t0;
+    CHECK(live_ms < 1000);
+    t0 = tl_now_ms();
+    CHECK_RC(rndz_udp_connect(&o, first_silent, NULL, NULL), RNDZ_E_NOTFOUND);
+    uint64_t silent_ms = tl_now_ms() - t0;
+    CHECK(silent_ms >= 4400 && silent_ms < 8000);
+    printf("test_serverset: K 1, not found: %llu ms with the live server ranked first, %llu ms "
+           "with a silent one ranked first\n", (unsigned long long)live_ms,
+           (unsigned long long)silent_ms);
+    close(silent);
+    tl_server_stop(&v);
+    tl_case("%s", "");
+}
+
 int main(void) {
     tl_init("test_serverset", 120);
     test_scale();
     failover(false);
     failover(true);
+    stand_in_not_found();
     return tl_finish();
 }

@@ -34,6 +34,9 @@ void tl_init(const char *name, unsigned watchdog_s) {
      * first pthread_create (TSan) exist before any test takes a thread-count baseline. */
     pthread_t t;
     if (pthread_create(&t, NULL, noop_thread, NULL) == 0) pthread_join(t, NULL);
+    /* joined, it may still be listed in /proc/self/task a moment: let it go before any test
+     * counts threads */
+    for (int i = 0; i < 100 && tl_count_threads() > 1; i++) tl_sleep_ms(1);
     tl_name = name;
     setvbuf(stdout, NULL, _IOLBF, 0);
     const char *env = getenv("RNDZ_TEST_TIMEOUT");
@@ -530,7 +533,12 @@ tl_mark tl_mark_now(bool threads) {
 
 void tl_mark_check(const tl_mark *m) {
     CHECK_EQ_INT(tl_count_fds(), m->fds);
-    if (m->threads >= 0) CHECK_EQ_INT(tl_threads_settled(m->threads), m->threads);
+    if (m->threads < 0) return;
+    /* fewer is no leak: a thread that had ended but was not yet gone from /proc/self/task
+     * when the mark was taken (the kernel lists a joined thread a moment longer) */
+    int n = tl_threads_settled(m->threads);
+    if (!CHECK(n <= m->threads))
+        fprintf(stderr, "  %d threads left, %d when the mark was taken\n", n, m->threads);
 }
 
 long tl_rss_kb(void) {

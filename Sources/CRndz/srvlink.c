@@ -27,7 +27,7 @@ static uint64_t lost_after(const rndz__srvlink *k) {
 void rndz__link_init(rndz__srvlink *k, bool stream, uint32_t keepalive_ms, uint32_t seed) {
     *k = (rndz__srvlink){.stream = stream, .keepalive_ms = keepalive_ms ? keepalive_ms : 1,
                          .backoff_ms = RNDZ_LINK_BACKOFF_MIN_MS, .rng = seed,
-                         .silent_since = UINT64_MAX};
+                         .silent_since = UINT64_MAX, .ping_out = UINT64_MAX};
     k->state = stream ? RNDZ_LINK_DOWN : RNDZ_LINK_UP;
 }
 
@@ -36,6 +36,7 @@ uint32_t rndz__link_down(rndz__srvlink *k, uint64_t now) {
     k->state = RNDZ_LINK_DOWN;
     if (k->answered) k->silent_since = now; /* broke: down if not back within DOWN_MS */
     k->answered = false;
+    k->ping_out = UINT64_MAX;
     k->retry_at = now + delay;
     k->backoff_ms = delay * 2 > RNDZ_LINK_BACKOFF_MAX_MS ? RNDZ_LINK_BACKOFF_MAX_MS : delay * 2;
     return delay;
@@ -44,6 +45,7 @@ uint32_t rndz__link_down(rndz__srvlink *k, uint64_t now) {
 void rndz__link_on_connected(rndz__srvlink *k, uint64_t now) {
     k->state = RNDZ_LINK_UP;
     k->last_rx = now;
+    k->ping_out = UINT64_MAX;
     k->next_ping = now; /* register at once */
 }
 
@@ -52,7 +54,12 @@ void rndz__link_on_rx(rndz__srvlink *k, uint64_t now) { k->last_rx = now; }
 bool rndz__link_on_pong(rndz__srvlink *k, uint64_t now) {
     k->last_rx = now;
     k->backoff_ms = RNDZ_LINK_BACKOFF_MIN_MS;
-    if (k->answered) return false;
+    if (k->answered) {
+        /* a keepalive answered (perhaps after a resend): the keepalive pace again */
+        if (k->ping_out != UINT64_MAX && !k->stream) k->next_ping = now + keepalive(k);
+        k->ping_out = UINT64_MAX;
+        return false;
+    }
     k->answered = true;
     if (!k->stream) k->next_ping = now + keepalive(k); /* the fast pace is over */
     return true;
@@ -63,7 +70,9 @@ bool rndz__link_is_down(const rndz__srvlink *k, uint64_t now) {
 }
 
 uint64_t rndz__link_down_at(const rndz__srvlink *k) {
-    if (k->answered || k->silent_since == UINT64_MAX) return UINT64_MAX;
+    if (k->answered)
+        return k->ping_out == UINT64_MAX ? UINT64_MAX : k->ping_out + RNDZ_LINK_DOWN_MS;
+    if (k->silent_since == UINT64_MAX) return UINT64_MAX;
     return k->silent_since + RNDZ_LINK_DOWN_MS;
 }
 
@@ -83,15 +92,19 @@ unsigned rndz__link_tick(rndz__srvlink *k, uint64_t now) {
         } else {
             if (!k->stream && k->answered && silent) {
                 k->answered = false; /* lost or restarted: register again, fast, from now */
+                k->ping_out = UINT64_MAX;
                 k->silent_since = now > RNDZ_LINK_DOWN_MS ? now - RNDZ_LINK_DOWN_MS : 0; /* down now */
                 k->next_ping = now;
                 act |= RNDZ_LINK_LOST;
             }
             if (now >= k->next_ping) {
                 act |= RNDZ_LINK_PING;
+                if (k->answered && k->ping_out == UINT64_MAX) k->ping_out = now;
                 uint32_t fast = k->keepalive_ms < RNDZ_LINK_FIRST_PING_MS ? k->keepalive_ms
                                                                           : RNDZ_LINK_FIRST_PING_MS;
-                k->next_ping = now + (k->stream || k->answered ? keepalive(k) : fast);
+                /* a datagram Ping goes again at the fast pace until answered (on_pong
+                 * moves the next one a keepalive on); a stream's is TCP's to resend */
+                k->next_ping = now + (k->stream ? keepalive(k) : fast);
             }
         }
     }

@@ -6,9 +6,12 @@
  *
  * Datagram links (UDP) are always "up": until a server first answers (or after it was lost)
  * they ping every FIRST_PING_MS, so a lost first ping costs a second, not a keepalive; once
- * answered, every keepalive with +-20% jitter. A server silent for LOST_INTERVALS keepalives
- * (+1 s) is lost: a ping at once, then fast pings until it answers (a restarted server forgot
- * us). A server that restarts within that time is registered again by the next keepalive.
+ * answered, every keepalive with +-20% jitter, and a keepalive not answered within
+ * FIRST_PING_MS is sent again at that pace until it is (one lost datagram costs a second, and
+ * a server that went away is noticed within DOWN_MS of the next keepalive, see below). A
+ * server silent for LOST_INTERVALS keepalives (+1 s) is lost: a ping at once, then fast pings
+ * until it answers (a restarted server forgot us). A server that restarts within that time is
+ * registered again by the next keepalive.
  *
  * Stream links (TCP) go DOWN -> CONNECTING -> UP. Up, they ping every jittered keepalive; a
  * connection that shows nothing for LOST_INTERVALS keepalives (+1 s) is dead (a Pong answers
@@ -25,9 +28,11 @@
 #define RNDZ_LINK_LOST_INTERVALS 3
 #define RNDZ_LINK_BACKOFF_MIN_MS 1000
 #define RNDZ_LINK_BACKOFF_MAX_MS 30000
-/* Unanswered this long since the link started (or since a stream broke) it is down: a server
- * set then registers with the next server of the id's ranking (srvset.h). A lost link (silent
- * for LOST_INTERVALS keepalives) is down at once. */
+/* Unanswered this long since the link started (or since a stream broke), or a keepalive Ping
+ * unanswered this long, it is down: a server set then registers with the next server of the
+ * id's ranking (srvset.h), and returns when it answers again. So a server that goes away costs
+ * its listeners at most one keepalive (jittered: 1.2 x keepalive_ms) + DOWN_MS. A lost link
+ * (silent for LOST_INTERVALS keepalives) is down at once. */
 #define RNDZ_LINK_DOWN_MS 3000
 
 enum { RNDZ_LINK_DOWN, RNDZ_LINK_CONNECTING, RNDZ_LINK_UP };
@@ -48,6 +53,8 @@ typedef struct rndz__srvlink {
     uint32_t rng;        /* jitter */
     uint64_t next_ping, last_rx, retry_at;
     uint64_t silent_since; /* unanswered since (UINT64_MAX: not yet ticked) */
+    uint64_t ping_out;     /* answered: when the oldest unanswered keepalive Ping went
+                            * (UINT64_MAX: none) */
 } rndz__srvlink;
 
 /* A keepalive interval with +-20% jitter from `r` (any random number), never above 25 s:

@@ -54,7 +54,8 @@ struct RelayTests {
         let peer = try #require(try await accepted)
         #expect(!socket.path.relayed && !peer.path.relayed)
         try await socket.send(Array("direct".utf8))
-        #expect(try await peer.receive(timeout: .seconds(3)) == Array("direct".utf8))
+        let got = try await peer.receive(timeout: .seconds(3))
+        #expect(got == Array("direct".utf8), "got \(got.map { "\($0)" } ?? "nothing")")
         #expect(server.stats.relayReceived == 0)
         server.stop()
     }

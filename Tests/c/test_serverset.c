@@ -3,7 +3,8 @@
  * Eight servers in this process. 10,000 listeners' ids are registered from eight sockets,
  * as rndz-bench's load generator does: each id with the two servers that rendezvous hashing
  * ranks first (rndz_server_rank, K = 2), and a thread answers every Fsync with an Rsync (as a
- * v1 listener). Then: the spread of ids over the servers (each within 5% of even); every id
+ * v1 listener). Then: the spread of ids over the servers (each within 10% of even, 5.8 standard
+ * deviations: the ports differ every run; the figures are printed); every id
  * found by asking the servers of its id; a sample found by rndz_udp_connect given all eight
  * servers in another order. One server is stopped: the ids it held register with the next of
  * their ranking (what a listener does when a server is down: srvset.h), every id is found
@@ -180,8 +181,12 @@ static void test_scale(void) {
         before[s] = tl_server_stats(&srv[s]).udp_peers;
         total += before[s];
         CHECK_EQ_INT((int)before[s], (int)want[s]);
-        /* within 5% of even: 2,500 each */
-        CHECK(before[s] > 2375 && before[s] < 2625);
+        /* near even (2,500 each). The servers' ports, and so the hash, differ in every run:
+         * a server's count is then a draw (each id picks it with p = 2/8) with a standard
+         * deviation of sqrt(10000 x 1/4 x 3/4) = 43, so 5% (2.9 sd) is missed by one of eight
+         * servers in about one run in 30 (seen in CI: 2,351). 10% is 5.8 sd, missed about
+         * once in ten million runs. The fixed addresses of test_srvset hold 5% every time. */
+        CHECK(before[s] > 2250 && before[s] < 2750);
     }
     CHECK_EQ_INT((int)total, IDS * K);
     printf("test_serverset: %d ids x K %d registered in %llu ms; per server:", IDS, K,
@@ -342,6 +347,55 @@ static void failover(bool tcp) {
     tl_case("%s", "");
 }
 
+/* K = 1, a UDP listener with a 2 s keepalive, its server gone (closed: silent to it): the
+ * listener notices at its next keepalive, unanswered 3 s (RNDZ_LINK_DOWN_MS), and registers
+ * with the next server; so the loss costs a connect at most one keepalive (1.2 x 2 s
+ * jittered) + 3 s = 5.4 s, where waiting for the link to count as lost (3 keepalives + 1 s)
+ * took 7 s. Then a connector finds it there. */
+static void silent_server_k1(void) {
+    tl_case("K 1: a silent server is replaced within a keepalive and 3 s");
+    tl_server v[2];
+    const char *t[2];
+    char keep_text[2][RNDZ_ADDRSTRLEN];
+    for (int i = 0; i < 2; i++) {
+        if (!tl_server_open(&v[i], "127.0.0.1:0")) return;
+        snprintf(keep_text[i], sizeof keep_text[i], "%s", v[i].text);
+        t[i] = keep_text[i];
+    }
+    const char *id = "k1-silent";
+    size_t order[2];
+    CHECK_RC(rndz_server_rank(id, t, 2, order), 0);
+    rndz_client_options o;
+    tl_client_options(&o, id, t, 2);
+    o.servers_per_id = 1;
+    o.keepalive_ms = 2000;
+    rndz_udp_listener *l = tl_udp_listener(&o);
+    if (!l) return;
+    CHECK_EQ_INT((int)tl_server_stats(&v[order[1]]).udp_peers, 0);
+    tl_server_stop(&v[order[0]]);
+    uint64_t t0 = tl_now_ms();
+    rndz_server_stats st = tl_server_await(&v[order[1]], TL_STAT(udp_peers), 1, false,
+                                           tl_ms(9000));
+    uint64_t moved_ms = tl_now_ms() - t0;
+    CHECK_EQ_INT((int)st.udp_peers, 1);
+    CHECK(moved_ms <= tl_ms(2400 + 3000 /* RNDZ_LINK_DOWN_MS */ + 300));
+    rndz_client_options co;
+    tl_client_options(&co, "k1-asker", t, 2);
+    co.servers_per_id = 1;
+    co.timeout_ms = tl_ms(8000);
+    t0 = tl_now_ms();
+    int fd = rndz_udp_connect(&co, id, NULL, NULL);
+    CHECK(fd >= 0);
+    if (fd >= 0) close(fd);
+    printf("test_serverset: K 1, keepalive 2000 ms, the listener's server gone: registered with "
+           "the next %llu ms after (bound 5400), found there in %llu ms (the connector asks "
+           "the silent one first)\n", (unsigned long long)moved_ms,
+           (unsigned long long)(tl_now_ms() - t0));
+    rndz_udp_listener_destroy(l);
+    tl_server_stop(&v[order[1]]);
+    tl_case("%s", "");
+}
+
 /* A connector with K = 1 and two servers, the first of the target's ranking silent: it asks
  * the second too, and takes that one's "not found" only once a listener would have failed
  * over to it (so a slow first server is not taken for a lost one); with the live server
@@ -388,5 +442,6 @@ int main(void) {
     failover(false);
     failover(true);
     stand_in_not_found();
+    silent_server_k1();
     return tl_finish();
 }

@@ -4,7 +4,8 @@
  * goes silent is lost and pinged fast again, and answers again. Stream links: connect at once,
  * ping on connect, silence closes the connection, reconnects back off 1, 2, 4 ... 30 s, a Pong
  * resets the backoff. Then a model: a server that is down for a while, then back; the link
- * must be registered again within one keepalive (+ the backoff in force) of its return. */
+ * must be registered again within one keepalive (+ the backoff in force) of its return; and a
+ * server that goes silent for good: down within one keepalive + DOWN_MS. */
 #include "srvlink.h"
 
 #include <stdio.h>
@@ -109,6 +110,92 @@ static void test_stream(void) {
     }
 }
 
+/* A keepalive that goes unanswered: sent again each second (a lost datagram costs a second,
+ * not a keepalive), answered late it is no loss; unanswered DOWN_MS it is down, so a server
+ * set stands another server in (srvset.h) long before the link counts as lost. */
+static void test_keepalive_unanswered(void) {
+    rndz__srvlink k;
+    rndz__link_init(&k, false, KA, 5);
+    CHECK(rndz__link_tick(&k, 0) == RNDZ_LINK_PING);
+    CHECK(rndz__link_on_pong(&k, 10));
+    uint64_t w = rndz__link_wake(&k);
+    CHECK(rndz__link_tick(&k, w) == RNDZ_LINK_PING);
+    CHECK(rndz__link_down_at(&k) == w + RNDZ_LINK_DOWN_MS);
+    CHECK(rndz__link_wake(&k) == w + 1000); /* unanswered: again in a second */
+    CHECK(rndz__link_tick(&k, w + 1000) == RNDZ_LINK_PING);
+    CHECK(!rndz__link_on_pong(&k, w + 1005)); /* the resend answered */
+    CHECK(!rndz__link_is_down(&k, w + 1005) && rndz__link_down_at(&k) == UINT64_MAX);
+    uint64_t w2 = rndz__link_wake(&k);
+    CHECK(w2 >= w + 1005 + 8000 && w2 <= w + 1005 + 12000); /* the keepalive pace again */
+    /* a server gone: pings each second, down DOWN_MS after the keepalive */
+    CHECK(rndz__link_tick(&k, w2) == RNDZ_LINK_PING);
+    CHECK(rndz__link_tick(&k, w2 + 1000) == RNDZ_LINK_PING);
+    CHECK(rndz__link_tick(&k, w2 + 2000) == RNDZ_LINK_PING);
+    CHECK(!rndz__link_is_down(&k, w2 + RNDZ_LINK_DOWN_MS - 1));
+    CHECK(rndz__link_is_down(&k, w2 + RNDZ_LINK_DOWN_MS));
+    CHECK(k.answered); /* down, not lost: still registered there as far as we know */
+    CHECK(!rndz__link_on_pong(&k, w2 + 3500)); /* back: up, at once */
+    CHECK(!rndz__link_is_down(&k, w2 + 3500));
+    /* stream: the keepalive is TCP's to resend; unanswered DOWN_MS, the link is down too */
+    rndz__link_init(&k, true, KA, 6);
+    CHECK(rndz__link_tick(&k, 0) == RNDZ_LINK_CONNECT);
+    rndz__link_on_connected(&k, 5);
+    CHECK(rndz__link_tick(&k, 5) == RNDZ_LINK_PING);
+    CHECK(rndz__link_on_pong(&k, 8));
+    w = rndz__link_wake(&k);
+    CHECK(rndz__link_tick(&k, w) == RNDZ_LINK_PING);
+    CHECK(rndz__link_wake(&k) >= w + 8000); /* no resend of our own */
+    CHECK(!rndz__link_is_down(&k, w + RNDZ_LINK_DOWN_MS - 1));
+    CHECK(rndz__link_is_down(&k, w + RNDZ_LINK_DOWN_MS));
+    rndz__link_on_pong(&k, w + RNDZ_LINK_DOWN_MS + 200);
+    CHECK(!rndz__link_is_down(&k, w + RNDZ_LINK_DOWN_MS + 200));
+}
+
+/* A server that goes silent at `down` (ms) and stays so (a host gone, no reset): every Ping
+ * before is answered after 5 ms. Returns when the link first counts as down. */
+static uint64_t model_silent(bool stream, uint64_t down, uint32_t seed) {
+    rndz__srvlink k;
+    rndz__link_init(&k, stream, KA, seed);
+    uint64_t t = 0, pong_at = UINT64_MAX;
+    while (t < down + 120000) {
+        uint64_t w = rndz__link_wake(&k), d = rndz__link_down_at(&k);
+        uint64_t next = w < pong_at ? w : pong_at;
+        if (d > t && d < next) next = d;
+        if (stream && k.state == RNDZ_LINK_CONNECTING) next = t + 1;
+        t = next < t ? t : next;
+        if (rndz__link_is_down(&k, t) && t >= down) return t;
+        if (t == pong_at) {
+            pong_at = UINT64_MAX;
+            if (t < down) rndz__link_on_pong(&k, t);
+            continue;
+        }
+        if (stream && k.state == RNDZ_LINK_CONNECTING) {
+            rndz__link_on_connected(&k, t);
+            continue;
+        }
+        unsigned a = rndz__link_tick(&k, t);
+        if ((a & RNDZ_LINK_PING) && pong_at == UINT64_MAX) pong_at = t + 5;
+    }
+    return UINT64_MAX;
+}
+
+static void test_model_silent(void) {
+    for (int stream = 0; stream < 2; stream++) {
+        for (uint32_t i = 0; i < 50; i++) {
+            uint64_t down = 40000 + i * 997; /* anywhere in a keepalive period */
+            uint64_t at = model_silent(stream, down, 77 + i);
+            /* the next keepalive (at most 1.2 x 10 s) and DOWN_MS: 15 s, where the link
+             * would count as lost only after 3 keepalives + 1 s (31 s) */
+            uint64_t bound = down + 12000 + RNDZ_LINK_DOWN_MS;
+            CHECK(at >= down && at <= bound);
+            if (!(at >= down && at <= bound))
+                fprintf(stderr, "  stream %d silent from %llu: down at %llu, bound %llu\n",
+                        stream, (unsigned long long)down, (unsigned long long)at,
+                        (unsigned long long)bound);
+        }
+    }
+}
+
 /* A server down from `down` to `up` (ms), having forgotten us when it comes back: the link is
  * driven event by event; every Ping while the server is up is answered after 5 ms. Returns
  * the first answer at or after `up` (0: none within the run). */
@@ -167,6 +254,8 @@ int main(void) {
     test_jitter();
     test_datagram();
     test_stream();
+    test_keepalive_unanswered();
     test_model();
+    test_model_silent();
     return tl_summary("test_srvlink");
 }

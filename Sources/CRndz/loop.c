@@ -79,7 +79,7 @@ int rndz__loop_run(rndz__loop *l, rndz__tick_fn tick, void *ctx) {
                 (void)r;
                 continue;
             }
-            io->fn(io->ctx, evs[i].events);
+            if (io->fn) io->fn(io->ctx, evs[i].events); /* (cleared: a session reused) */
         }
     }
     return 0;

@@ -3,6 +3,7 @@
 #include "relay.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <linux/filter.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -57,6 +58,27 @@ int rndz__probe_filter_drop(int fd) {
     prog.len = (unsigned short)RNDZ_ARRAY_LEN(code);
     prog.filter = code;
     return setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog) < 0 ? -errno : 0;
+}
+
+bool rndz__probe_filtered(const uint8_t *buf, size_t n) {
+    if (n < 8) return false;
+    uint32_t hi, lo;
+    memcpy(&hi, buf, 4);
+    memcpy(&lo, buf + 4, 4);
+    hi = ntohl(hi);
+    lo = ntohl(lo);
+    return hi == RNDZ_PROBE_MAGIC_HI && (lo == RNDZ_PROBE_MAGIC_LO || lo == RNDZ_RELAY_MAGIC_LO);
+}
+
+void rndz__probe_drain(int fd) {
+    for (int i = 0; i < 256; i++) { /* bounded: the filter is on, nothing new joins them */
+        uint8_t b[8];
+        ssize_t n = recv(fd, b, sizeof b, MSG_PEEK | MSG_DONTWAIT);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+        if (n < 0) continue; /* an error reported (and cleared) by this call */
+        if (!rndz__probe_filtered(b, (size_t)n)) return;
+        (void)recv(fd, b, sizeof b, MSG_DONTWAIT);
+    }
 }
 
 int rndz__probe_steer(int fd, unsigned probe_idx, unsigned other_idx) {

@@ -26,6 +26,11 @@ RNDZ_INTERNAL int rndz__probe_decode(const uint8_t *buf, size_t len, int *type, 
 /* Attach a socket filter that drops probes and relay control messages (relay.h: the same
  * first four bytes), for sockets handed to the application. */
 RNDZ_INTERNAL int rndz__probe_filter_drop(int fd);
+/* Would the filter of rndz__probe_filter_drop drop this datagram (its first n bytes)? */
+RNDZ_INTERNAL bool rndz__probe_filtered(const uint8_t *buf, size_t n);
+/* Read and discard what the filter would have dropped from the head of fd's queue (it came
+ * before the filter was attached), up to the first other datagram, which stays. */
+RNDZ_INTERNAL void rndz__probe_drain(int fd);
 /* Attach a reuseport steering program to the group of `fd`: probes go to socket index
  * probe_idx, everything else to other_idx. */
 RNDZ_INTERNAL int rndz__probe_steer(int fd, unsigned probe_idx, unsigned other_idx);

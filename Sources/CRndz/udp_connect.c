@@ -309,10 +309,13 @@ static int probe_peer(int fd, const rndz__client *c, rndz__punch *p, uint64_t st
     /* the socket that carries it: fd, or on the hard side the prediction's winner */
     int out = hard && sp->winner >= 0 ? sp->fds[sp->winner] : fd;
     spray_close(sp, hard ? sp->winner : -1);
-    /* Tell the listener its ack arrived (its proof of the path), then keep probes from the
-     * application and pin the socket to the winner. */
-    for (int k = 0; k < CONFIRM_COPIES; k++) rndz__probe_send(out, RNDZ_PROBE_CONFIRM, 0, p->nonce, w);
+    /* Keep probes from the application (those queued already too: the listener hands its
+     * socket out only once our confirm came, so nothing of its application's is queued yet),
+     * tell the listener its ack arrived (its proof of the path), pin the socket to the
+     * winner. */
     rndz__probe_filter_drop(out);
+    rndz__probe_drain(out);
+    for (int k = 0; k < CONFIRM_COPIES; k++) rndz__probe_send(out, RNDZ_PROBE_CONFIRM, 0, p->nonce, w);
     if (connect(out, (const struct sockaddr *)w, rndz__addr_len((const struct sockaddr *)w)) < 0)
         return -errno;
     info->addr = *w;

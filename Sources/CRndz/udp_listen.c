@@ -51,6 +51,9 @@
 #define NAT_TRIES 4
 /* With port prediction under way the relay waits at least this long (as the connector). */
 #define PREDICT_RELAY_MS 4000
+/* Per-peer sockets made ahead, one per address a session's peer probes from (its private
+ * and its public address, say), at most this many. */
+#define PRE_MAX 4
 
 typedef struct srv_sock {
     int fd;
@@ -80,6 +83,12 @@ typedef struct lspray {
     lspray_ref ref[RNDZ_PREDICT_SOCKETS];
 } lspray;
 
+/* A socket made ahead for a peer (see pre_socket). */
+typedef struct pre_ref {
+    struct session *se;
+    int k;
+} pre_ref;
+
 typedef struct session {
     bool used;
     char peer_id[RNDZ_MAX_ID + 1];
@@ -95,6 +104,12 @@ typedef struct session {
     struct rndz_udp_listener *l;
     lspray *sp; /* NULL: no prediction */
     bool decided; /* both NATs were known and acted on */
+    /* per-peer sockets: the shared port connected to each address the peer probed from,
+     * made before our ack goes (see pre_socket); -1: none */
+    int pre_fd[PRE_MAX];
+    struct sockaddr_storage pre_addr[PRE_MAX];
+    rndz__io pre_io[PRE_MAX];
+    pre_ref pre_ref[PRE_MAX];
 } session;
 
 struct rndz_udp_listener {
@@ -144,6 +159,7 @@ static int direct_socket(rndz_udp_listener *l, const struct sockaddr_storage *ad
     struct sockaddr_storage peer = *addr;
     if (l->c.local.ss_family == AF_INET6) rndz__addr_map(&peer);
     int fd = rndz__client_bind(&l->c, SOCK_DGRAM);
+    if (fd >= 0) rndz__probe_filter_drop(fd); /* before the connect: no probe is ever queued */
     if (fd >= 0 && connect(fd, (const struct sockaddr *)&peer,
                            rndz__addr_len((const struct sockaddr *)&peer)) < 0) {
         int e = -errno;
@@ -154,12 +170,22 @@ static int direct_socket(rndz_udp_listener *l, const struct sockaddr_storage *ad
         RNDZ_LOG(RNDZ_LOG_WARN, "udp listener: no socket for a peer: %s", rndz_strerror(fd));
         return -1;
     }
-    rndz__probe_filter_drop(fd);
     rndz__sock_set_nonblock(fd, false);
     return fd;
 }
 
+/* Close the session's sockets made ahead, all but `keep` (its fd is then the caller's). */
+static void pre_close(rndz_udp_listener *l, session *se, int keep) {
+    for (int k = 0; k < PRE_MAX; k++) {
+        if (se->pre_fd[k] < 0) continue;
+        rndz__loop_del(&l->base.loop, &se->pre_io[k]);
+        if (k != keep) close(se->pre_fd[k]);
+        se->pre_fd[k] = -1;
+    }
+}
+
 static void session_free(rndz_udp_listener *l, session *se) {
+    pre_close(l, se, -1);
     if (se->rp.fd >= 0) rndz__loop_del(&l->base.loop, &se->rio);
     rndz__rpeer_close(&se->rp);
     spray_free(l, se->sp, -1);
@@ -268,6 +294,7 @@ static void on_fsync(rndz_udp_listener *l, srv_sock *s, const rndz_msg *m, const
             se = new_session(l);
             memset(se, 0, sizeof *se);
             se->rp.fd = -1;
+            for (int k = 0; k < PRE_MAX; k++) se->pre_fd[k] = -1;
             se->l = l;
             se->used = true;
             se->started = now;
@@ -554,6 +581,19 @@ static void session_report(rndz_udp_listener *l, session *se, uint64_t now, bool
         if (se->rp.fd >= 0) rndz__loop_del(&l->base.loop, &se->rio);
         rndz__rpeer_close(&se->rp); /* joined in vain: the connector went direct */
     }
+    /* the socket made ahead for the winner's address is the peer's (whatever the peer sent
+     * since its confirm is queued on it) */
+    int keep = -1;
+    for (int k = 0; k < PRE_MAX && !relayed && fd < 0; k++)
+        if (se->pre_fd[k] >= 0 && rndz__addr_equal((const struct sockaddr *)&se->pre_addr[k],
+                                                   (const struct sockaddr *)&info.addr))
+            keep = k, fd = se->pre_fd[k];
+    pre_close(l, se, keep);
+    if (keep >= 0) {
+        rndz__probe_filter_drop(fd);
+        rndz__probe_drain(fd); /* probes that came before the filter (the confirm's copies) */
+        rndz__sock_set_nonblock(fd, false);
+    }
     info.lan = !relayed && rndz__addr_is_private(&info.addr);
     memcpy(info.id, se->peer_id, sizeof info.id < sizeof se->peer_id ? sizeof info.id
                                                                       : sizeof se->peer_id);
@@ -616,6 +656,7 @@ static void spray_readable(void *ctx, uint32_t events) {
             close(fd);
             fd = -1;
         } else {
+            rndz__probe_drain(fd); /* the confirm's other copies, queued before the filter */
             rndz__sock_set_nonblock(fd, false);
         }
         session_report(l, se, now, false, fd);
@@ -669,10 +710,91 @@ static void relay_readable(void *ctx, uint32_t events) {
     if (se->rp.done && !se->handed) session_report(l, se, now, true, -1);
 }
 
+static void pre_readable(void *ctx, uint32_t events);
+
+/* Per-peer sockets: a socket of its own for the peer at `from`, made before our ack to its
+ * probe goes, so that it exists before the peer can choose this path. The peer sends its
+ * confirm and then at once its data: a socket made only when the confirm is read would miss
+ * what came in between (it went to the shared socket; measured: about half of the first
+ * datagrams lost on loopback). Connected, it takes everything `from` sends to our port (a
+ * connected socket beats the group), probes included: pre_readable answers those until the
+ * peer chose its path, and the socket is handed out with what came after the confirm. */
+static void pre_socket(rndz_udp_listener *l, session *se, const struct sockaddr_storage *from) {
+    if (!atomic_load(&l->per_peer) || se->handed || se->sp) return;
+    int free_k = -1;
+    for (int k = 0; k < PRE_MAX; k++) {
+        if (se->pre_fd[k] >= 0 && rndz__addr_equal((const struct sockaddr *)&se->pre_addr[k],
+                                                    (const struct sockaddr *)from))
+            return;
+        if (se->pre_fd[k] < 0 && free_k < 0) free_k = k;
+    }
+    if (free_k < 0) return; /* a confirm from yet another address: a socket then (push_peer) */
+    int fd = rndz__client_bind(&l->c, SOCK_DGRAM);
+    if (fd >= 0 && connect(fd, (const struct sockaddr *)from,
+                           rndz__addr_len((const struct sockaddr *)from)) < 0) {
+        close(fd);
+        fd = -1;
+    }
+    if (fd < 0) return;
+    se->pre_fd[free_k] = fd;
+    se->pre_addr[free_k] = *from;
+    se->pre_ref[free_k] = (pre_ref){se, free_k};
+    se->pre_io[free_k] = (rndz__io){fd, pre_readable, &se->pre_ref[free_k]};
+    if (rndz__loop_add(&l->base.loop, &se->pre_io[free_k], EPOLLIN)) {
+        close(fd);
+        se->pre_fd[free_k] = -1;
+    }
+}
+
+/* One probe, ack or confirm from `from` (read from the probe socket or a socket made ahead). */
+static void probe_dgram(rndz_udp_listener *l, const uint8_t *b, size_t n,
+                        const struct sockaddr_storage *from) {
+    int type;
+    uint32_t seq;
+    uint64_t nonce;
+    if (!rndz__probe_decode(b, n, &type, &seq, &nonce)) return;
+    session *se = find_session(l, nonce);
+    if (!se) return;
+    uint64_t now = rndz__now_ms();
+    if (type == RNDZ_PROBE) {
+        pre_socket(l, se, from);
+        rndz__probe_send(l->probe_fd, RNDZ_PROBE_ACK, seq, nonce, from);
+        se->last_ack_sent = now;
+        return;
+    }
+    if (type == RNDZ_PROBE_CONFIRM) {
+        /* The connector picked its path, and `from` is where its datagrams come from
+         * (which may differ from the address our own probes verified: another source
+         * address toward another of our candidates). */
+        if (se->handed) return;
+        se->p.winner = rndz__punch_adopt(&se->p, from);
+        if (se->p.state != RNDZ_PUNCH_VERIFIED) {
+            uint64_t since = se->last_ack_sent ? now - se->last_ack_sent : 0;
+            se->p.rtt_ms = since ? (uint32_t)since : 1;
+            se->p.state = RNDZ_PUNCH_VERIFIED;
+        }
+        se->confirmed = true;
+        session_verified(l, se, now);
+        return;
+    }
+    if (se->p.state == RNDZ_PUNCH_VERIFIED) return;
+    if ((seq & RNDZ_PREDICT_SEQ) && se->sp) {
+        /* a predicted port of the peer answered: its mapping toward us */
+        se->p.winner = rndz__punch_adopt(&se->p, from);
+        se->p.rtt_ms = now > se->sp->pr.start ? (uint32_t)(now - se->sp->pr.start) : 1;
+        se->p.state = RNDZ_PUNCH_VERIFIED;
+        session_verified(l, se, now);
+        return;
+    }
+    rndz__punch_on_ack(&se->p, from, seq, now);
+    if (se->p.state == RNDZ_PUNCH_VERIFIED) session_verified(l, se, now);
+}
+
 /* The listener's probe socket: probes get acks (only for sessions a server announced: we
  * are no reflector), acks and confirms verify a session. */
 static void probe_readable(void *ctx, uint32_t events) {
     rndz_udp_listener *l = ctx;
+    (void)events;
     for (int i = 0; i < READ_BATCH; i++) {
         uint8_t b[RNDZ_PROBE_LEN + 1];
         struct sockaddr_storage from;
@@ -682,44 +804,52 @@ static void probe_readable(void *ctx, uint32_t events) {
             if (errno == EAGAIN) return;
             continue;
         }
+        probe_dgram(l, b, (size_t)n, &from);
+    }
+}
+
+/* A socket made ahead for a peer: its probes, acks and confirm are read as the probe
+ * socket's; anything else is the peer's data, sent only once it chose this path (its confirm
+ * lost or overtaken): the path is chosen, and the data stays queued for the application. */
+static void pre_readable(void *ctx, uint32_t events) {
+    pre_ref *ref = ctx;
+    session *se = ref->se;
+    rndz_udp_listener *l = se->l;
+    int k = ref->k;
+    (void)events;
+    for (int i = 0; i < READ_BATCH; i++) {
+        if (!se->used || se->handed || se->pre_fd[k] < 0) return; /* a stale event, or handed */
+        int fd = se->pre_fd[k];
+        uint8_t b[RNDZ_PROBE_LEN + 1];
+        ssize_t n = recv(fd, b, sizeof b, MSG_PEEK | MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+            continue; /* e.g. a port unreachable, reported (and cleared) by this call */
+        }
         int type;
         uint32_t seq;
         uint64_t nonce;
-        if (!rndz__probe_decode(b, (size_t)n, &type, &seq, &nonce)) continue;
-        session *se = find_session(l, nonce);
-        if (!se) continue;
+        struct sockaddr_storage from = se->pre_addr[k];
+        if (rndz__probe_decode(b, (size_t)n, &type, &seq, &nonce)) {
+            (void)recv(fd, b, sizeof b, MSG_DONTWAIT);
+            probe_dgram(l, b, (size_t)n, &from);
+            continue;
+        }
+        if (rndz__probe_filtered(b, (size_t)n)) { /* a relay message: not ours to read */
+            (void)recv(fd, b, sizeof b, MSG_DONTWAIT);
+            continue;
+        }
+        /* the peer's data: it chose this path */
         uint64_t now = rndz__now_ms();
-        if (type == RNDZ_PROBE) {
-            rndz__probe_send(l->probe_fd, RNDZ_PROBE_ACK, seq, nonce, &from);
-            se->last_ack_sent = now;
-            continue;
-        }
-        if (type == RNDZ_PROBE_CONFIRM) {
-            /* The connector picked its path, and `from` is where its datagrams come from
-             * (which may differ from the address our own probes verified: another source
-             * address toward another of our candidates). */
-            if (se->handed) continue;
-            se->p.winner = rndz__punch_adopt(&se->p, &from);
-            if (se->p.state != RNDZ_PUNCH_VERIFIED) {
-                uint64_t since = se->last_ack_sent ? now - se->last_ack_sent : 0;
-                se->p.rtt_ms = since ? (uint32_t)since : 1;
-                se->p.state = RNDZ_PUNCH_VERIFIED;
-            }
-            se->confirmed = true;
-            session_verified(l, se, now);
-            continue;
-        }
-        if (se->p.state == RNDZ_PUNCH_VERIFIED) continue;
-        if ((seq & RNDZ_PREDICT_SEQ) && se->sp) {
-            /* a predicted port of the peer answered: its mapping toward us */
-            se->p.winner = rndz__punch_adopt(&se->p, &from);
-            se->p.rtt_ms = now > se->sp->pr.start ? (uint32_t)(now - se->sp->pr.start) : 1;
+        se->p.winner = rndz__punch_adopt(&se->p, &from);
+        if (se->p.state != RNDZ_PUNCH_VERIFIED) {
+            se->p.rtt_ms = se->last_ack_sent && now > se->last_ack_sent
+                               ? (uint32_t)(now - se->last_ack_sent) : 1;
             se->p.state = RNDZ_PUNCH_VERIFIED;
-            session_verified(l, se, now);
-            continue;
         }
-        rndz__punch_on_ack(&se->p, &from, seq, now);
-        if (se->p.state == RNDZ_PUNCH_VERIFIED) session_verified(l, se, now);
+        se->confirmed = true;
+        session_verified(l, se, now);
+        return;
     }
 }
 
@@ -851,7 +981,11 @@ static uint64_t listener_tick(void *ctx, uint64_t now) {
 }
 
 static void listener_close(rndz_udp_listener *l) {
-    for (size_t i = 0; i < MAX_SESSIONS; i++) rndz__rpeer_close(&l->sessions[i].rp);
+    for (size_t i = 0; i < MAX_SESSIONS; i++) {
+        rndz__rpeer_close(&l->sessions[i].rp);
+        for (int k = 0; k < PRE_MAX; k++)
+            if (l->sessions[i].pre_fd[k] >= 0) close(l->sessions[i].pre_fd[k]);
+    }
     for (int k = 0; k < RNDZ_PREDICT_SOCKETS; k++)
         if (l->spray.fds[k] >= 0) close(l->spray.fds[k]);
     if (l->nat_fd >= 0) close(l->nat_fd);
@@ -895,7 +1029,10 @@ int rndz_udp_listener_create(const rndz_client_options *o, rndz_udp_listener **o
     l->peer_fd = l->probe_fd = l->nat_fd = l->pmp_fd = -1;
     for (int k = 0; k < RNDZ_PREDICT_SOCKETS; k++) l->spray.fds[k] = -1;
     l->nat_state = 1; /* the first pings ask */
-    for (size_t i = 0; i < MAX_SESSIONS; i++) l->sessions[i].rp.fd = -1;
+    for (size_t i = 0; i < MAX_SESSIONS; i++) {
+        l->sessions[i].rp.fd = -1;
+        for (int k = 0; k < PRE_MAX; k++) l->sessions[i].pre_fd[k] = -1;
+    }
     for (size_t i = 0; i < RNDZ_MAX_SERVERS; i++) l->srv[i].fd = -1;
     int rc = rndz__lsn_init(&l->base, PEER_QUEUE, true);
     if (rc) goto fail;

@@ -156,7 +156,10 @@ int rndz__rpeer_readable(rndz__rpeer *r, uint64_t now) {
 int rndz__rpeer_take(rndz__rpeer *r, const rndz__client *c) {
     int fd = r->fd;
     r->fd = -1;
-    if (r->socktype == SOCK_DGRAM) rndz__probe_filter_drop(fd);
+    if (r->socktype == SOCK_DGRAM) {
+        rndz__probe_filter_drop(fd);
+        rndz__probe_drain(fd); /* e.g. the other copies of the "use" ack, queued before it */
+    }
     else rndz__client_handover(c, fd);
     rndz__sock_set_nonblock(fd, false);
     return fd;

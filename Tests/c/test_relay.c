@@ -388,10 +388,11 @@ static void *first_datagram_main(void *arg) {
     return NULL;
 }
 
-static void test_first_datagram(void) {
-    tl_case("udp direct: the first datagram reaches the per-peer socket, alone");
+static void test_first_datagram(bool relayed) {
+    tl_case("udp %s: the first datagram reaches the per-peer socket, alone",
+            relayed ? "relayed" : "direct");
     tl_server v;
-    if (!start_relay_server(&v, false)) return;
+    if (!start_relay_server(&v, relayed)) return;
     rndz_client_options lo;
     tl_client_options(&lo, "first-l", (const char *const[]){v.text}, 1);
     rndz_udp_listener *l = tl_udp_listener(&lo);
@@ -402,16 +403,17 @@ static void test_first_datagram(void) {
     atomic_store(&hog_stop, false);
     for (int i = 0; i < 2; i++) pthread_create(&hogs[i], NULL, hog_main, NULL);
     int ok = 0, missing = 0, wrong = 0, extra = 0;
-    enum { N = 100 };
+    const int N = relayed ? 30 : 100;
     for (int i = 0; i < N; i++) {
         job j;
         char id[32];
         snprintf(id, sizeof id, "first-c%d", i);
-        job_prepare(&j, &v, id, "first-l", RNDZ_RELAY_NEVER);
+        job_prepare(&j, &v, id, "first-l", relayed ? RNDZ_RELAY_ONLY : RNDZ_RELAY_NEVER);
         job_run(&j, first_datagram_main);
         int lfd = rndz_udp_listener_accept(l, tl_ms(8000), &li);
         int c = job_join(&j);
         CHECK(lfd >= 0 && c >= 0);
+        CHECK_EQ_INT(li.relayed, relayed);
         if (lfd >= 0) {
             char want[32], got[64];
             int wn = snprintf(want, sizeof want, "first %s", id);
@@ -426,9 +428,10 @@ static void test_first_datagram(void) {
     }
     atomic_store(&hog_stop, true);
     for (int i = 0; i < 2; i++) pthread_join(hogs[i], NULL);
-    printf("test_relay: first datagram after connect, %d connects with both CPUs busy: %d "
-           "arrived, %d missing, %d something else first, %d followed by more\n", N, ok,
-           missing, wrong, extra);
+    printf("test_relay: first datagram after a %s connect, %d connects with both CPUs busy: %d "
+           "arrived, %d missing, %d something else first, %d followed by more\n",
+           relayed ? "relayed" : "direct", N, ok, missing, wrong, extra);
+    CHECK_EQ_INT(extra, 0);
     CHECK_EQ_INT(ok, N);
     rndz_udp_listener_destroy(l);
     tl_server_stop(&v);
@@ -437,7 +440,8 @@ static void test_first_datagram(void) {
 int main(void) {
     tl_init("test_relay", 120);
     tl_mark m = tl_mark_now(true);
-    test_first_datagram();
+    test_first_datagram(false);
+    test_first_datagram(true);
     test_relayed(RNDZ_RELAY_ONLY, RNDZ_RELAY_AUTO);
     test_relayed(RNDZ_RELAY_AUTO, RNDZ_RELAY_ONLY);
     test_direct("udp auto on loopback: direct, relay untouched", true, RNDZ_RELAY_AUTO,

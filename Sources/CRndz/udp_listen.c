@@ -52,7 +52,8 @@
 /* With port prediction under way the relay waits at least this long (as the connector). */
 #define PREDICT_RELAY_MS 4000
 /* Per-peer sockets made ahead, one per address a session's peer probes from (its private
- * and its public address, say), at most this many. */
+ * and its public address, say; with port prediction, each of its sockets whose probe got
+ * through: a few of its 256), at most this many. */
 #define PRE_MAX 4
 
 typedef struct srv_sock {
@@ -720,7 +721,7 @@ static void pre_readable(void *ctx, uint32_t events);
  * connected socket beats the group), probes included: pre_readable answers those until the
  * peer chose its path, and the socket is handed out with what came after the confirm. */
 static void pre_socket(rndz_udp_listener *l, session *se, const struct sockaddr_storage *from) {
-    if (!atomic_load(&l->per_peer) || se->handed || se->sp) return;
+    if (!atomic_load(&l->per_peer) || se->handed) return;
     int free_k = -1;
     for (int k = 0; k < PRE_MAX; k++) {
         if (se->pre_fd[k] >= 0 && rndz__addr_equal((const struct sockaddr *)&se->pre_addr[k],
@@ -729,6 +730,19 @@ static void pre_socket(rndz_udp_listener *l, session *se, const struct sockaddr_
         if (se->pre_fd[k] < 0 && free_k < 0) free_k = k;
     }
     if (free_k < 0) return; /* a confirm from yet another address: a socket then (push_peer) */
+    /* an earlier session's socket for this address (the peer connects again from the same
+     * port) would share the address pair with ours: the kernel would pick one of the two */
+    for (size_t i = 0; i < MAX_SESSIONS; i++) {
+        session *o = &l->sessions[i];
+        if (o == se || !o->used || o->handed) continue;
+        for (int k = 0; k < PRE_MAX; k++)
+            if (o->pre_fd[k] >= 0 && rndz__addr_equal((const struct sockaddr *)&o->pre_addr[k],
+                                                       (const struct sockaddr *)from)) {
+                rndz__loop_del(&l->base.loop, &o->pre_io[k]);
+                close(o->pre_fd[k]);
+                o->pre_fd[k] = -1;
+            }
+    }
     int fd = rndz__client_bind(&l->c, SOCK_DGRAM);
     if (fd >= 0 && connect(fd, (const struct sockaddr *)from,
                            rndz__addr_len((const struct sockaddr *)from)) < 0) {
@@ -894,6 +908,7 @@ static uint64_t sessions_tick(rndz_udp_listener *l, uint64_t now) {
         if (before == RNDZ_PUNCH_RUNNING && se->p.state == RNDZ_PUNCH_FAILED) {
             RNDZ_LOG(RNDZ_LOG_INFO, "udp listener: no path to peer %s", se->peer_id);
             se->ended = now;
+            if (!se->rp.role) pre_close(l, se, -1); /* no path, and no relay to wait for */
         }
         /* A finished session keeps answering the peer's probes until the peer's own deadline
          * could have passed: we may have verified through an ack of ours while every ack we

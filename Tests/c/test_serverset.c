@@ -277,16 +277,23 @@ static uint64_t stat_at(const rndz_server_stats *st, size_t off) {
     return v;
 }
 
+/* n servers on loopback; their addresses kept in text (t points to them: a server started
+ * again later on its port keeps its address). */
+static bool open_servers(tl_server *v, int n, char (*text)[RNDZ_ADDRSTRLEN], const char **t) {
+    for (int i = 0; i < n; i++) {
+        if (!tl_server_open(&v[i], "127.0.0.1:0")) return false;
+        snprintf(text[i], RNDZ_ADDRSTRLEN, "%s", v[i].text);
+        t[i] = text[i];
+    }
+    return true;
+}
+
 static void failover(bool tcp) {
     tl_case("failover and return, %s", tcp ? "tcp" : "udp");
     tl_server v[3];
     const char *t[3];
     char keep_text[3][RNDZ_ADDRSTRLEN];
-    for (int i = 0; i < 3; i++) {
-        if (!tl_server_open(&v[i], "127.0.0.1:0")) return;
-        snprintf(keep_text[i], sizeof keep_text[i], "%s", v[i].text);
-        t[i] = keep_text[i];
-    }
+    if (!open_servers(v, 3, keep_text, t)) return;
     const char *id = tcp ? "fo-tcp" : "fo-udp";
     size_t order[3];
     CHECK_RC(rndz_server_rank(id, t, 3, order), 0);
@@ -357,11 +364,7 @@ static void silent_server_k1(void) {
     tl_server v[2];
     const char *t[2];
     char keep_text[2][RNDZ_ADDRSTRLEN];
-    for (int i = 0; i < 2; i++) {
-        if (!tl_server_open(&v[i], "127.0.0.1:0")) return;
-        snprintf(keep_text[i], sizeof keep_text[i], "%s", v[i].text);
-        t[i] = keep_text[i];
-    }
+    if (!open_servers(v, 2, keep_text, t)) return;
     const char *id = "k1-silent";
     size_t order[2];
     CHECK_RC(rndz_server_rank(id, t, 2, order), 0);

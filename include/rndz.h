@@ -160,8 +160,11 @@ RNDZ_API int rndz_addr_format(const struct sockaddr *sa, char *buf, size_t cap);
 /* Socket configuration callback, like rndz's SocketConfigure: called with every socket rndz
  * creates and uses, before bind (e.g. to set SO_MARK or SO_BINDTODEVICE). (A multi-worker
  * server also binds, and closes at once, one plain socket to claim its port; that one is not
- * passed to the callback.) Return 0 to go on, or a negative error to abort the operation
- * with that error. */
+ * passed to the callback.) A UDP listener with per-peer sockets (rndz_udp_listener_accept)
+ * calls it on its event thread for each peer socket, made when the peer's first probe
+ * arrives (one per address it probes from, at most 4 per peer, those not chosen closed);
+ * a refusal there falls back to a socket made when the peer has chosen its path. Return 0
+ * to go on, or a negative error to abort the operation with that error. */
 typedef int (*rndz_sock_config_fn)(int fd, int family, int socktype, void *user);
 
 /* ---------------------------------------------------------------------------------------- */

@@ -185,6 +185,32 @@ static void pre_close(rndz_udp_listener *l, session *se, int keep) {
     }
 }
 
+static bool pre_has(const session *se, const struct sockaddr_storage *addr) {
+    for (int k = 0; k < PRE_MAX; k++)
+        if (se->pre_fd[k] >= 0 && rndz__addr_equal((const struct sockaddr *)&se->pre_addr[k],
+                                                    (const struct sockaddr *)addr))
+            return true;
+    return false;
+}
+
+/* Close the sockets made ahead for `addr` of every unhanded session but `keep` (NULL: all):
+ * the peer connects again from the same port, and two sockets with one address pair would
+ * leave it to the kernel which one gets its datagrams. */
+static void pre_evict(rndz_udp_listener *l, const session *keep,
+                      const struct sockaddr_storage *addr) {
+    for (size_t i = 0; i < MAX_SESSIONS; i++) {
+        session *o = &l->sessions[i];
+        if (o == keep || !o->used || o->handed) continue;
+        for (int k = 0; k < PRE_MAX; k++)
+            if (o->pre_fd[k] >= 0 && rndz__addr_equal((const struct sockaddr *)&o->pre_addr[k],
+                                                       (const struct sockaddr *)addr)) {
+                rndz__loop_del(&l->base.loop, &o->pre_io[k]);
+                close(o->pre_fd[k]);
+                o->pre_fd[k] = -1;
+            }
+    }
+}
+
 static void session_free(rndz_udp_listener *l, session *se) {
     pre_close(l, se, -1);
     if (se->rp.fd >= 0) rndz__loop_del(&l->base.loop, &se->rio);
@@ -196,7 +222,10 @@ static void session_free(rndz_udp_listener *l, session *se) {
 
 /* Queue a peer; with per-peer sockets, on a socket of its own (fd, or a new direct one). */
 static void push_peer(rndz_udp_listener *l, const rndz_peer_info *info, int fd) {
-    if (fd < 0 && atomic_load(&l->per_peer)) fd = direct_socket(l, &info->addr);
+    if (fd < 0 && atomic_load(&l->per_peer)) {
+        pre_evict(l, NULL, &info->addr); /* (this session is handed: not its own) */
+        fd = direct_socket(l, &info->addr);
+    }
     rndz__lsn_item item = {.fd = fd, .info = *info};
     rndz__addr_unmap(&item.info.addr);
     if (!rndz__lsn_push(&l->base, &item) && fd >= 0) close(fd); /* full: the oldest goes */
@@ -722,27 +751,16 @@ static void pre_readable(void *ctx, uint32_t events);
  * peer chose its path, and the socket is handed out with what came after the confirm. */
 static void pre_socket(rndz_udp_listener *l, session *se, const struct sockaddr_storage *from) {
     if (!atomic_load(&l->per_peer) || se->handed) return;
-    int free_k = -1;
-    for (int k = 0; k < PRE_MAX; k++) {
-        if (se->pre_fd[k] >= 0 && rndz__addr_equal((const struct sockaddr *)&se->pre_addr[k],
-                                                    (const struct sockaddr *)from))
+    for (size_t i = 0; i < MAX_SESSIONS; i++) /* a newer session from there: it is the peer's */
+        if (l->sessions[i].used && !l->sessions[i].handed && &l->sessions[i] != se &&
+            l->sessions[i].started > se->started && pre_has(&l->sessions[i], from))
             return;
-        if (se->pre_fd[k] < 0 && free_k < 0) free_k = k;
-    }
+    if (pre_has(se, from)) return;
+    pre_evict(l, se, from); /* older sessions' */
+    int free_k = -1;
+    for (int k = 0; k < PRE_MAX && free_k < 0; k++)
+        if (se->pre_fd[k] < 0) free_k = k;
     if (free_k < 0) return; /* a confirm from yet another address: a socket then (push_peer) */
-    /* an earlier session's socket for this address (the peer connects again from the same
-     * port) would share the address pair with ours: the kernel would pick one of the two */
-    for (size_t i = 0; i < MAX_SESSIONS; i++) {
-        session *o = &l->sessions[i];
-        if (o == se || !o->used || o->handed) continue;
-        for (int k = 0; k < PRE_MAX; k++)
-            if (o->pre_fd[k] >= 0 && rndz__addr_equal((const struct sockaddr *)&o->pre_addr[k],
-                                                       (const struct sockaddr *)from)) {
-                rndz__loop_del(&l->base.loop, &o->pre_io[k]);
-                close(o->pre_fd[k]);
-                o->pre_fd[k] = -1;
-            }
-    }
     int fd = rndz__client_bind(&l->c, SOCK_DGRAM);
     if (fd >= 0 && connect(fd, (const struct sockaddr *)from,
                            rndz__addr_len((const struct sockaddr *)from)) < 0) {
@@ -907,8 +925,7 @@ static uint64_t sessions_tick(rndz_udp_listener *l, uint64_t now) {
             session_verified(l, se, now); /* the LAN grace ended */
         if (before == RNDZ_PUNCH_RUNNING && se->p.state == RNDZ_PUNCH_FAILED) {
             RNDZ_LOG(RNDZ_LOG_INFO, "udp listener: no path to peer %s", se->peer_id);
-            se->ended = now;
-            if (!se->rp.role) pre_close(l, se, -1); /* no path, and no relay to wait for */
+            se->ended = now; /* (its sockets made ahead stay: the peer may still pick us) */
         }
         /* A finished session keeps answering the peer's probes until the peer's own deadline
          * could have passed: we may have verified through an ack of ours while every ack we

@@ -51,6 +51,10 @@ void rndz__link_on_connected(rndz__srvlink *k, uint64_t now) {
 
 void rndz__link_on_rx(rndz__srvlink *k, uint64_t now) { k->last_rx = now; }
 
+void rndz__link_ping_now(rndz__srvlink *k, uint64_t now) {
+    if (k->state == RNDZ_LINK_UP && k->next_ping > now) k->next_ping = now;
+}
+
 bool rndz__link_on_pong(rndz__srvlink *k, uint64_t now) {
     k->last_rx = now;
     k->backoff_ms = RNDZ_LINK_BACKOFF_MIN_MS;

@@ -68,6 +68,8 @@ RNDZ_INTERNAL void rndz__link_init(rndz__srvlink *k, bool stream, uint32_t keepa
 RNDZ_INTERNAL unsigned rndz__link_tick(rndz__srvlink *k, uint64_t now);
 /* When the link next needs a tick (UINT64_MAX: not before an event). */
 RNDZ_INTERNAL uint64_t rndz__link_wake(const rndz__srvlink *k);
+/* A Ping at the next tick (one that asks something new, e.g. the NAT check's question). */
+RNDZ_INTERNAL void rndz__link_ping_now(rndz__srvlink *k, uint64_t now);
 /* Any bytes from the server (stream: keeps a connection alive). */
 RNDZ_INTERNAL void rndz__link_on_rx(rndz__srvlink *k, uint64_t now);
 /* A Pong. true if it is the first answer since the link started or was lost. */

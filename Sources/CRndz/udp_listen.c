@@ -123,9 +123,11 @@ struct rndz_udp_listener {
     session sessions[MAX_SESSIONS];
     rndz__lsn base;
     atomic_bool per_peer; /* rndz_udp_listener_accept was called */
-    /* the NAT check of our port (nat.h): 0 to do, 1 server 0 asked, 2 its other address
+    /* the NAT check of our port (nat.h): 0 to do, 1 server nat_srv asked, 2 its other address
      * asked, 3 done */
     int nat_state, nat_tries;
+    size_t nat_srv; /* the server whose pings ask (state 1): the first of our id's ranking
+                     * that is kept and not down */
     bool started; /* the first tick chose the servers to keep */
     int nat; /* RNDZ_NAT_* */
     uint64_t nat_next;
@@ -376,7 +378,7 @@ static void on_fsync(rndz_udp_listener *l, srv_sock *s, const rndz_msg *m, const
     push_peer(l, &info, -1);
 }
 
-/* --- the NAT check of our port (nat.h), once registered: server 0 says what it sees and
+/* --- the NAT check of our port (nat.h), once registered: server nat_srv says what it sees and
  * names its other addresses; one of those, asked from our port too, sees the same address
  * (endpoint-independent) or another (endpoint-dependent) */
 
@@ -404,7 +406,7 @@ static void nat_ask(rndz_udp_listener *l, uint64_t now) {
 
 static void nat_readable(void *ctx, uint32_t events);
 
-/* A Pong with what the server saw: from server 0 (state 1) or its other address (2). */
+/* A Pong with what the server saw: from server nat_srv (state 1) or its other address (2). */
 static void nat_pong(rndz_udp_listener *l, const uint8_t *buf, size_t n) {
     rndz__ext e;
     struct sockaddr_storage seen;
@@ -422,7 +424,7 @@ static void nat_pong(rndz_udp_listener *l, const uint8_t *buf, size_t n) {
         struct sockaddr_storage alt;
         if (rndz_addr_parse(e.alt[i], &alt, NULL)) continue;
         rndz__addr_unmap(&alt);
-        struct sockaddr_storage srv = l->c.servers[l->c.rank[0]];
+        struct sockaddr_storage srv = l->c.servers[l->nat_srv];
         rndz__addr_unmap(&srv);
         if (rndz__addr_equal((struct sockaddr *)&alt, (struct sockaddr *)&srv)) continue;
         if (l->c.local.ss_family == AF_INET6) rndz__addr_map(&alt);
@@ -538,7 +540,7 @@ static void pmp_setup(rndz_udp_listener *l) {
     l->pmp_fd = fd;
 }
 
-/* Run the check's second step: resend, give up. (The first rides on the pings to server 0,
+/* Run the check's second step: resend, give up. (The first rides on the pings to server nat_srv,
  * which carry the question while it is open: a v1 server answers them as any ping, without
  * what it saw, and after NAT_TRIES such Pongs we stop asking.) */
 static uint64_t nat_tick(rndz_udp_listener *l, uint64_t now) {
@@ -577,7 +579,7 @@ static void srv_readable(void *ctx, uint32_t events) {
                                  "udp listener");
             s->ever |= registering;
             rndz__lsn_set_registered(&l->base);
-            if (l->nat_state == 1 && s->idx == l->c.rank[0]) {
+            if (l->nat_state == 1 && s->idx == l->nat_srv) {
                 rndz__ext e;
                 if (rndz__ext_decode(buf, (size_t)n, &e) == 0 && e.observed[0])
                     nat_pong(l, buf, (size_t)n);
@@ -973,6 +975,18 @@ static void keep_servers(rndz_udp_listener *l, uint64_t now) {
                      l->c.server_text[i]);
         }
     }
+    /* the NAT check's first step asks a server that answers: a down one moves it on */
+    if (l->nat_state == 1 && (!l->srv[l->nat_srv].kept || down[l->nat_srv])) {
+        for (size_t r = 0; r < l->c.n_servers; r++) {
+            size_t i = l->c.rank[r];
+            if (i != l->nat_srv && l->srv[i].kept && !down[i]) {
+                l->nat_srv = i;
+                l->nat_tries = 0;
+                rndz__link_ping_now(&l->srv[i].link, now); /* ask it now, not at its keepalive */
+                break;
+            }
+        }
+    }
     l->started = true;
 }
 
@@ -995,11 +1009,11 @@ static uint64_t listener_tick(void *ctx, uint64_t now) {
             RNDZ_LOG(RNDZ_LOG_WARN, "udp listener: server %s stopped answering; registering "
                      "again", l->c.server_text[i]);
         if (act & RNDZ_LINK_PING) {
-            /* while our NAT check is open, server 0's pings ask what it sees (nat.h) */
+            /* while our NAT check is open, server nat_srv's pings ask what it sees (nat.h) */
             /* and every ping asks whether it took the id over from another address */
             rndz__ext q;
             memset(&q, 0, sizeof q);
-            bool ask = i == l->c.rank[0] && l->nat_state == 1;
+            bool ask = i == l->nat_srv && l->nat_state == 1;
             q.query = RNDZ__Q_TAKEN | (ask ? RNDZ__Q_OBSERVED : 0);
             q.pad = ask ? RNDZ__Q_PAD : 0;
             int rc = rndz__client_send(s->fd, &l->c, RNDZ_REQ_PING, NULL, 0, NULL, &q);
@@ -1069,6 +1083,7 @@ int rndz_udp_listener_create(const rndz_client_options *o, rndz_udp_listener **o
     int rc = rndz__lsn_init(&l->base, PEER_QUEUE, true);
     if (rc) goto fail;
     if ((rc = rndz__client_init(&l->c, o))) goto fail;
+    l->nat_srv = l->c.rank[0];
     /* The peer socket first: it fixes the port and is index 0 of the reuseport group. */
     if ((rc = rndz__client_bind(&l->c, SOCK_DGRAM)) < 0) goto fail;
     l->peer_fd = rc;

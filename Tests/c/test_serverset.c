@@ -391,8 +391,8 @@ static void silent_server_k1(void) {
     CHECK(fd >= 0);
     if (fd >= 0) close(fd);
     printf("test_serverset: K 1, keepalive 2000 ms, the listener's server gone: registered with "
-           "the next %llu ms after (bound 5400 + 300 slack), found there in %llu ms (the connector asks "
-           "the silent one first)\n", (unsigned long long)moved_ms,
+           "the next %llu ms after (bound 5400 + 300 slack), found there in %llu ms (the "
+           "connector asks the silent one first)\n", (unsigned long long)moved_ms,
            (unsigned long long)(tl_now_ms() - t0));
     rndz_udp_listener_destroy(l);
     tl_server_stop(&v[order[1]]);

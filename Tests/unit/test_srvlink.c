@@ -56,6 +56,11 @@ static void test_datagram(void) {
     CHECK(rndz__link_tick(&k, t) == RNDZ_LINK_PING);
     CHECK(rndz__link_wake(&k) == t + 1000);
     CHECK(rndz__link_on_pong(&k, t + 20)); /* back: a new first answer */
+    /* a ping asked for now comes at the next tick, not at the keepalive */
+    uint64_t due = rndz__link_wake(&k);
+    rndz__link_ping_now(&k, t + 30);
+    CHECK(rndz__link_wake(&k) == t + 30 && due > t + 30);
+    CHECK(rndz__link_tick(&k, t + 30) & RNDZ_LINK_PING);
     /* a short keepalive is also the fast pace */
     rndz__link_init(&k, false, 300, 1);
     CHECK(rndz__link_tick(&k, 0) == RNDZ_LINK_PING);

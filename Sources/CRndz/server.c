@@ -170,7 +170,7 @@ int rndz_server_create(const rndz_server_options *opts, rndz_server **out) {
     if (!s->o.enable_udp) s->nworkers = 1;
     s->loop.epfd = s->loop.wakefd = -1;
     pthread_mutex_init(&s->origins_mu, NULL);
-    pthread_mutex_init(&s->tcp_reg_mu, NULL);
+    pthread_rwlock_init(&s->tcp_reg_lock, NULL);
     int rc = 0;
     if (opts->n_listen_addrs > RNDZ_MAX_LISTEN || (opts->n_listen_addrs && !opts->listen_addrs)) {
         rc = -EINVAL;
@@ -405,6 +405,6 @@ void rndz_server_destroy(rndz_server *s) {
     rndz__pt_free(&s->peers);
     rndz__proto_free(&s->core);
     pthread_mutex_destroy(&s->origins_mu);
-    pthread_mutex_destroy(&s->tcp_reg_mu);
+    pthread_rwlock_destroy(&s->tcp_reg_lock);
     free(s);
 }

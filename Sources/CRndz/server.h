@@ -102,8 +102,10 @@ struct rndz_server {
     rndz__origin origins[RNDZ_MAX_ORIGINS];
     _Atomic unsigned norigins; /* entries below it are complete and never change */
     pthread_mutex_t origins_mu; /* serializes appends */
-    pthread_mutex_t tcp_reg_mu; /* held while the TCP registry changes, and by a UDP worker
-                                 * that asks it (rndz__server_tcp_has) */
+    pthread_rwlock_t tcp_reg_lock; /* written while the TCP registry changes (the TCP thread,
+                                  * which reads it unlocked), read by a UDP worker that asks
+                                  * it (rndz__server_tcp_has): workers never wait on each
+                                  * other */
     rndz__loop loop;
     rndz__peertab peers;
     unsigned nworkers;

@@ -84,9 +84,9 @@ static void conn_close(conn *c, const char *why) {
     rndz_addr_format((struct sockaddr *)&c->remote, text, sizeof text);
     RNDZ_LOG(RNDZ_LOG_DEBUG, "tcp: closing %s: %s", text, why);
     if (c->reg && c->reg->owner == c) {
-        pthread_mutex_lock(&s->tcp_reg_mu);
+        pthread_rwlock_wrlock(&s->tcp_reg_lock);
         rndz__reg_del(&t->reg, c->reg);
-        pthread_mutex_unlock(&s->tcp_reg_mu);
+        pthread_rwlock_unlock(&s->tcp_reg_lock);
     }
     c->reg = NULL;
     rndz__limit_tcp_close(&s->core.lim, c->ip_slot);
@@ -156,10 +156,10 @@ static int dir_put(void *ctx, const char *id, size_t len, uint64_t now) {
     rndz__reg_entry *e = rndz__reg_get(&t->reg, id, len);
     int taken = e && e->owner && e->owner != c;
     if (taken) ((conn *)e->owner)->reg = NULL; /* taken over */
-    pthread_mutex_lock(&c->s->tcp_reg_mu);
+    pthread_rwlock_wrlock(&c->s->tcp_reg_lock);
     if (c->reg && c->reg != e && c->reg->owner == c) rndz__reg_del(&t->reg, c->reg);
     c->reg = rndz__reg_put(&t->reg, id, len, (struct sockaddr *)&c->remote, c, now);
-    pthread_mutex_unlock(&c->s->tcp_reg_mu);
+    pthread_rwlock_unlock(&c->s->tcp_reg_lock);
     RNDZ_STAT_SET(c->s, tcp_peers, t->reg.count); /* before any reply goes out */
     return taken;
 }
@@ -184,11 +184,11 @@ static bool dir_other(void *ctx, const char *id, size_t len) {
 }
 
 bool rndz__server_tcp_has(rndz_server *s, const char *id, size_t len) {
-    pthread_mutex_lock(&s->tcp_reg_mu);
+    pthread_rwlock_rdlock(&s->tcp_reg_lock);
     tcp_state *t = s->tcp;
     rndz__reg_entry *e = t ? rndz__reg_get(&t->reg, id, len) : NULL;
     bool has = e && e->owner;
-    pthread_mutex_unlock(&s->tcp_reg_mu);
+    pthread_rwlock_unlock(&s->tcp_reg_lock);
     return has;
 }
 
@@ -374,9 +374,9 @@ void rndz__server_tcp_close(rndz_server *s) {
     while (t->oldest) conn_close(t->oldest, "server stopping");
     rndz__server_tcp_tick(s, 0);
     if (t->reserve_fd >= 0) close(t->reserve_fd);
-    pthread_mutex_lock(&s->tcp_reg_mu);
+    pthread_rwlock_wrlock(&s->tcp_reg_lock);
     s->tcp = NULL;
-    pthread_mutex_unlock(&s->tcp_reg_mu);
+    pthread_rwlock_unlock(&s->tcp_reg_lock);
     rndz__reg_free(&t->reg);
     free(t);
 }

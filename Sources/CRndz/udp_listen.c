@@ -177,22 +177,26 @@ static int direct_socket(rndz_udp_listener *l, const struct sockaddr_storage *ad
     return fd;
 }
 
-/* Close the session's sockets made ahead, all but `keep` (its fd is then the caller's). */
-static void pre_close(rndz_udp_listener *l, session *se, int keep) {
-    for (int k = 0; k < PRE_MAX; k++) {
-        if (se->pre_fd[k] < 0) continue;
-        rndz__loop_del(&l->base.loop, &se->pre_io[k]);
-        if (k != keep) close(se->pre_fd[k]);
-        se->pre_fd[k] = -1;
-    }
+/* Let go of the session's socket made ahead in slot k: closed, or (give) the caller's. */
+static void pre_drop(rndz_udp_listener *l, session *se, int k, bool give) {
+    rndz__loop_del(&l->base.loop, &se->pre_io[k]);
+    if (!give) close(se->pre_fd[k]);
+    se->pre_fd[k] = -1;
 }
 
-static bool pre_has(const session *se, const struct sockaddr_storage *addr) {
+/* Close the session's sockets made ahead, all but `keep` (its fd is then the caller's). */
+static void pre_close(rndz_udp_listener *l, session *se, int keep) {
+    for (int k = 0; k < PRE_MAX; k++)
+        if (se->pre_fd[k] >= 0) pre_drop(l, se, k, k == keep);
+}
+
+/* The slot of the session's socket made ahead for `addr` (one at most), or -1. */
+static int pre_find(const session *se, const struct sockaddr_storage *addr) {
     for (int k = 0; k < PRE_MAX; k++)
         if (se->pre_fd[k] >= 0 && rndz__addr_equal((const struct sockaddr *)&se->pre_addr[k],
                                                     (const struct sockaddr *)addr))
-            return true;
-    return false;
+            return k;
+    return -1;
 }
 
 /* Close the sockets made ahead for `addr` of every unhanded session but `keep` (NULL: all):
@@ -202,15 +206,17 @@ static void pre_evict(rndz_udp_listener *l, const session *keep,
                       const struct sockaddr_storage *addr) {
     for (size_t i = 0; i < MAX_SESSIONS; i++) {
         session *o = &l->sessions[i];
-        if (o == keep || !o->used || o->handed) continue;
-        for (int k = 0; k < PRE_MAX; k++)
-            if (o->pre_fd[k] >= 0 && rndz__addr_equal((const struct sockaddr *)&o->pre_addr[k],
-                                                       (const struct sockaddr *)addr)) {
-                rndz__loop_del(&l->base.loop, &o->pre_io[k]);
-                close(o->pre_fd[k]);
-                o->pre_fd[k] = -1;
-            }
+        int k;
+        if (o != keep && o->used && !o->handed && (k = pre_find(o, addr)) >= 0)
+            pre_drop(l, o, k, false);
     }
+}
+
+/* An unused session slot: no sockets. */
+static void session_clear(session *se) {
+    memset(se, 0, sizeof *se);
+    se->rp.fd = -1;
+    for (int k = 0; k < PRE_MAX; k++) se->pre_fd[k] = -1;
 }
 
 static void session_free(rndz_udp_listener *l, session *se) {
@@ -324,9 +330,7 @@ static void on_fsync(rndz_udp_listener *l, srv_sock *s, const rndz_msg *m, const
         session *se = find_session(l, ext.nonce);
         if (!se) {
             se = new_session(l);
-            memset(se, 0, sizeof *se);
-            se->rp.fd = -1;
-            for (int k = 0; k < PRE_MAX; k++) se->pre_fd[k] = -1;
+            session_clear(se);
             se->l = l;
             se->used = true;
             se->started = now;
@@ -615,11 +619,8 @@ static void session_report(rndz_udp_listener *l, session *se, uint64_t now, bool
     }
     /* the socket made ahead for the winner's address is the peer's (whatever the peer sent
      * since its confirm is queued on it) */
-    int keep = -1;
-    for (int k = 0; k < PRE_MAX && !relayed && fd < 0; k++)
-        if (se->pre_fd[k] >= 0 && rndz__addr_equal((const struct sockaddr *)&se->pre_addr[k],
-                                                   (const struct sockaddr *)&info.addr))
-            keep = k, fd = se->pre_fd[k];
+    int keep = !relayed && fd < 0 ? pre_find(se, &info.addr) : -1;
+    if (keep >= 0) fd = se->pre_fd[keep];
     pre_close(l, se, keep);
     if (keep >= 0) {
         rndz__probe_filter_drop(fd);
@@ -755,9 +756,9 @@ static void pre_socket(rndz_udp_listener *l, session *se, const struct sockaddr_
     if (!atomic_load(&l->per_peer) || se->handed) return;
     for (size_t i = 0; i < MAX_SESSIONS; i++) /* a newer session from there: it is the peer's */
         if (l->sessions[i].used && !l->sessions[i].handed && &l->sessions[i] != se &&
-            l->sessions[i].started > se->started && pre_has(&l->sessions[i], from))
+            l->sessions[i].started > se->started && pre_find(&l->sessions[i], from) >= 0)
             return;
-    if (pre_has(se, from)) return;
+    if (pre_find(se, from) >= 0) return;
     pre_evict(l, se, from); /* older sessions' */
     int free_k = -1;
     for (int k = 0; k < PRE_MAX && free_k < 0; k++)
@@ -780,6 +781,19 @@ static void pre_socket(rndz_udp_listener *l, session *se, const struct sockaddr_
     }
 }
 
+/* The connector chose the direct path from `from` (its confirm, or its data overtaking it). */
+static void session_chosen(rndz_udp_listener *l, session *se, const struct sockaddr_storage *from,
+                           uint64_t now) {
+    se->p.winner = rndz__punch_adopt(&se->p, from);
+    if (se->p.state != RNDZ_PUNCH_VERIFIED) {
+        uint64_t since = se->last_ack_sent ? now - se->last_ack_sent : 0;
+        se->p.rtt_ms = since ? (uint32_t)since : 1;
+        se->p.state = RNDZ_PUNCH_VERIFIED;
+    }
+    se->confirmed = true;
+    session_verified(l, se, now);
+}
+
 /* One probe, ack or confirm from `from` (read from the probe socket or a socket made ahead). */
 static void probe_dgram(rndz_udp_listener *l, const uint8_t *b, size_t n,
                         const struct sockaddr_storage *from) {
@@ -800,15 +814,7 @@ static void probe_dgram(rndz_udp_listener *l, const uint8_t *b, size_t n,
         /* The connector picked its path, and `from` is where its datagrams come from
          * (which may differ from the address our own probes verified: another source
          * address toward another of our candidates). */
-        if (se->handed) return;
-        se->p.winner = rndz__punch_adopt(&se->p, from);
-        if (se->p.state != RNDZ_PUNCH_VERIFIED) {
-            uint64_t since = se->last_ack_sent ? now - se->last_ack_sent : 0;
-            se->p.rtt_ms = since ? (uint32_t)since : 1;
-            se->p.state = RNDZ_PUNCH_VERIFIED;
-        }
-        se->confirmed = true;
-        session_verified(l, se, now);
+        if (!se->handed) session_chosen(l, se, from, now);
         return;
     }
     if (se->p.state == RNDZ_PUNCH_VERIFIED) return;
@@ -873,16 +879,7 @@ static void pre_readable(void *ctx, uint32_t events) {
             (void)recv(fd, b, sizeof b, MSG_DONTWAIT);
             continue;
         }
-        /* the peer's data: it chose this path */
-        uint64_t now = rndz__now_ms();
-        se->p.winner = rndz__punch_adopt(&se->p, &from);
-        if (se->p.state != RNDZ_PUNCH_VERIFIED) {
-            se->p.rtt_ms = se->last_ack_sent && now > se->last_ack_sent
-                               ? (uint32_t)(now - se->last_ack_sent) : 1;
-            se->p.state = RNDZ_PUNCH_VERIFIED;
-        }
-        se->confirmed = true;
-        session_verified(l, se, now);
+        session_chosen(l, se, &from, rndz__now_ms()); /* the peer's data: it chose this path */
         return;
     }
 }
@@ -1075,10 +1072,7 @@ int rndz_udp_listener_create(const rndz_client_options *o, rndz_udp_listener **o
     l->peer_fd = l->probe_fd = l->nat_fd = l->pmp_fd = -1;
     for (int k = 0; k < RNDZ_PREDICT_SOCKETS; k++) l->spray.fds[k] = -1;
     l->nat_state = 1; /* the first pings ask */
-    for (size_t i = 0; i < MAX_SESSIONS; i++) {
-        l->sessions[i].rp.fd = -1;
-        for (int k = 0; k < PRE_MAX; k++) l->sessions[i].pre_fd[k] = -1;
-    }
+    for (size_t i = 0; i < MAX_SESSIONS; i++) session_clear(&l->sessions[i]);
     for (size_t i = 0; i < RNDZ_MAX_SERVERS; i++) l->srv[i].fd = -1;
     int rc = rndz__lsn_init(&l->base, PEER_QUEUE, true);
     if (rc) goto fail;
